@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each module in this package prints its figures."""

@@ -1,0 +1,60 @@
+"""Entry point of the `hugepfn` program.
+
+Each subcommand is a module of this package exposing ``add_parser(subparsers)``
+(which registers the command and sets ``func`` to a callable taking the parsed
+arguments and returning an exit status).  User errors (``ValueError`` and its
+subclasses such as ScenarioError or ProfileError, and ``OSError``) become one line on
+stderr and a non-zero exit status; nothing a user types should print a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Order is the order shown by --help.
+COMMANDS = ("run", "compare", "serve", "inject", "monitor", "status", "lspci")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hugepfn",
+        description="Emulate a VFIO GPU-style device with huge pfnmap BARs and the kernel paths over it.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"hugepfn.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"hugepfn.cli.{name}":
+                raise
+            continue  # command not built yet
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("hugepfn: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except ValueError as exc:
+        print(f"hugepfn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        detail = exc.strerror or str(exc)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"hugepfn {args.command}: error: {detail}{where}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

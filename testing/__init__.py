@@ -1,0 +1,1 @@
+"""hugepfn.testing: the pytest plugin and helpers for fault-injection suites."""
