@@ -37,6 +37,9 @@ finish() {
 hex() { printf '0x%x' "$1"; }
 
 pass boot "kernel $(uname -r) running busybox init"
+if [ "$INTERACTIVE" = 1 ]; then   # by hand: a shell on the console, the checks via `sh /init`
+    exec setsid cttyhack sh
+fi
 [ -n "$VENDOR_ID" ] || finish   # run_guest.py --no-device: booting was the whole test
 
 # --- find the device ---------------------------------------------------------------
