@@ -1,0 +1,154 @@
+"""Wire format of a memory-failure event: a netlink message declared with pyroute2.
+
+    struct nlmsghdr   (16 bytes: length, type=HPFN_MSG_MEMORY_FAILURE, flags=0, seq, pid)
+    struct hpfn_mf    (4 bytes: version=1, 3 bytes reserved)
+    NLA chain         (HPFN_MF_A_* below; attribute type numbers are ABI and never reused)
+
+The same bytes travel over NETLINK_USERSOCK multicast and over the unix-socket
+fallback, one message per datagram.  docs/events.md documents the layout for
+readers that do not use Python.
+"""
+from __future__ import annotations
+
+from pyroute2.netlink import nla, nlmsg
+
+from .event import EventError, MemoryFailureEvent, SignalSummary
+
+# nlmsg_type of an event.  Types below NLMSG_MIN_TYPE (0x10) are netlink control
+# messages; 0x4846 is "HF" and keeps clear of them.
+HPFN_MSG_MEMORY_FAILURE = 0x4846
+HPFN_MF_VERSION = 1
+NLMSG_HDRLEN = 16
+
+
+class hpfn_mf_msg(nlmsg):
+    """One memory-failure event (kernel-style name: it is the netlink struct)."""
+
+    fields = (("version", "B"), ("__pad", "3x"))
+    # Explicit type numbers: a reader built against this table keeps working when
+    # attributes are appended.
+    nla_map = (
+        (0, "HPFN_MF_A_UNSPEC", "none"),
+        (1, "HPFN_MF_A_SEQ", "uint64"),
+        (2, "HPFN_MF_A_TIMESTAMP_NS", "uint64"),
+        (3, "HPFN_MF_A_PFN", "uint64"),
+        (4, "HPFN_MF_A_DEVICE", "asciiz"),
+        (5, "HPFN_MF_A_BAR", "uint8"),
+        (6, "HPFN_MF_A_BAR_OFFSET", "uint64"),
+        (7, "HPFN_MF_A_GRANULARITY", "uint64"),
+        (8, "HPFN_MF_A_POLICY", "asciiz"),
+        (9, "HPFN_MF_A_ACTION", "asciiz"),
+        (10, "HPFN_MF_A_RESULT", "asciiz"),
+        (11, "HPFN_MF_A_SIGNALS_SENT", "uint32"),
+        (12, "HPFN_MF_A_SIGNALS", "*signal|nested"),  # array: NLA_F_NESTED set
+        (13, "HPFN_MF_A_CONSUMPTION_COUNT", "uint32"),
+        (14, "HPFN_MF_A_PROFILE", "asciiz"),
+    )
+
+    class signal(nla):
+        """One SIGBUS summary, an element of the HPFN_MF_A_SIGNALS array."""
+
+        nla_map = (
+            (0, "HPFN_MF_SIG_UNSPEC", "none"),
+            (1, "HPFN_MF_SIG_TID", "uint32"),
+            (2, "HPFN_MF_SIG_CODE", "uint32"),
+            (3, "HPFN_MF_SIG_ADDR", "uint64"),
+            (4, "HPFN_MF_SIG_LSB", "uint8"),
+        )
+
+
+# event field -> attribute, in wire order; the signals array is handled apart.
+_SCALARS = (
+    ("seq", "HPFN_MF_A_SEQ"),
+    ("timestamp_ns", "HPFN_MF_A_TIMESTAMP_NS"),
+    ("pfn", "HPFN_MF_A_PFN"),
+    ("device", "HPFN_MF_A_DEVICE"),
+    ("bar", "HPFN_MF_A_BAR"),
+    ("bar_offset", "HPFN_MF_A_BAR_OFFSET"),
+    ("granularity", "HPFN_MF_A_GRANULARITY"),
+    ("policy", "HPFN_MF_A_POLICY"),
+    ("action", "HPFN_MF_A_ACTION"),
+    ("result", "HPFN_MF_A_RESULT"),
+    ("signals_sent", "HPFN_MF_A_SIGNALS_SENT"),
+    ("consumption_count", "HPFN_MF_A_CONSUMPTION_COUNT"),
+    ("profile", "HPFN_MF_A_PROFILE"),
+)
+_SIGNAL_FIELDS = (
+    ("tid", "HPFN_MF_SIG_TID"),
+    ("code", "HPFN_MF_SIG_CODE"),
+    ("addr", "HPFN_MF_SIG_ADDR"),
+    ("lsb", "HPFN_MF_SIG_LSB"),
+)
+# Attributes an event cannot be rebuilt without; the rest have dataclass defaults.
+_REQUIRED = {"seq", "timestamp_ns", "pfn", "device", "bar", "bar_offset", "granularity",
+             "policy", "action", "result"}
+
+
+class MalformedMessage(ValueError):
+    """A datagram on the event channel that is not a valid hugepfn event."""
+
+    def __init__(self, reason: str, size: int):
+        super().__init__(f"{reason} ({size} bytes)")
+        self.reason = reason
+        self.size = size
+
+
+def encode(event: MemoryFailureEvent, *, port_id: int = 0) -> bytes:
+    """The netlink message for a stamped event (seq and timestamp set)."""
+    if event.seq is None or event.timestamp_ns is None:
+        raise EventError("only a stamped event (seq and timestamp_ns set) can be encoded")
+    msg = hpfn_mf_msg()
+    msg["header"]["type"] = HPFN_MSG_MEMORY_FAILURE
+    msg["header"]["flags"] = 0
+    # The header seq is 32 bits; the full 64-bit seq rides in HPFN_MF_A_SEQ.
+    msg["header"]["sequence_number"] = event.seq & 0xFFFFFFFF
+    msg["header"]["pid"] = port_id
+    msg["version"] = HPFN_MF_VERSION
+    attrs = []
+    for key, name in _SCALARS:
+        attrs.append((name, getattr(event, key)))
+        if key == "signals_sent" and event.signals:  # keep attributes in type order
+            attrs.append(("HPFN_MF_A_SIGNALS", [
+                {"attrs": [(sig_name, getattr(sig, sig_key)) for sig_key, sig_name in _SIGNAL_FIELDS]}
+                for sig in event.signals
+            ]))
+    msg["attrs"] = attrs
+    msg.encode()
+    if len(msg.data) > 0xFFFF:
+        # Cannot happen within MAX_SIGNAL_SUMMARIES; guards a future field.
+        raise EventError(f"encoded event is {len(msg.data)} bytes, over the 64 KiB attribute limit")
+    return bytes(msg.data)
+
+
+def decode(data: bytes) -> MemoryFailureEvent:
+    """The event in one datagram; MalformedMessage (one-line reason) for anything else."""
+    size = len(data)
+    if size < NLMSG_HDRLEN + 4:
+        raise MalformedMessage("too short for a netlink header and hpfn_mf header", size)
+    length = int.from_bytes(data[0:4], "little")
+    mtype = int.from_bytes(data[4:6], "little")
+    if mtype != HPFN_MSG_MEMORY_FAILURE:
+        raise MalformedMessage(f"not a hugepfn event (nlmsg_type {mtype:#x})", size)
+    if length != size:
+        raise MalformedMessage(f"nlmsg_len {length} does not match the datagram", size)
+    if data[NLMSG_HDRLEN] != HPFN_MF_VERSION:
+        raise MalformedMessage(f"unsupported hpfn_mf version {data[NLMSG_HDRLEN]}", size)
+    try:
+        msg = hpfn_mf_msg(bytes(data))
+        msg.decode()
+        values = {key: msg.get_attr(name) for key, name in _SCALARS}
+        raw_signals = msg.get_attr("HPFN_MF_A_SIGNALS") or []
+        signals = tuple(
+            SignalSummary(**{key: sig.get_attr(name) for key, name in _SIGNAL_FIELDS})
+            for sig in raw_signals
+        )
+    except Exception as exc:  # pyroute2 raises assorted types on damaged attributes
+        raise MalformedMessage(f"undecodable attributes: {type(exc).__name__}: {exc}", size) from None
+    missing = sorted(key for key in _REQUIRED if values[key] is None)
+    if missing:
+        raise MalformedMessage(f"missing attributes: {', '.join(missing)}", size)
+    present = {key: value for key, value in values.items() if value is not None}
+    try:
+        return MemoryFailureEvent(**present, signals=signals)
+    except (EventError, TypeError) as exc:
+        raise MalformedMessage(f"invalid event: {exc}", size) from None

@@ -1,0 +1,170 @@
+"""The wire format: pyroute2 message class <-> MemoryFailureEvent, byte for byte."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hugepfn.host.events import (HPFN_MSG_MEMORY_FAILURE, EventError, MalformedMessage,
+                                 MemoryFailureEvent, SignalSummary, decode, encode, hpfn_mf_msg)
+
+from .conftest import make_event
+
+
+def nla(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes, written independently of pyroute2."""
+    head = struct.pack("<HH", 4 + len(payload), kind)
+    return head + payload + b"\0" * (-len(payload) % 4)
+
+
+def test_encoding_is_the_documented_layout():
+    event = make_event(1, signals_sent=1, signals=(SignalSummary(tid=7, code=4, addr=0x7F00_0000_1000),))
+    u64 = lambda v: struct.pack("<Q", v)  # noqa: E731
+    u32 = lambda v: struct.pack("<I", v)  # noqa: E731
+    attrs = b"".join([
+        nla(1, u64(1001)), nla(2, u64(event.timestamp_ns)), nla(3, u64(0x3800001)),
+        nla(4, b"0000:41:00.0\0"), nla(5, b"\x02"), nla(6, u64(4096)), nla(7, u64(4096)),
+        nla(8, b"hard-offline\0"), nla(9, b"zapped\0"), nla(10, b"Recovered\0"),
+        nla(11, u32(1)), nla(13, u32(1)), nla(14, b"6.19\0"),
+    ])
+    # the signal array (NLA_F_NESTED): element 1 (NLA_F_NESTED) holding TID, CODE, ADDR, LSB
+    element = nla(1 | 0x8000, nla(1, u32(7)) + nla(2, u32(4)) + nla(3, u64(0x7F00_0000_1000)) + nla(4, b"\x0c"))
+    attrs = attrs[:attrs.index(nla(13, u32(1)))] + nla(12 | 0x8000, element) + attrs[attrs.index(nla(13, u32(1))):]
+    body = b"\x01\0\0\0" + attrs
+    expected = struct.pack("<IHHII", 16 + len(body), HPFN_MSG_MEMORY_FAILURE, 0, 1001, 4242) + body
+    assert encode(event, port_id=4242) == expected
+    assert decode(expected) == event
+
+
+def test_round_trip_through_the_message_class():
+    event = make_event(5)
+    data = encode(event)
+    msg = hpfn_mf_msg(data)
+    msg.decode()
+    assert msg["header"]["type"] == HPFN_MSG_MEMORY_FAILURE
+    assert msg["version"] == 1
+    assert msg.get_attr("HPFN_MF_A_PFN") == 0x3800005
+    assert msg.get_attr("HPFN_MF_A_DEVICE") == "0000:41:00.0"
+    assert [s.get_attr("HPFN_MF_SIG_TID") for s in msg.get_attr("HPFN_MF_A_SIGNALS")] == [4005, 5005]
+    assert decode(data) == event
+    assert encode(decode(data)) == data
+
+
+def test_event_without_signals_or_profile_round_trips():
+    event = MemoryFailureEvent(seq=1, timestamp_ns=0, pfn=0, device="0000:00:00.0", bar=0,
+                               bar_offset=0, granularity=1 << 30, policy="upstream",
+                               action="ignored", result="Ignored")
+    assert decode(encode(event)) == event
+
+
+def test_unstamped_event_is_refused():
+    with pytest.raises(EventError, match="stamped"):
+        encode(make_event(1, seq=None))
+
+
+signal_st = st.builds(SignalSummary, tid=st.integers(0, 2**32 - 1), code=st.integers(0, 2**32 - 1),
+                      addr=st.integers(0, 2**64 - 1), lsb=st.integers(0, 255))
+
+
+@st.composite
+def events_st(draw):
+    signals = draw(st.lists(signal_st, max_size=5))
+    return MemoryFailureEvent(
+        seq=draw(st.integers(0, 2**64 - 1)), timestamp_ns=draw(st.integers(0, 2**64 - 1)),
+        pfn=draw(st.integers(0, 2**64 - 1)),
+        device=draw(st.from_regex(r"\A[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]\Z")),
+        bar=draw(st.integers(0, 5)), bar_offset=draw(st.integers(0, 2**64 - 1)),
+        granularity=1 << draw(st.integers(0, 63)),
+        policy=draw(st.sampled_from(["upstream", "hard-offline", "split"])),
+        action=draw(st.from_regex(r"\A[a-z][a-z-]{0,20}\Z")),
+        result=draw(st.sampled_from(["Recovered", "Ignored", "Failed", "Delayed"])),
+        signals_sent=len(signals) + draw(st.integers(0, 1000)), signals=signals,
+        consumption_count=draw(st.integers(0, 2**32 - 1)),
+        profile=draw(st.sampled_from(["", "6.12", "6.15", "6.19", "7.0"])),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(events_st())
+def test_any_event_round_trips(event):
+    data = encode(event)
+    assert decode(data) == event
+    assert MemoryFailureEvent.from_json(event.to_json()) == event
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_damaged_bytes_decode_or_fail_with_one_line(data):
+    good = encode(make_event(3))
+    damaged = bytearray(good)
+    for _ in range(data.draw(st.integers(1, 4))):
+        damaged[data.draw(st.integers(0, len(good) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(good)))
+    try:
+        decode(bytes(damaged[:cut]))
+    except MalformedMessage as exc:
+        assert "\n" not in str(exc) and str(exc).endswith(f"({cut} bytes)")
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda b: b[:10], "too short for a netlink header and hpfn_mf header (10 bytes)"),
+    (lambda b: b[:-4], "nlmsg_len 176 does not match the datagram (172 bytes)"),
+    (lambda b: b[:4] + b"\x10\x00" + b[6:], "not a hugepfn event (nlmsg_type 0x10) (176 bytes)"),
+    (lambda b: b[:16] + b"\x02" + b[17:], "unsupported hpfn_mf version 2 (176 bytes)"),
+])
+def test_malformed_messages_have_exact_reasons(mutate, reason):
+    data = encode(make_event(2, signals_sent=0, signals=()))
+    assert len(data) == 176
+    with pytest.raises(MalformedMessage) as info:
+        decode(mutate(data))
+    assert str(info.value) == reason
+
+
+def test_missing_required_attribute_is_named():
+    msg = hpfn_mf_msg()
+    msg["header"]["type"] = HPFN_MSG_MEMORY_FAILURE
+    msg["header"]["flags"] = 0
+    msg["version"] = 1
+    msg["attrs"] = [("HPFN_MF_A_SEQ", 1), ("HPFN_MF_A_PFN", 5), ("HPFN_MF_A_DEVICE", "0000:01:00.0")]
+    msg.encode()
+    with pytest.raises(MalformedMessage, match=r"^missing attributes: action, bar, bar_offset, "
+                                               r"granularity, policy, result, timestamp_ns \(\d+ bytes\)$"):
+        decode(bytes(msg.data))
+
+
+def test_invalid_field_on_the_wire_is_malformed_not_a_crash():
+    good = encode(make_event(4))
+    bad = good.replace(b"6.19\0", b"6 19\0")  # a space is not a valid profile token
+    with pytest.raises(MalformedMessage, match=r"^invalid event: profile must be a short token"):
+        decode(bad)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("device", "01:00.0", "device must be a PCI address like 0000:01:00.0"),
+    ("bar", 6, "bar must be a region index 0..5"),
+    ("granularity", 3000, "granularity must be a power of two"),
+    ("policy", "hgm", "policy must be one of upstream, hard-offline, split"),
+    ("result", "recovered", "result must be one of Ignored, Failed, Delayed, Recovered"),
+    ("pfn", -1, "pfn must be an integer in 0..0xffffffffffffffff"),
+    ("signals_sent", 1, "2 signal summaries but signals_sent=1"),
+])
+def test_bad_event_fields_are_one_line_errors(field, value, message):
+    with pytest.raises(EventError, match="^" + message.replace(".", r"\.")):
+        make_event(1, **{field: value})
+
+
+def test_summary_and_json_lines():
+    event = make_event(1)
+    assert event.summary() == (
+        "#1001 2025-11-21T22:43:20.001000Z 0000:41:00.0 BAR2+0x1000 pfn 0x3800001 4KiB "
+        "policy hard-offline action zapped result Recovered signals 2 "
+        "[tid 4001 BUS_MCEERR_AR addr 0x7f3a00001000 lsb 12, tid 5001 BUS_MCEERR_AO addr 0x7f3b00001000 lsb 12] "
+        "consumed 1 profile 6.19")
+    assert event.to_json() == (
+        '{"seq":1001,"timestamp_ns":1763765000001000123,"pfn":58720257,"device":"0000:41:00.0",'
+        '"bar":2,"bar_offset":4096,"granularity":4096,"policy":"hard-offline","action":"zapped",'
+        '"result":"Recovered","signals_sent":2,"signals":[{"tid":4001,"code":4,"addr":139887084834816,'
+        '"lsb":12},{"tid":5001,"code":5,"addr":139891379802112,"lsb":12}],"consumption_count":1,'
+        '"profile":"6.19"}')
