@@ -1,0 +1,182 @@
+"""A vfio-user socket server: one client at a time, one ``ServerEngine`` per client.
+
+The server thread owns the socket and the engine; the device may raise interrupts
+from any thread (the engine's IRQ table is locked).  A second client that connects
+while one is attached is accepted and closed at once (it reads end-of-file, never
+hangs).  When a client goes away its DMA windows and eventfds are dropped, the
+device keeps its state, and the next client is accepted.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+from collections import deque
+from pathlib import Path
+
+from ..interface import ServedDevice
+from .engine import ServerEngine, State
+from .events import CommandFailed, Disconnected, Negotiated
+from .transport import TooManyFds, listen_unix, recv_with_fds, send_with_fds
+
+log = logging.getLogger("hugepfn.vfio_user")
+
+SEND_TIMEOUT = 10.0   # a client that stops reading its replies is dropped, not waited for
+
+
+class VfioUserServer:
+    backend_name = "python"
+
+    def __init__(self, device: ServedDevice, socket_path: str | os.PathLike, **engine_options):
+        self.device = device
+        self.socket_path = Path(socket_path)
+        self.engine_options = engine_options
+        self.engine: ServerEngine | None = None      # the current client's engine
+        self.clients_served = 0
+        self.clients_refused = 0
+        self.event_log: deque = deque(maxlen=1000)   # recent events, for status and tests
+        self._listener: socket.socket | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------ lifecycle
+    def listen(self) -> None:
+        if self._listener is None:
+            self._listener = listen_unix(self.socket_path)
+
+    def start(self) -> "VfioUserServer":
+        """Listen now and serve in a background thread."""
+        self.listen()
+        self._thread = threading.Thread(target=self._serve, name=f"vfio-user {self.socket_path.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until close() or, in the main thread, SIGTERM/SIGINT."""
+        self.listen()
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM,):
+                previous[signum] = signal.signal(signum, lambda *_: self._request_stop())
+        try:
+            self._serve()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._teardown()
+
+    def close(self) -> None:
+        self._request_stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._teardown()
+
+    def _request_stop(self) -> None:
+        self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _teardown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._listener is not None:
+            self._listener.close()
+            try:
+                self.socket_path.unlink()
+            except FileNotFoundError:
+                pass
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -------------------------------------------------------------- serving
+    def _serve(self) -> None:
+        poller = select.poll()
+        poller.register(self._listener, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stop.is_set():
+            ready = {fd for fd, _ in poller.poll()}
+            if self._wake_r in ready:
+                break
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            self._serve_client(conn)
+
+    def _serve_client(self, conn: socket.socket) -> None:
+        engine = ServerEngine(self.device, **self.engine_options)
+        self.engine = engine
+        self.clients_served += 1
+        self.device.set_interrupt_sink(engine.interrupt_sink)
+        conn.settimeout(SEND_TIMEOUT)
+        poller = select.poll()
+        poller.register(conn, select.POLLIN)
+        poller.register(self._listener, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        cfd, lfd = conn.fileno(), self._listener.fileno()
+        reason = "server stopped"
+        try:
+            while engine.state is not State.CLOSED:
+                ready = poller.poll()
+                for fd, _ in ready:
+                    if fd == lfd:
+                        self._refuse()
+                if self._stop.is_set():
+                    break
+                if not any(fd == cfd for fd, _ in ready):
+                    continue
+                try:
+                    data, fds = recv_with_fds(conn, engine.next_read_size(), engine.max_msg_fds)
+                except TooManyFds as exc:
+                    engine.connection_lost(str(exc))
+                    break
+                except OSError as exc:
+                    engine.connection_lost(f"receive failed: {exc}")
+                    break
+                engine.receive_data(data, fds)
+                for out, out_fds in engine.data_to_send():
+                    send_with_fds(conn, out, out_fds)
+                self._record(engine.events())
+        except OSError as exc:      # a send failed or timed out: drop the client
+            reason = f"send failed: {exc}"
+        finally:
+            engine.connection_lost(reason)
+            self._record(engine.events())
+            self.device.set_interrupt_sink(None)
+            conn.close()
+
+    def _refuse(self) -> None:
+        """A second client while one is attached: accept and close it at once."""
+        try:
+            extra, _ = self._listener.accept()
+        except OSError:
+            return
+        extra.close()
+        self.clients_refused += 1
+        log.info("vfio-user: refused a second client on %s (one client at a time)", self.socket_path)
+
+    def _record(self, events: list) -> None:
+        for event in events:
+            self.event_log.append(event)
+            if isinstance(event, Negotiated):
+                log.info("vfio-user: client negotiated %d.%d caps=%s", event.major, event.minor,
+                         event.reply_capabilities)
+            elif isinstance(event, Disconnected):
+                log.info("vfio-user: client gone: %s", event.reason)
+            elif isinstance(event, CommandFailed):
+                log.debug("vfio-user: command %d failed: %s", event.cmd, event.message)

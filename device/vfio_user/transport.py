@@ -1,0 +1,147 @@
+"""AF_UNIX SOCK_STREAM plumbing for vfio-user, shared by the server and the host client.
+
+* fds travel as SCM_RIGHTS on the same sendmsg() as the message they belong to;
+* a receiver reads each header on its own (``recv_with_fds``) so the fds it gets
+  are exactly those of that message, as libvfio-user and QEMU do;
+* the listening socket is created with mode 0600 in a directory the user owns.
+"""
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import os
+import socket
+import stat
+from pathlib import Path
+
+_SUN_PATH_MAX = 107   # sizeof(sun_path) - 1
+
+
+@contextlib.contextmanager
+def _addressable(path: Path):
+    """A name for ``path`` that fits sun_path: itself, or /proc/self/fd/N/<name>
+    through an O_PATH descriptor of its directory (pytest's tmp_path can be long)."""
+    if len(os.fsencode(str(path))) <= _SUN_PATH_MAX:
+        yield str(path)
+        return
+    dirfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{dirfd}/{path.name}"
+    finally:
+        os.close(dirfd)
+
+
+def check_socket_directory(path: Path) -> None:
+    """The socket must live in a directory this user owns (nobody else can swap it)."""
+    parent = path.parent
+    try:
+        st = os.stat(parent)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "socket directory does not exist", str(parent)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "socket directory is not a directory", str(parent))
+    if st.st_uid != os.geteuid():
+        raise PermissionError(errno.EPERM, f"socket directory is owned by uid {st.st_uid}, not by "
+                              f"this user ({os.geteuid()})", str(parent))
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise PermissionError(errno.EPERM, "socket directory is world-writable without the sticky bit",
+                              str(parent))
+
+
+def listen_unix(path: str | os.PathLike, backlog: int = 4) -> socket.socket:
+    """Create the listening socket file with mode 0600.
+
+    A stale socket file (nobody listening) is replaced; a live one is an error.
+    """
+    path = Path(path)
+    check_socket_directory(path)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise FileExistsError(errno.EEXIST, "exists and is not a socket", str(path))
+        if _someone_listens(path):
+            raise OSError(errno.EADDRINUSE, "a server is already listening on this socket", str(path))
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        # bind() creates the file with the umask applied: narrow it so the file is
+        # never reachable by others, even for the instant before chmod().
+        old = os.umask(0o177)
+        try:
+            with _addressable(path) as name:
+                sock.bind(name)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _someone_listens(path: Path) -> bool:
+    try:
+        connect_unix(path, timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def connect_unix(path: str | os.PathLike, timeout: float | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        with _addressable(Path(path)) as name:
+            sock.connect(name)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def send_with_fds(sock: socket.socket, data: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
+    """Send one whole message; its fds ride on the first sendmsg()."""
+    view = memoryview(data)
+    if fds:
+        sent = sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sent = sock.send(view)
+    if sent < len(view):
+        sock.sendall(view[sent:])
+
+
+class TooManyFds(OSError):
+    """The peer attached more fds than we accept in one message (MSG_CTRUNC)."""
+
+
+def recv_with_fds(sock: socket.socket, nbytes: int, max_fds: int) -> tuple[bytes, list[int]]:
+    """One recvmsg(): up to ``nbytes`` and the fds that came with them (close-on-exec)."""
+    data, ancdata, msg_flags, _ = sock.recvmsg(nbytes, socket.CMSG_SPACE(max(max_fds, 1) * 4),
+                                               socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
+            fds.extend(arr)
+    if msg_flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            os.close(fd)
+        raise TooManyFds(errno.EMSGSIZE, "peer sent more fds than max_msg_fds")
+    return data, fds
+
+
+def recv_exact(sock: socket.socket, nbytes: int) -> bytes:
+    """Exactly ``nbytes`` (b"" at a clean end of stream before the first byte)."""
+    chunks = []
+    remaining = nbytes
+    while remaining:
+        chunk = sock.recv(remaining)
+        if not chunk:
+            if remaining == nbytes:
+                return b""
+            raise ConnectionResetError(errno.ECONNRESET, "peer closed in the middle of a message")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
