@@ -1,0 +1,705 @@
+"""Serve a ``ServedDevice`` through libvfio-user, bound with cffi in ABI mode.
+
+The library is found at run time (``HUGEPFN_LIBVFIO_USER``, then the dynamic
+linker's search path, then a few install prefixes); nothing is compiled.  It
+must be a build at or after commit 850ded8 (PR #832): older builds report BARs
+of 4 GiB and more as size 0, which breaks every large BAR this project serves.
+
+Threading: a libvfio-user context is not thread-safe, so exactly one *owner*
+thread touches it.  That thread polls the context's fd (the listening socket
+until a client attaches, the connection after), a wake-up eventfd and, while a
+client is attached, the listening socket again so that a second client is
+refused at once instead of hanging in the backlog.  Other threads never call
+into the library: interrupts raised by the device and DMA accessors are queued
+and the eventfd wakes the owner, which runs them.
+
+Callbacks from C never let a Python exception through: each one catches
+everything and returns -1 with ``ffi.errno`` set (the library turns that errno
+into the error reply).  Every callback object and every fd handed to the
+library is kept alive until the context is destroyed.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes.util
+import errno
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+import tempfile
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable
+
+from cffi import FFI
+
+from hugepfn.device import interface as vfio
+from hugepfn.device.vfio_user import libvfio_user_cdef as C
+
+log = logging.getLogger(__name__)
+
+ENV_LIBRARY = "HUGEPFN_LIBVFIO_USER"
+REQUIRED_VERSION = "850ded8"  # "Support 64b bar region size" (PR #832)
+DOCS = "docs/libvfio-user.md"
+COMMON_PATHS = (
+    "/usr/local/lib/x86_64-linux-gnu/libvfio-user.so.0",
+    "/usr/local/lib/aarch64-linux-gnu/libvfio-user.so.0",
+    "/usr/local/lib64/libvfio-user.so.0",
+    "/usr/local/lib/libvfio-user.so.0",
+    "/usr/lib/x86_64-linux-gnu/libvfio-user.so.0",
+    "/usr/lib64/libvfio-user.so.0",
+    "/usr/lib/libvfio-user.so.0",
+)
+
+# A stalled peer must not pin the owner thread inside a blocking library call:
+# the library reads a message body and negotiates VERSION with blocking I/O.
+IO_TIMEOUT_S = 2.0
+ATTACH_TIMEOUT_S = 5.0
+MAX_DMA_REGIONS = 65535  # the protocol's default max_dma_maps
+
+ffi = FFI()
+ffi.cdef(C.CDEF)
+
+
+class LibvfioUserUnavailable(OSError):
+    """libvfio-user is missing, unloadable or too old for 64-bit BARs."""
+
+
+class UnsupportedDevice(ValueError):
+    """The device has a shape libvfio-user cannot represent."""
+
+
+# ----------------------------------------------------------------------------------
+# Finding and vetting the shared library
+
+
+def _candidates() -> list[tuple[str, str]]:
+    """(how it was found, what to dlopen), in the order they are tried."""
+    explicit = os.environ.get(ENV_LIBRARY)
+    if explicit:
+        return [(f"{ENV_LIBRARY}={explicit}", explicit)]
+    found = []
+    name = ctypes.util.find_library("vfio-user")
+    if name:
+        found.append(("the dynamic linker's search path", name))
+    found += [(path, path) for path in COMMON_PATHS if os.path.exists(path)]
+    return found
+
+
+def _supports_64bit_bars(lib) -> bool:
+    """Probe the validation that PR #832 added together with 64-bit BAR sizes.
+
+    Since #832 a BAR size must be a power of two and a 64-bit BAR may not sit at
+    an odd index; older builds accept both (and truncate sizes to 32 bits).  The
+    probe builds a throwaway context on a socket in a private temporary folder.
+    """
+    with tempfile.TemporaryDirectory(prefix="hugepfn-vfu-probe-") as folder:
+        ctx = lib.vfu_create_ctx(C.VFU_TRANS_SOCK, os.path.join(folder, "probe.sock").encode(),
+                                 C.LIBVFIO_USER_FLAG_ATTACH_NB, ffi.NULL, C.VFU_DEV_TYPE_PCI)
+        if ctx == ffi.NULL:
+            raise OSError(ffi.errno, f"vfu_create_ctx failed: {os.strerror(ffi.errno)}")
+        try:
+            mem = C.VFU_REGION_FLAG_READ | C.VFU_REGION_FLAG_WRITE | C.VFU_REGION_FLAG_MEM
+            odd_64bit = lib.vfu_setup_region(ctx, 1, 4096, ffi.NULL, mem | C.VFU_REGION_FLAG_64_BITS,
+                                             ffi.NULL, 0, -1, 0)
+            not_pow2 = lib.vfu_setup_region(ctx, 2, 3 * 4096, ffi.NULL, mem, ffi.NULL, 0, -1, 0)
+            big = lib.vfu_setup_region(ctx, 4, 1 << 33, ffi.NULL, mem | C.VFU_REGION_FLAG_64_BITS,
+                                       ffi.NULL, 0, -1, 0)
+        finally:
+            lib.vfu_destroy_ctx(ctx)
+    return odd_64bit == -1 and not_pow2 == -1 and big == 0
+
+
+_loaded: tuple[object | None, str] | None = None
+_load_lock = threading.Lock()
+
+
+def _load() -> tuple[object | None, str]:
+    global _loaded
+    with _load_lock:
+        if _loaded is None:
+            _loaded = _find_and_vet()
+        return _loaded
+
+
+def _find_and_vet() -> tuple[object | None, str]:
+    hint = f"build libvfio-user >= {REQUIRED_VERSION} (see {DOCS})"
+    candidates = _candidates()
+    if not candidates:
+        return None, f"libvfio-user.so not found; {hint}"
+    problems = []
+    for how, target in candidates:
+        if os.sep in target and not os.path.exists(target):
+            problems.append(f"libvfio-user.so not found at {how}")
+            continue
+        try:
+            lib = ffi.dlopen(target)
+        except OSError as exc:
+            problems.append(f"{how}: cannot load ({str(exc).split('.  ')[0]})")
+            continue
+        except AttributeError as exc:  # a symbol of the cdef is missing
+            problems.append(f"{how}: not libvfio-user ({exc})")
+            continue
+        try:
+            modern = _supports_64bit_bars(lib)
+        except (OSError, AttributeError) as exc:
+            problems.append(f"{how}: probe failed ({exc})")
+            continue
+        if not modern:
+            problems.append(f"{how}: libvfio-user too old: no 64-bit BAR support")
+            continue
+        return lib, f"libvfio-user from {how} ({target})"
+    if len(problems) == 1 and "too old" in problems[0]:
+        return None, f"libvfio-user too old: no 64-bit BAR support; {hint}"
+    return None, "; ".join(problems) + f"; {hint}"
+
+
+def is_available() -> tuple[bool, str]:
+    """(True, where it was found) or (False, a one-line reason with the fix)."""
+    lib, reason = _load()
+    return lib is not None, reason
+
+
+def _library():
+    lib, reason = _load()
+    if lib is None:
+        raise LibvfioUserUnavailable(errno.ENOENT, reason)
+    return lib
+
+
+# ----------------------------------------------------------------------------------
+# The server
+
+
+@dataclass(frozen=True)
+class DmaRegion:
+    """One DMA_MAP window as libvfio-user registered it."""
+    iova: int
+    size: int
+    prot: int
+    mapped: bool  # True when the client passed an fd and the library mmapped it
+
+
+def _errno_of(exc: BaseException) -> int:
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    if isinstance(exc, (ValueError, IndexError, KeyError, TypeError)):
+        return errno.EINVAL
+    return errno.EIO
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _prepare_socket_path(path: str) -> None:
+    """Refuse to clobber anything but a stale socket; make sure the folder exists."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"socket folder {folder} does not exist")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # stale: left behind by a server that died
+        return
+    finally:
+        probe.close()
+    raise FileExistsError(errno.EADDRINUSE, f"a server is already listening on {path}")
+
+
+_umask_lock = threading.Lock()
+
+
+class Server:
+    """libvfio-user serving one device on one UNIX socket, one client at a time."""
+
+    backend_name = "libvfio-user"
+
+    def __init__(self, device: vfio.ServedDevice, socket_path: str | os.PathLike):
+        self._lib = lib = _library()
+        self.device = device
+        self.socket_path = os.fspath(socket_path)
+        self.stats = collections.Counter()
+        self._keep: list = []           # cffi callbacks and buffers the library points to
+        self._region_fds: list[int] = []
+        self._dma: dict[int, tuple[DmaRegion, int]] = {}   # iova -> (region, vaddr)
+        self._dma_lock = threading.Lock()
+        self._irq_queue: collections.deque[tuple[int, int]] = collections.deque()
+        self._jobs: collections.deque[tuple[Callable[[], object], Future]] = collections.deque()
+        self._pending_irqs: set[tuple[int, int]] = set()
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._owner: int | None = None
+        self._attach_lock = threading.Lock()
+        self._attaching = False
+        self._callback_exit: BaseException | None = None
+        self._attached = False
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+        _prepare_socket_path(self.socket_path)
+        self._ctx = ffi.NULL
+        try:
+            self._ctx = self._create_context()
+            self._listen_fd = lib.vfu_get_poll_fd(self._ctx)
+            self._setup_log()
+            self._setup_config_space()
+            self._setup_regions()
+            self._setup_irqs()
+            self._setup_reset_and_dma()
+            if lib.vfu_realize_ctx(self._ctx) != 0:
+                self._raise_errno("vfu_realize_ctx")
+        except BaseException:
+            self._destroy()
+            raise
+        device.set_interrupt_sink(self._raise_interrupt)
+
+    # -- construction ------------------------------------------------------------
+
+    def _raise_errno(self, what: str):
+        err = ffi.errno or errno.EIO
+        raise OSError(err, f"libvfio-user: {what} failed: {os.strerror(err)}")
+
+    def _create_context(self):
+        # The library binds the socket itself; a restrictive umask makes it 0600
+        # from the first instant (umask is process-wide, hence the lock).
+        with _umask_lock:
+            old = os.umask(0o177)
+            try:
+                ctx = self._lib.vfu_create_ctx(C.VFU_TRANS_SOCK, self.socket_path.encode(),
+                                               C.LIBVFIO_USER_FLAG_ATTACH_NB, ffi.NULL,
+                                               C.VFU_DEV_TYPE_PCI)
+            finally:
+                os.umask(old)
+        if ctx == ffi.NULL:
+            self._raise_errno(f"vfu_create_ctx({self.socket_path})")
+        os.chmod(self.socket_path, 0o600)
+        return ctx
+
+    def _callback(self, ctype: str, fn, error):
+        cb = ffi.callback(ctype, fn, error=error)
+        self._keep.append(cb)
+        return cb
+
+    def _setup_log(self):
+        def on_log(_ctx, level, msg):
+            try:
+                # The library logs a client's bad requests at LOG_ERR: that is the
+                # client's problem, not ours, so only its graver levels get louder.
+                log.log(logging.WARNING if level <= 2 else logging.DEBUG,
+                        "libvfio-user: %s", ffi.string(msg).decode(errors="replace"))
+            except BaseException:  # never into C
+                pass
+        self._lib.vfu_setup_log(self._ctx, self._callback("vfu_log_fn", on_log, None), C.LOG_INFO)
+
+    def _setup_config_space(self):
+        info = self.device.region_info(vfio.VFIO_PCI_CONFIG_REGION_INDEX)
+        if info.size not in (256, 4096):
+            raise UnsupportedDevice(f"config space of {info.size} bytes; libvfio-user serves 256 or 4096")
+        pci_type = C.VFU_PCI_TYPE_EXPRESS if info.size == 4096 else C.VFU_PCI_TYPE_CONVENTIONAL
+        if self._lib.vfu_pci_init(self._ctx, pci_type, C.PCI_HEADER_TYPE_NORMAL, 0) != 0:
+            self._raise_errno("vfu_pci_init")
+        # Keep the library's private copy equal to the device's, although with
+        # ALWAYS_CB every config access is answered by the device itself: that is
+        # what makes both backends expose byte-identical config space.
+        initial = self.device.region_read(vfio.VFIO_PCI_CONFIG_REGION_INDEX, 0, info.size)
+        ffi.memmove(self._lib.vfu_pci_get_config_space(self._ctx), initial, info.size)
+        flags = C.VFU_REGION_FLAG_READ | C.VFU_REGION_FLAG_WRITE | C.VFU_REGION_FLAG_ALWAYS_CB
+        self._setup_region(vfio.VFIO_PCI_CONFIG_REGION_INDEX, info.size, flags)
+
+    def _setup_regions(self):
+        for index in range(min(self.device.num_regions, C.VFU_PCI_DEV_NUM_REGIONS)):
+            if index == vfio.VFIO_PCI_CONFIG_REGION_INDEX:
+                continue
+            info = self.device.region_info(index)
+            if info.size == 0:
+                continue
+            flags = 0
+            if info.flags & vfio.VFIO_REGION_INFO_FLAG_READ:
+                flags |= C.VFU_REGION_FLAG_READ
+            if info.flags & vfio.VFIO_REGION_INFO_FLAG_WRITE:
+                flags |= C.VFU_REGION_FLAG_WRITE
+            if index <= vfio.VFIO_PCI_ROM_REGION_INDEX:
+                flags |= C.VFU_REGION_FLAG_MEM
+            if info.is_64bit:
+                flags |= C.VFU_REGION_FLAG_64_BITS
+            if info.prefetchable:
+                flags |= C.VFU_REGION_FLAG_PREFETCH
+            if index <= vfio.VFIO_PCI_BAR5_REGION_INDEX:
+                if not _is_pow2(info.size):
+                    raise UnsupportedDevice(f"BAR{index} size {info.size:#x} is not a power of two")
+                if info.is_64bit and index % 2:
+                    raise UnsupportedDevice(f"64-bit BAR{index} must sit at an even index")
+            fd = -1
+            areas = ffi.NULL
+            nr_areas = 0
+            if info.fd is not None and info.flags & vfio.VFIO_REGION_INFO_FLAG_MMAP:
+                fd = os.dup(info.fd)  # ours for the context's life; the library never closes it
+                self._region_fds.append(fd)
+                if info.sparse_areas:
+                    nr_areas = len(info.sparse_areas)
+                    areas = ffi.new("struct iovec[]", nr_areas)
+                    for slot, area in zip(areas, info.sparse_areas):
+                        slot.iov_base = ffi.cast("void *", area.offset)
+                        slot.iov_len = area.size
+                    self._keep.append(areas)
+            self._setup_region(index, info.size, flags, areas, nr_areas, fd, info.fd_offset)
+
+    def _setup_region(self, index, size, flags, areas=ffi.NULL, nr_areas=0, fd=-1, fd_offset=0):
+        access = self._callback("vfu_region_access_fn", self._make_access(index), -1)
+        if self._lib.vfu_setup_region(self._ctx, index, size, access, flags, areas, nr_areas,
+                                      fd, fd_offset) != 0:
+            self._raise_errno(f"vfu_setup_region(index={index}, size={size:#x}, flags={flags:#x})")
+
+    def _make_access(self, index: int):
+        read, write, fail = self.device.region_read, self.device.region_write, self._fail
+
+        def access(_ctx, buf, count, offset, is_write):
+            try:
+                if is_write:
+                    write(index, offset, ffi.unpack(buf, count))
+                else:
+                    data = read(index, offset, count)
+                    if len(data) != count:
+                        raise OSError(errno.EIO, f"region {index} read returned {len(data)} of {count} bytes")
+                    ffi.memmove(buf, data, count)
+                return count
+            except BaseException as exc:
+                return fail(exc, f"region {index} {'write' if is_write else 'read'} at {offset:#x}+{count}")
+        return access
+
+    def _fail(self, exc: BaseException, what: str) -> int:
+        """Turn an exception inside a C callback into -1 with errno set."""
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            self._callback_exit = exc  # re-raised by the owner loop once back in Python
+            self._stop.set()
+        err = _errno_of(exc)
+        self.stats["callback_errors"] += 1
+        log.debug("%s failed: errno %d (%s)", what, err, exc)
+        ffi.errno = err
+        return -1
+
+    def _setup_irqs(self):
+        for index in range(vfio.VFIO_PCI_NUM_IRQS):
+            count = self.device.irq_info(index).count if index < self.device.num_irqs else 0
+            if self._lib.vfu_setup_device_nr_irqs(self._ctx, index, count) != 0:
+                self._raise_errno(f"vfu_setup_device_nr_irqs({index}, {count})")
+            state = self._callback("vfu_irq_state_fn", self._make_irq_state(index), None)
+            if self._lib.vfu_setup_irq_state_callback(self._ctx, index, state) != 0:
+                self._raise_errno(f"vfu_setup_irq_state_callback({index})")
+
+    def _make_irq_state(self, index: int):
+        def on_state(_ctx, start, count, mask):
+            try:
+                self.device.irq_state_changed(index, start, count, bool(mask))
+                if not mask:  # unmasked: deliver what was raised while it could not be
+                    for vector in range(start, start + count):
+                        if (index, vector) in self._pending_irqs:
+                            self._pending_irqs.discard((index, vector))
+                            self._deliver(index, vector)
+            except BaseException as exc:
+                self._fail(exc, f"irq state of index {index}")
+        return on_state
+
+    def _setup_reset_and_dma(self):
+        def on_reset(_ctx, reset_type):
+            try:
+                if reset_type == C.VFU_RESET_LOST_CONN:
+                    # Device state is kept across clients; the library has already
+                    # dropped DMA maps and is about to close the IRQ eventfds.
+                    self._pending_irqs.clear()
+                    self.stats["disconnects"] += 1
+                else:
+                    self.device.reset()
+                    self.stats["resets"] += 1
+                return 0
+            except BaseException as exc:
+                return self._fail(exc, f"reset type {reset_type}")
+
+        def on_dma_register(_ctx, info):
+            try:
+                iova = int(ffi.cast("uintptr_t", info.iova.iov_base))
+                vaddr = int(ffi.cast("uintptr_t", info.vaddr))
+                region = DmaRegion(iova, info.iova.iov_len, info.prot, vaddr != 0)
+                with self._dma_lock:
+                    self._dma[iova] = (region, vaddr)
+                self.stats["dma_maps"] += 1
+            except BaseException as exc:
+                self._fail(exc, "DMA register")
+
+        def on_dma_unregister(_ctx, info):
+            try:
+                with self._dma_lock:
+                    self._dma.pop(int(ffi.cast("uintptr_t", info.iova.iov_base)), None)
+                self.stats["dma_unmaps"] += 1
+            except BaseException as exc:
+                self._fail(exc, "DMA unregister")
+
+        lib = self._lib
+        if lib.vfu_setup_device_reset_cb(self._ctx, self._callback("vfu_reset_fn", on_reset, -1)) != 0:
+            self._raise_errno("vfu_setup_device_reset_cb")
+        if lib.vfu_setup_device_dma(self._ctx, MAX_DMA_REGIONS,
+                                    self._callback("vfu_dma_fn", on_dma_register, None),
+                                    self._callback("vfu_dma_fn", on_dma_unregister, None)) != 0:
+            self._raise_errno("vfu_setup_device_dma")
+
+    # -- interrupts and cross-thread work -----------------------------------------
+
+    def _raise_interrupt(self, index: int, vector: int) -> None:
+        """The device's InterruptSink: callable from any thread."""
+        if self._closed:
+            return
+        self._irq_queue.append((index, vector))
+        self._wake()
+
+    def _wake(self):
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass  # closed, or the counter is saturated: the owner is awake anyway
+
+    def _deliver(self, index: int, vector: int) -> None:
+        """Owner thread only."""
+        if index in (vfio.VFIO_PCI_ERR_IRQ_INDEX, vfio.VFIO_PCI_REQ_IRQ_INDEX):
+            # libvfio-user has no public call that signals the ERR/REQ eventfds.
+            self.stats["irqs_unsupported"] += 1
+            return
+        # INTx, MSI and MSI-X share one eventfd table in libvfio-user (only one of
+        # them is enabled at a time, as in VFIO), indexed by vector.
+        if self._lib.vfu_irq_trigger(self._ctx, vector) == 0:
+            self.stats["irqs_triggered"] += 1
+        elif ffi.errno == errno.ENOENT:  # no eventfd assigned (masked or de-assigned)
+            self._pending_irqs.add((index, vector))
+            self.stats["irqs_pending"] += 1
+        else:
+            self.stats["irqs_invalid"] += 1
+
+    def call_in_owner(self, fn: Callable[[], object], timeout: float = 10.0):
+        """Run ``fn`` in the thread that owns the context and return its result."""
+        if self._closed:
+            raise OSError(errno.ESHUTDOWN, "server is closed")
+        if self._owner in (None, threading.get_ident()):
+            return fn()
+        future: Future = Future()
+        self._jobs.append((fn, future))
+        self._wake()
+        return future.result(timeout)
+
+    def dma_regions(self) -> list[DmaRegion]:
+        with self._dma_lock:
+            return sorted((region for region, _ in self._dma.values()), key=lambda r: r.iova)
+
+    def _dma_pointer(self, iova: int, size: int):
+        with self._dma_lock:
+            for region, vaddr in self._dma.values():
+                if region.iova <= iova and iova + size <= region.iova + region.size:
+                    if not region.mapped:
+                        raise OSError(errno.EFAULT, f"DMA window at {region.iova:#x} has no fd to access")
+                    return ffi.cast("char *", vaddr + (iova - region.iova))
+        raise OSError(errno.EFAULT, f"no DMA window covers {iova:#x}+{size:#x}")
+
+    def dma_read(self, iova: int, size: int) -> bytes:
+        """Read client memory of a DMA_MAP made with an fd (runs in the owner thread)."""
+        return self.call_in_owner(lambda: ffi.unpack(self._dma_pointer(iova, size), size))
+
+    def dma_write(self, iova: int, data: bytes) -> None:
+        def write():
+            ffi.memmove(self._dma_pointer(iova, len(data)), data, len(data))
+        self.call_in_owner(write)
+
+    # -- the owner loop --------------------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        """Whether a client is attached, as of the owner loop's last turn."""
+        return self._attached
+
+    def start(self) -> "Server":
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        self._thread = threading.Thread(target=self._run, name=f"vfu:{self.socket_path}", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until close() is called from elsewhere."""
+        self._run()
+
+    def _run(self):
+        self._owner = threading.get_ident()
+        try:
+            self._loop()
+        finally:
+            self._owner = None
+            for _fn, future in self._drain_jobs():
+                future.set_exception(OSError(errno.ESHUTDOWN, "server stopped"))
+        if self._callback_exit is not None:
+            raise self._callback_exit
+
+    def _drain_jobs(self):
+        while self._jobs:
+            yield self._jobs.popleft()
+
+    def _loop(self):
+        lib, ctx = self._lib, self._ctx
+        poller, watched = None, None
+        while not self._stop.is_set():
+            conn = lib.vfu_get_poll_fd(ctx)  # changes on attach and on disconnect
+            attached = self._attached = conn != self._listen_fd
+            want = (conn, attached)
+            if want != watched:
+                poller = select.poll()
+                poller.register(self._wake_fd, select.POLLIN)
+                poller.register(conn, select.POLLIN)
+                if attached:  # to refuse a second client at once
+                    poller.register(self._listen_fd, select.POLLIN)
+                watched = want
+            for fd, _events in poller.poll():
+                if fd == self._wake_fd:
+                    self._on_wake()
+                elif fd == conn:
+                    self._serve_messages() if attached else self._attach()
+                elif fd == self._listen_fd:
+                    self._refuse_extra_client()
+                if self._stop.is_set():
+                    break
+
+    def _on_wake(self):
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+        while self._irq_queue:
+            self._deliver(*self._irq_queue.popleft())
+        for fn, future in self._drain_jobs():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def _attach(self):
+        with self._attach_lock:
+            self._attaching = True
+        watchdog = threading.Timer(ATTACH_TIMEOUT_S, self._abort_attach)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            rc = self._lib.vfu_attach_ctx(self._ctx)
+            err = ffi.errno
+        finally:
+            watchdog.cancel()
+            with self._attach_lock:
+                self._attaching = False
+        if rc == 0:
+            self.stats["connections"] += 1
+            self._set_io_timeouts(self._lib.vfu_get_poll_fd(self._ctx))
+        elif err not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            self.stats["failed_attaches"] += 1
+            log.info("vfio-user client failed to negotiate: %s", os.strerror(err))
+
+    def _abort_attach(self):
+        """Unblock a VERSION negotiation with a client that never sends it."""
+        with self._attach_lock:
+            if not self._attaching:
+                return
+            conn = self._lib.vfu_get_poll_fd(self._ctx)  # a plain field read in the library
+            if conn != self._listen_fd:
+                _shutdown_fd(conn)
+
+    @staticmethod
+    def _set_io_timeouts(fd: int):
+        sock = socket.socket(fileno=os.dup(fd))
+        try:
+            tv = struct.pack("@ll", int(IO_TIMEOUT_S), int(IO_TIMEOUT_S % 1 * 1e6))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        finally:
+            sock.close()
+
+    def _serve_messages(self):
+        run, ctx = self._lib.vfu_run_ctx, self._ctx
+        while True:  # with ATTACH_NB each call handles at most one message
+            handled = run(ctx)
+            if handled > 0:
+                self.stats["messages"] += handled
+                if self._stop.is_set():
+                    return
+                continue
+            if handled < 0:
+                err = ffi.errno
+                if err == errno.ENOTCONN:
+                    log.info("vfio-user client disconnected from %s", self.socket_path)
+                elif err not in (errno.EAGAIN, errno.EBUSY):
+                    self.stats["run_errors"] += 1
+                    log.debug("vfu_run_ctx: %s", os.strerror(err))
+            return
+
+    def _refuse_extra_client(self):
+        listener = socket.socket(fileno=os.dup(self._listen_fd))
+        try:
+            extra, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        finally:
+            listener.close()
+        extra.close()  # the second client reads EOF at once
+        self.stats["refused_clients"] += 1
+
+    # -- teardown ------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._stop.set()
+        self._wake()
+        self._abort_attach()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(ATTACH_TIMEOUT_S + 2 * IO_TIMEOUT_S)
+            if thread.is_alive():
+                # Destroying the context under a running call would be a use-after-free.
+                raise OSError(errno.EBUSY, "libvfio-user owner thread did not stop; context leaked")
+        self._closed = True
+        try:
+            self.device.set_interrupt_sink(None)
+        finally:
+            self._destroy()
+
+    def _destroy(self):
+        if self._ctx != ffi.NULL:
+            self._lib.vfu_destroy_ctx(self._ctx)  # also unlinks the socket
+            self._ctx = ffi.NULL
+        for fd in self._region_fds:
+            os.close(fd)
+        self._region_fds.clear()
+        self._keep.clear()
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _shutdown_fd(fd: int) -> None:
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
