@@ -613,3 +613,82 @@ def test_large_64bit_bar_is_reported_with_its_full_size(tmp_path):
             c.close()
     finally:
         os.close(dev.memfd)
+
+
+# -- the real GPU model behind libvfio-user -----------------------------------------------
+
+REG_SCRATCH, REG_DOORBELL = 0x40, 0x10          # device/registers.py (docs/device.md)
+MSIX_CAP = 0xA0                                 # device/config_layout.py
+
+
+@pytest.fixture
+def gpu():
+    from hugepfn.device.gpu import GpuDevice
+    dev = GpuDevice.from_profile("tiny")
+    yield dev
+    dev.close()
+
+
+@pytest.fixture
+def gpu_client(gpu, tmp_path):
+    with lvu.Server(gpu, tmp_path / "gpu.sock").start() as srv:
+        c = RawClient(srv.socket_path)
+        yield c
+        c.close()
+
+
+@needs_library
+def test_gpu_config_space_matches_the_model_byte_for_byte(gpu_client, gpu):
+    assert gpu_client.region_read(7, 0, 4096) == gpu.region_read(7, 0, 4096)
+    assert gpu_client.region_read(7, 0, 4) == struct.pack("<HH", 0x10DE, 0x2330)
+
+
+@needs_library
+def test_gpu_bar_layout_and_memory_through_mmap(gpu_client, gpu):
+    sizes = {}
+    for index in range(6):
+        body, fds = gpu_client.region_info(index, argsz=64)
+        _argsz, flags, _i, cap_offset, size, offset = struct.unpack_from("<IIIIQQ", body)
+        sizes[index] = (size, flags, len(fds))
+        for fd in fds[1:]:
+            os.close(fd)
+        if fds:
+            memory_fd = fds[0]
+    assert sizes == {0: (64 << 10, 0x3, 0), 1: (0, 0, 0), 2: (64 * MiB, 0xF, 1),
+                     3: (0, 0, 0), 4: (16 << 10, 0x3, 0), 5: (0, 0, 0)}
+    with mmap.mmap(memory_fd, 64 * MiB) as bar2:
+        bar2[0x123000:0x123008] = b"hugepfn!"
+        assert gpu_client.region_read(2, 0x123000, 8) == b"hugepfn!"
+        assert gpu.region_read(2, 0x123000, 8) == b"hugepfn!"
+    os.close(memory_fd)
+
+
+@needs_library
+def test_gpu_doorbell_raises_intx_then_msix(gpu_client, gpu):
+    intx = os.eventfd(0, os.EFD_NONBLOCK)
+    msix = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(8)]
+    try:
+        assert gpu_client.set_irqs(vfio.VFIO_PCI_INTX_IRQ_INDEX, 0, [intx]) == 0
+        assert gpu_client.region_write(0, REG_DOORBELL, struct.pack("<I", 5)) == 0
+        assert eventfd_fired(intx) == 1                                   # MSI-X off: INTx
+        assert gpu_client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 0, msix) == 0
+        assert gpu_client.region_write(4, 5 * 16 + 12, struct.pack("<I", 0)) == 0   # unmask entry 5
+        control = struct.unpack("<H", gpu_client.region_read(7, MSIX_CAP + 2, 2))[0]
+        assert gpu_client.region_write(7, MSIX_CAP + 2, struct.pack("<H", control | 0x8000)) == 0
+        assert gpu_client.region_write(0, REG_DOORBELL, struct.pack("<I", 5)) == 0
+        assert eventfd_fired(msix[5]) == 1
+    finally:
+        for fd in [intx, *msix]:
+            os.close(fd)
+
+
+@needs_library
+def test_gpu_reset_and_poisoned_read(gpu_client, gpu):
+    assert gpu_client.region_write(0, REG_SCRATCH, struct.pack("<I", 0xCAFE)) == 0
+    assert gpu_client.region_write(7, 0x04, struct.pack("<H", 0x6)) == 0           # MEM | BUS_MASTER
+    gpu_client.ok(DEVICE_RESET)
+    assert gpu_client.region_read(0, REG_SCRATCH, 4) == bytes(4)
+    assert struct.unpack("<H", gpu_client.region_read(7, 0x04, 2))[0] & 0x6 == 0
+    gpu.inject_poison(bar=2, offset=0x40000)
+    assert gpu_client.region_read(2, 0x40000, 8) == errno.EIO
+    assert gpu_client.region_read(2, 0x40040, 8) == bytes(8)                     # next cacheline
