@@ -57,8 +57,10 @@ def subscriber(transport: Transport | str = Transport.AUTO, *, group: int = DEFA
         return NetlinkSubscriber(group, netns=netns, on_notice=on_notice)
     except OSError as exc:
         reason = _why_not_netlink(exc, group)
-        if kind is Transport.NETLINK or reason is None:
+        if reason is None:
             raise
+        if kind is Transport.NETLINK:
+            raise type(exc)(exc.errno, reason) from None
     sub = UnixSubscriber(events_dir, on_notice=on_notice)
     sub.fallback_reason = reason
     return sub
@@ -77,8 +79,10 @@ def publisher(transport: Transport | str = Transport.AUTO, *, group: int = DEFAU
             senders.append(NetlinkSender(group, netns=netns))
         except OSError as exc:
             reason = _why_not_netlink(exc, group, "sending to")
-            if kind is Transport.NETLINK or reason is None:
+            if reason is None:
                 raise
+            if kind is Transport.NETLINK:
+                raise type(exc)(exc.errno, reason) from None
     if kind in (Transport.AUTO, Transport.UNIX):
         senders.append(UnixSender(events_dir))
     return Publisher(senders, fallback_reason=reason)

@@ -128,3 +128,12 @@ def test_help_and_bad_arguments():
     out, err = group.communicate(timeout=15)
     assert (group.returncode, err) == (
         2, "hugepfn monitor: error: netlink group must be 1..32 (NETLINK_USERSOCK has 32 groups), got 33\n")
+
+
+@needs_root
+def test_monitor_forced_onto_netlink_without_permission_is_a_one_line_error():
+    monitor = spawn([*MONITOR, "--transport", "netlink"], preexec_fn=_drop_net_admin)
+    out, err = monitor.communicate(timeout=15)
+    assert (monitor.returncode, out) == (1, "")
+    assert err == (f"hugepfn monitor: error: netlink not permitted (EPERM: joining NETLINK_USERSOCK group "
+                   f"{DEFAULT_GROUP} needs CAP_NET_ADMIN)\n")
