@@ -17,8 +17,9 @@ class MM:
     handle_mm_fault calls, for the trace summary.
     """
 
-    def __init__(self, owner: Any = None) -> None:
+    def __init__(self, owner: Any = None, machine: Any = None) -> None:
         self.owner = owner
+        self.machine = machine      # the Machine whose settings (THP, arch, profile) apply
         self.pgtable = PageTable()
         self.thp_disabled = False
         self.nr_faults = 0

@@ -209,9 +209,8 @@ class VfioUserClient:
             raise VfioUserProtocolError(f"server replied version {version.major}.{version.minor} "
                                         f"to a proposal of {major}.{minor}")
         server_caps = (version.capabilities or {}).get("capabilities", {})
-        if not set(server_caps) <= set(caps):
-            raise VfioUserProtocolError(f"server capabilities {sorted(server_caps)} are not a subset "
-                                        f"of {sorted(caps)}")
+        # Like QEMU, take what the server says even beyond what we proposed
+        # (libvfio-user always reports max_msg_fds and max_data_xfer_size).
         self.server_version = (version.major, version.minor)
         self.server_capabilities = server_caps
         self.server_max_msg_fds = server_caps.get("max_msg_fds", 1)

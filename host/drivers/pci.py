@@ -1,0 +1,81 @@
+"""The PCI device as the host sees it: BAR resources, the vfio virtual config space
+(COMMAND, PM capability), power state, and BAR0 register reads.
+
+This is the host's view only; the emulated device (hugepfn.device) or a vfio-user client
+can stand behind it by supplying ``bar0_read32``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+PCI_COMMAND = 0x04
+PCI_COMMAND_IO = 0x1
+PCI_COMMAND_MEMORY = 0x2
+PCI_COMMAND_MASTER = 0x4
+PCI_STATUS = 0x06
+PCI_CAPABILITY_LIST = 0x34
+PCI_CAP_ID_PM = 0x01
+# The model places the PM capability at 0x40, so PMCSR (PCI_PM_CTRL) is at 0x44.
+PM_CAP_OFFSET = 0x40
+PCI_PM_CTRL = PM_CAP_OFFSET + 0x4
+PCI_PM_CTRL_STATE_MASK = 0x3
+PCI_CFG_SPACE_SIZE = 256
+
+PCI_D0, PCI_D1, PCI_D2, PCI_D3hot, PCI_D3cold = range(5)
+POWER_STATE_NAMES = {PCI_D0: "D0", PCI_D1: "D1", PCI_D2: "D2", PCI_D3hot: "D3hot", PCI_D3cold: "D3cold"}
+
+
+@dataclass
+class PciBar:
+    """A BAR resource: ``phys`` is pci_resource_start, ``size`` pci_resource_len."""
+    index: int
+    phys: int
+    size: int
+    io: bool = False            # I/O-port BAR: never mmap-able
+
+    @property
+    def pfn(self) -> int:
+        return self.phys >> 12
+
+
+@dataclass
+class PciDevice:
+    bdf: str = "0000:01:00.0"
+    bars: dict[int, PciBar] = field(default_factory=dict)
+    vendor: int = 0x10DE
+    device: int = 0x2342
+    is_virtfn: bool = False          # VFs have no_command_memory
+    reset_works: bool = True
+    current_state: int = PCI_D0
+    # BAR0 32-bit register reads (nvgrace readiness); None: every register reads 0xFF
+    bar0_read32: Callable[[int], int] | None = None
+    vconfig: bytearray = field(default_factory=lambda: bytearray(PCI_CFG_SPACE_SIZE))
+
+    def __post_init__(self) -> None:
+        c = self.vconfig
+        c[0:2] = self.vendor.to_bytes(2, "little")
+        c[2:4] = self.device.to_bytes(2, "little")
+        # memory decode on, as after pci_enable_device
+        c[PCI_COMMAND:PCI_COMMAND + 2] = (PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER).to_bytes(2, "little")
+        c[PCI_STATUS:PCI_STATUS + 2] = (0x10).to_bytes(2, "little")      # capability list present
+        c[PCI_CAPABILITY_LIST] = PM_CAP_OFFSET
+        c[PM_CAP_OFFSET] = PCI_CAP_ID_PM
+
+    @property
+    def no_command_memory(self) -> bool:
+        return self.is_virtfn
+
+    @property
+    def command(self) -> int:
+        return int.from_bytes(self.vconfig[PCI_COMMAND:PCI_COMMAND + 2], "little")
+
+    @command.setter
+    def command(self, value: int) -> None:
+        self.vconfig[PCI_COMMAND:PCI_COMMAND + 2] = (value & 0xFFFF).to_bytes(2, "little")
+
+    def read_bar0(self, offset: int) -> int:
+        return 0xFF if self.bar0_read32 is None else self.bar0_read32(offset)
+
+    def bar(self, index: int) -> PciBar | None:
+        return self.bars.get(index)

@@ -1,0 +1,323 @@
+"""The vfio-pci core driver: BAR mmap checks, the huge_fault handler per kernel profile,
+the insert helper variants reuse, and the zaps on memory-disable / reset / low-power.
+
+Variant drivers subclass VfioPciCoreDevice and override only what differs (see
+nvgrace_gpu.py and docs/driver-authors.md).  Kernel references: ref 1.3, 1.5, 1.6, 2.1, 3.3.
+"""
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from ..mm.constants import (PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER, VFIO_PCI_OFFSET_SHIFT,
+                            VFIO_PCI_PGOFF_MASK, VFIO_PCI_PGOFF_SHIFT, VM_ALLOW_ANY_UNCACHED, VM_DONTDUMP,
+                            VM_DONTEXPAND, VM_IO, VM_PFNMAP, VM_SHARED)
+from ..mm.fault import VmFaultCtx
+from ..mm.insert import vmf_insert_pfn, vmf_insert_pfn_pmd, vmf_insert_pfn_pud
+from ..mm.mapping import AddressSpace, File
+from ..mm.vm_fault import VM_FAULT_FALLBACK, VM_FAULT_SIGBUS
+from ..mm.vma import Vma, VmOperations
+from ..mm.zap import VmaZap, unmap_mapping_range
+from .pci import (PCI_COMMAND, PCI_COMMAND_MEMORY, PCI_D0, PCI_D3hot, PCI_PM_CTRL, PCI_PM_CTRL_STATE_MASK,
+                  PciDevice)
+
+if TYPE_CHECKING:
+    from ..machine import Machine
+
+VFIO_PCI_BAR0_REGION_INDEX = 0
+VFIO_PCI_ROM_REGION_INDEX = 6
+VFIO_PCI_CONFIG_REGION_INDEX = 7
+VFIO_PCI_NUM_REGIONS = 9
+COMMAND_WRITABLE = 0x07FF
+
+
+def vfio_pci_index_to_offset(index: int) -> int:
+    return index << VFIO_PCI_OFFSET_SHIFT
+
+
+def vma_region_index(vma: Vma) -> int:
+    return vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT
+
+
+def vma_region_pgoff(vma: Vma) -> int:
+    """Page offset of the VMA's start inside its region (low 28 bits of vm_pgoff)."""
+    return vma.vm_pgoff & VFIO_PCI_PGOFF_MASK
+
+
+def is_aligned_for_order(vma: Vma, addr: int, pfn: int, order: int) -> bool:
+    """include/linux/vfio_pci_core.h: order 0 always; else the order-sized block at ``addr``
+    lies inside the VMA and ``pfn`` is order-aligned."""
+    if not order:
+        return True
+    size = PAGE_SIZE << order
+    return addr >= vma.vm_start and addr + size <= vma.vm_end and not pfn & ((1 << order) - 1)
+
+
+class RwSemaphore:
+    """memory_lock as state: the model is single-threaded, so the lock records who holds it
+    and how often it was taken; a fault while it is write-held would deadlock (assert)."""
+    __slots__ = ("readers", "writer", "read_acquisitions", "write_acquisitions")
+
+    def __init__(self) -> None:
+        self.readers = 0
+        self.writer = False
+        self.read_acquisitions = 0
+        self.write_acquisitions = 0
+
+    def down_read(self) -> None:
+        if self.writer:
+            raise RuntimeError("memory_lock: down_read while held for write (would deadlock)")
+        self.readers += 1
+        self.read_acquisitions += 1
+
+    def up_read(self) -> None:
+        self.readers -= 1
+
+    def down_write(self) -> None:
+        if self.writer or self.readers:
+            raise RuntimeError("memory_lock: down_write while held (would deadlock)")
+        self.writer = True
+        self.write_acquisitions += 1
+
+    def up_write(self) -> None:
+        self.writer = False
+
+
+class VfioPciCoreDevice:
+    """struct vfio_pci_core_device: one opened vfio-pci device with its own inode mapping."""
+
+    driver_name = "vfio-pci"                       # the dev_dbg prefix's driver part
+    vm_ops_name = "vfio_pci_mmap_ops"
+
+    def __init__(self, machine: "Machine", pdev: PciDevice, name: str | None = None) -> None:
+        self.machine = machine
+        self.pdev = pdev
+        self.name = name or pdev.bdf
+        self.profile = machine.profile
+        self.klog = machine.klog
+        self.mapping = AddressSpace(host=self, name=f"vfio {pdev.bdf}")
+        self.file = File(self.mapping, self, name=f"vfio-device {pdev.bdf}")
+        self.memory_lock = RwSemaphore()
+        self.pm_runtime_engaged = False
+        self.is_open = False
+        self.barmap: set[int] = set()
+        self.num_regions = 0       # device-specific regions after VFIO_PCI_NUM_REGIONS
+        self.vm_ops = VmOperations(self.vm_ops_name, fault=self.fault, huge_fault=self.huge_fault)
+        self.dev_prefix = f"{self.driver_name} {pdev.bdf}: "
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.pdev.bdf}>"
+
+    # -- logging ------------------------------------------------------------------------------
+    def dev_info(self, message: str) -> None:
+        self.klog.printk(self.dev_prefix + message)
+
+    def _fmt_huge_fault(self, order: int, index: int, pgoff: int, ret: int) -> str:
+        return f"{self.dev_prefix}vfio_pci_mmap_huge_fault(,order = {order}) BAR {index} page offset {pgoff:#x}: {ret:#x}"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def open_device(self) -> int:
+        """vfio_pci_core_enable + finish_enable; the device starts in D0 with memory decode on."""
+        self.is_open = True
+        return 0
+
+    def close_device(self) -> None:
+        self.is_open = False
+
+    # -- state ------------------------------------------------------------------------------------
+    def memory_enabled(self) -> bool:
+        """__vfio_pci_memory_enabled: below D3hot and (no_command_memory or COMMAND.MEMORY)."""
+        pdev = self.pdev
+        return pdev.current_state < PCI_D3hot and (pdev.no_command_memory or bool(pdev.command & PCI_COMMAND_MEMORY))
+
+    def bar_mmap_supported(self, index: int) -> bool:
+        """I/O and zero-size BARs are not mmap-able; a sub-page BAR is if it starts page aligned
+        (vfio pads it with a dummy resource)."""
+        bar = self.pdev.bar(index)
+        if bar is None or bar.io or bar.size == 0:
+            return False
+        return bar.size >= PAGE_SIZE or bar.phys % PAGE_SIZE == 0
+
+    def region_size(self, index: int) -> int:
+        bar = self.pdev.bar(index)
+        return 0 if bar is None else bar.size
+
+    def vma_to_pfn(self, vma: Vma) -> int:
+        bar = self.pdev.bar(vma_region_index(vma))
+        return (bar.phys >> PAGE_SHIFT) + vma_region_pgoff(vma)
+
+    def setup_barmap(self, index: int) -> int:
+        """pci_request_selected_regions + pci_iomap (may fail -EBUSY / -ENOMEM in the kernel)."""
+        self.barmap.add(index)
+        return 0
+
+    # -- mmap ---------------------------------------------------------------------------------
+    def mmap(self, vma: Vma) -> int:
+        """vfio_pci_core_mmap: the checks of ref 2.1, in order; nothing is mapped here."""
+        index = vma_region_index(vma)
+        if index >= VFIO_PCI_NUM_REGIONS + self.num_regions:
+            return -errno.EINVAL
+        if vma.vm_end < vma.vm_start:
+            return -errno.EINVAL
+        if not vma.vm_flags & VM_SHARED:
+            return -errno.EINVAL
+        if index >= VFIO_PCI_NUM_REGIONS:
+            return self.region_mmap(index, vma)
+        if index >= VFIO_PCI_ROM_REGION_INDEX:
+            return -errno.EINVAL
+        if not self.bar_mmap_supported(index):
+            return -errno.EINVAL
+        phys_len = (self.region_size(index) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        req_len = vma.vm_end - vma.vm_start
+        req_start = vma_region_pgoff(vma) << PAGE_SHIFT
+        if req_start + req_len > phys_len:
+            return -errno.EINVAL
+        if index not in self.barmap:
+            ret = self.setup_barmap(index)
+            if ret:
+                return ret
+        vma.vm_private_data = self
+        vma.vm_flags |= VM_ALLOW_ANY_UNCACHED | VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP
+        vma.vm_ops = self.vm_ops
+        return 0
+
+    def region_mmap(self, index: int, vma: Vma) -> int:
+        """A device-specific region's own mmap op; the core has none."""
+        return -errno.EINVAL
+
+    # -- faults ------------------------------------------------------------------------------------
+    def fault(self, vmf: VmFaultCtx) -> int:
+        """vfio_pci_mmap_page_fault = huge_fault(vmf, 0)."""
+        return self.huge_fault(vmf, 0)
+
+    def huge_fault(self, vmf: VmFaultCtx, order: int) -> int:
+        """vfio_pci_mmap_huge_fault for the machine's kernel profile (ref 1.3 / 1.5)."""
+        vma = vmf.vma
+        if self.profile.vfio_alignment == "page":
+            # v6.12 .. v6.15-rc5: the faulting page itself must be order aligned
+            pgoff = vmf.pgoff - vma.vm_pgoff
+            pfn = self.vma_to_pfn(vma) + pgoff
+            size = PAGE_SIZE << order
+            if order and (vmf.address & (size - 1) or vmf.address + size > vma.vm_end
+                          or pfn & ((1 << order) - 1)):
+                ret = VM_FAULT_FALLBACK
+            else:
+                ret = self.vmf_insert_pfn(vmf, pfn, order)
+        else:
+            addr = vmf.address & -(PAGE_SIZE << order)
+            pgoff = (addr - vma.vm_start) >> PAGE_SHIFT
+            pfn = self.vma_to_pfn(vma) + pgoff
+            if order and not is_aligned_for_order(vma, addr, pfn, order):
+                ret = VM_FAULT_FALLBACK
+            else:
+                ret = self.vmf_insert_pfn(vmf, pfn, order)
+        if self.klog.dyndbg:
+            self.klog.lazy(self._fmt_huge_fault, order, vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT, pgoff, ret)
+        return ret
+
+    def vmf_insert_pfn(self, vmf: VmFaultCtx, pfn: int, order: int) -> int:
+        """vfio_pci_vmf_insert_pfn: under memory_lock (read), SIGBUS if runtime-PM is engaged
+        or memory is disabled, else the insert for the order (FALLBACK for an order the arch
+        cannot map)."""
+        lock = self.memory_lock
+        lock.down_read()
+        try:
+            if self.pm_runtime_engaged or not self.memory_enabled():
+                return VM_FAULT_SIGBUS
+            if order == 0:
+                return vmf_insert_pfn(vmf.vma, vmf.address, pfn)
+            arch = self.machine.arch
+            if order == PMD_ORDER and arch.pmd_pfnmap:
+                return vmf_insert_pfn_pmd(vmf, pfn, False)
+            if order == PUD_ORDER and arch.pud_pfnmap:
+                return vmf_insert_pfn_pud(vmf, pfn, False)
+            return VM_FAULT_FALLBACK
+        finally:
+            lock.up_read()
+
+    # -- zap and the paths that use it --------------------------------------------------------------
+    def zap_bars(self) -> list[VmaZap]:
+        """vfio_pci_zap_bars: every BAR0..BAR5 mmap of this device (file offsets [0, ROM << 40))."""
+        return unmap_mapping_range(self.mapping, vfio_pci_index_to_offset(VFIO_PCI_BAR0_REGION_INDEX),
+                                   vfio_pci_index_to_offset(VFIO_PCI_ROM_REGION_INDEX)
+                                   - vfio_pci_index_to_offset(VFIO_PCI_BAR0_REGION_INDEX), True)
+
+    def zap_and_down_write_memory_lock(self) -> list[VmaZap]:
+        self.memory_lock.down_write()
+        return self.zap_bars()
+
+    def config_write(self, offset: int, size: int, value: int) -> int:
+        """A write to the vfio config region: COMMAND with MEMORY clear zaps all BARs; PM_CTRL to
+        D3hot zaps; other fields are virtualized (dropped here)."""
+        if size not in (1, 2, 4) or offset < 0 or offset % size or offset + size > len(self.pdev.vconfig):
+            return -errno.EINVAL
+        if not 0 <= value < 1 << (8 * size):
+            return -errno.EINVAL
+        data = value.to_bytes(size, "little")
+        if offset <= PCI_COMMAND < offset + size:
+            cfg = bytearray(self.pdev.vconfig[PCI_COMMAND:PCI_COMMAND + 2])
+            for i, b in enumerate(data):
+                if PCI_COMMAND <= offset + i < PCI_COMMAND + 2:
+                    cfg[offset + i - PCI_COMMAND] = b
+            new_cmd = int.from_bytes(cfg, "little")
+            if not new_cmd & PCI_COMMAND_MEMORY:
+                self.zap_and_down_write_memory_lock()
+            else:
+                self.memory_lock.down_write()
+            self.pdev.command = (self.pdev.command & ~COMMAND_WRITABLE) | (new_cmd & COMMAND_WRITABLE)
+            self.memory_lock.up_write()
+        if offset <= PCI_PM_CTRL < offset + size:
+            state = data[PCI_PM_CTRL - offset] & PCI_PM_CTRL_STATE_MASK
+            self.lock_and_set_power_state(state)
+        return 0
+
+    def lock_and_set_power_state(self, state: int) -> None:
+        """vfio_lock_and_set_power_state: D3hot or lower zaps first."""
+        if state >= PCI_D3hot:
+            self.zap_and_down_write_memory_lock()
+        else:
+            self.memory_lock.down_write()
+        self.pdev.current_state = state
+        cfg = self.pdev.vconfig
+        cfg[PCI_PM_CTRL] = (cfg[PCI_PM_CTRL] & ~PCI_PM_CTRL_STATE_MASK) | state
+        self.memory_lock.up_write()
+
+    def ioctl_reset(self) -> int:
+        """VFIO_DEVICE_RESET: zap, force D0, reset (config state is saved and restored)."""
+        if not self.pdev.reset_works:
+            return -errno.EINVAL
+        self.zap_and_down_write_memory_lock()
+        try:
+            self.pdev.current_state = PCI_D0
+            return self.pci_reset_function()
+        finally:
+            self.memory_lock.up_write()
+
+    def pci_reset_function(self) -> int:
+        """The function-level reset itself; variants hook reset_done here."""
+        self.reset_done()
+        return 0
+
+    def reset_done(self) -> None:
+        """pci_error_handlers.reset_done; nothing for the core driver."""
+
+    def low_power_entry(self) -> int:
+        """VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY: zap (even on the error path), then engage."""
+        self.zap_and_down_write_memory_lock()
+        try:
+            if self.pm_runtime_engaged:
+                return -errno.EINVAL
+            self.pm_runtime_engaged = True
+            return 0
+        finally:
+            self.memory_lock.up_write()
+
+    def low_power_exit(self) -> int:
+        self.memory_lock.down_write()
+        self.pm_runtime_engaged = False
+        self.memory_lock.up_write()
+        return 0
+
+    def zap(self, offset: int, length: int) -> list[VmaZap]:
+        """unmap_mapping_range on this device's file (the scenario's `zap` step)."""
+        return unmap_mapping_range(self.mapping, offset, length, True)

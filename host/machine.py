@@ -1,0 +1,289 @@
+"""The emulated host: kernel profile and settings, tasks, opened devices, kernel log, and the
+user-space operations a process performs (mmap, munmap, madvise, memory accesses).
+
+An access resolves through the page table or handle_mm_fault and turns the fault result
+into the signal the architecture sends (ref 1.7).  ``hw_poison`` is the hook for
+hardware poison: None by default; when set, every completed access to a poisoned pfn is
+handed to it as a consumption (the machine check path).
+"""
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from . import kernel as kernel_mod
+from .drivers import DRIVERS
+from .drivers.pci import PciBar, PciDevice
+from .klog import KernelLog
+from .mm.constants import PAGE_SHIFT, PAGE_SIZE, VFIO_PCI_PGOFF_SHIFT, VM_WRITE
+from .mm.fault import handle_mm_fault
+from .mm.mm import MM
+from .mm.mmap import do_madvise, do_mmap, do_munmap
+from .mm.pagetable import Leaf
+from .mm.vm_fault import (VM_FAULT_HWPOISON, VM_FAULT_HWPOISON_LARGE, VM_FAULT_HINDEX_MASK,
+                          VM_FAULT_HINDEX_SHIFT, VM_FAULT_NOPAGE, VM_FAULT_OOM, VM_FAULT_SIGBUS,
+                          VM_FAULT_SIGSEGV, fault_name)
+from .tasks import BUS_ADRERR, BUS_MCEERR_AR, SEGV_ACCERR, SEGV_MAPERR, Process, Signal, TaskList, Thread
+
+if TYPE_CHECKING:
+    from .drivers.vfio_pci_core import VfioPciCoreDevice
+    from .mm.pfn_space import PfnAddressSpace
+    from .mm.vma import Vma
+
+DEFAULT_SYSCTL = {
+    "vm.memory_failure_early_kill": 0,
+    "vm.memory_failure_recovery": 1,
+}
+# hstate index -> page shift, for VM_FAULT_HWPOISON_LARGE's si_addr_lsb (x86: 2M, 1G)
+HSTATE_SHIFTS = (21, 30)
+
+# Called with every new Machine (optional packages such as hugepfn.host.memory_failure add
+# themselves here when imported).
+MACHINE_EXTENSIONS: list[Callable[["Machine"], None]] = []
+
+
+class HwPoisonHook(Protocol):
+    """What the machine asks about hardware poison (implemented by the memory-failure model)."""
+
+    def is_poisoned(self, pfn: int) -> bool: ...
+
+    def first_poisoned(self, pfn_lo: int, pfn_hi: int) -> int | None:
+        """Smallest poisoned pfn in [pfn_lo, pfn_hi), or None."""
+
+    def consume(self, thread: Thread, vma: "Vma", addr: int, pfn: int, write: bool) -> None:
+        """A load/store by ``thread`` hit poisoned ``pfn`` at ``addr`` (machine check)."""
+
+
+class Clock:
+    """Virtual time in milliseconds (msleep advances it; nothing really sleeps)."""
+
+    def __init__(self) -> None:
+        self.now_ms = 0
+
+    def msleep(self, ms: int) -> None:
+        self.now_ms += ms
+
+
+@dataclass
+class AccessResult:
+    ret: int                                    # vm_fault_t; 0 when the access hit a mapping
+    calls: list[tuple[int, int]]                # (order, result) of every driver call
+    leaf: Leaf | None                           # what maps the address afterwards
+    signals: list[Signal] = field(default_factory=list)
+    consumed: bool = False                      # the access consumed hardware poison
+
+    @property
+    def ret_name(self) -> str:
+        return fault_name(self.ret)
+
+
+@dataclass
+class TouchResult:
+    accesses: int = 0
+    faults: int = 0
+    signals: list[Signal] = field(default_factory=list)
+    stopped_at: int | None = None               # address whose access raised a signal
+
+
+def _disabled_register(space: "PfnAddressSpace") -> int:
+    """register_pfn_address_space with CONFIG_MEMORY_FAILURE=n (the v7.0 stub)."""
+    return -errno.EOPNOTSUPP
+
+
+class Machine:
+    def __init__(self, kernel: str = "7.0", arch: str = "x86_64", thp: str = "always",
+                 policy: str = "upstream", sysctl: dict[str, int] | None = None,
+                 thp_sysfs_gates_pfnmap: bool | None = None, dyndbg: bool = True) -> None:
+        self.profile = kernel_mod.profile(kernel)
+        self.arch = kernel_mod.arch(arch)
+        if thp not in kernel_mod.THP_MODES:
+            raise ValueError(f"unknown thp mode {thp!r} (choose from {', '.join(kernel_mod.THP_MODES)})")
+        if policy not in kernel_mod.POLICIES:
+            raise ValueError(f"unknown policy {policy!r} (choose from {', '.join(kernel_mod.POLICIES)})")
+        self.thp = thp
+        self.policy = policy
+        self.thp_hw = True
+        self.thp_sysfs_gates_pfnmap = (self.profile.thp_sysfs_gates_pfnmap if thp_sysfs_gates_pfnmap is None
+                                       else thp_sysfs_gates_pfnmap)
+        self.sysctl = dict(DEFAULT_SYSCTL)
+        self.sysctl.update(sysctl or {})
+        self.tasks = TaskList()
+        self.klog = KernelLog()
+        self.klog.dyndbg = dyndbg
+        self.clock = Clock()
+        self.devices: dict[str, "VfioPciCoreDevice"] = {}
+        self.zap_journal: list = []
+        self.hw_poison: HwPoisonHook | None = None
+        # registration of device pfns for memory failure; replaced by hugepfn.host.memory_failure
+        self.register_pfn_address_space: Callable[["PfnAddressSpace"], int] = _disabled_register
+        self.unregister_pfn_address_space: Callable[["PfnAddressSpace"], None] = lambda space: None
+        self.extensions: dict[str, Any] = {}
+        for extend in MACHINE_EXTENSIONS:
+            extend(self)
+
+    # -- setup ------------------------------------------------------------------------------------
+    def create_process(self, pid: int, comm: str, threads: list[int] | None = None) -> Process:
+        return self.tasks.create_process(pid, comm, threads, MM(machine=self))
+
+    def add_device(self, name: str, driver: str = "vfio-pci", bdf: str = "0000:01:00.0",
+                   bars: list[PciBar] | None = None, pdev: PciDevice | None = None, open: bool = True,
+                   **driver_args: Any) -> "VfioPciCoreDevice":
+        """Bind ``driver`` to a PCI device and open it (the host opens devices at start-up).
+        ``driver_args`` go to the driver class (nvgrace-gpu: usemem=(memphys, memlength), resmem=...)."""
+        if name in self.devices:
+            raise ValueError(f"device {name!r} already exists")
+        try:
+            cls = DRIVERS[driver]
+        except KeyError:
+            raise ValueError(f"unknown driver {driver!r} (choose from {', '.join(DRIVERS)})") from None
+        if pdev is None:
+            pdev = PciDevice(bdf=bdf, bars={b.index: b for b in bars or []})
+        dev = cls(self, pdev, name, **driver_args)
+        if open:
+            ret = dev.open_device()
+            if ret:
+                raise OSError(-ret, f"opening device {name} failed: {errno.errorcode.get(-ret, ret)}")
+        self.devices[name] = dev
+        return dev
+
+    def device(self, name: str) -> "VfioPciCoreDevice":
+        try:
+            return self.devices[name]
+        except KeyError:
+            raise KeyError(f"no device named {name!r}") from None
+
+    # -- syscalls -------------------------------------------------------------------------------------
+    def mmap(self, pid: int, device: str, region: int, offset: int, length: int, addr: int,
+             shared: bool = True) -> int:
+        """mmap(addr, length, RW, MAP_FIXED|MAP_SHARED, devfd, region << 40 | offset): 0 or -errno."""
+        proc = self.tasks.process(pid)
+        dev = self.device(device)
+        if offset % PAGE_SIZE or region < 0 or offset < 0:
+            return -errno.EINVAL
+        pgoff = (region << VFIO_PCI_PGOFF_SHIFT) + (offset >> PAGE_SHIFT)
+        got = do_mmap(proc.mm, dev.file, addr, length, pgoff, shared, dev.mmap)
+        return got if isinstance(got, int) else 0
+
+    def munmap(self, pid: int, addr: int, length: int) -> int:
+        return do_munmap(self.tasks.process(pid).mm, addr, length)
+
+    def madvise(self, pid: int, addr: int, length: int, advice: int) -> int:
+        return do_madvise(self.tasks.process(pid).mm, addr, length, advice)
+
+    def find_vma(self, pid: int, addr: int) -> "Vma | None":
+        return self.tasks.process(pid).mm.find_vma(addr)
+
+    # -- memory accesses ------------------------------------------------------------------------------
+    def access(self, tid: int, addr: int, write: bool = False) -> AccessResult:
+        """One load/store by thread ``tid`` at ``addr``."""
+        thread = self.tasks.thread(tid)
+        journal = self.tasks.journal
+        mark = len(journal)
+        mm = thread.mm
+        calls: list[tuple[int, int]] = []
+        vma = mm.find_vma(addr)
+        if vma is None or (write and not vma.vm_flags & VM_WRITE):
+            # bad_area: no VMA (SEGV_MAPERR) or an access the VMA does not permit (SEGV_ACCERR)
+            self.tasks.force_sig_fault(thread, "SIGSEGV", SEGV_MAPERR if vma is None else SEGV_ACCERR, addr)
+            return AccessResult(VM_FAULT_SIGSEGV, calls, None, journal[mark:])
+        leaf = mm.pgtable.lookup(addr)
+        ret = 0
+        if leaf is None:
+            ret = handle_mm_fault(vma, addr, write, calls)
+            self._deliver_fault_result(thread, addr, ret)
+            if ret & VM_FAULT_NOPAGE or ret == 0:
+                leaf = mm.pgtable.lookup(addr)   # the retried instruction finds the new entry
+        consumed = False
+        hook = self.hw_poison
+        if leaf is not None and hook is not None:
+            pfn = leaf.pfn_at(addr)
+            if hook.is_poisoned(pfn):
+                hook.consume(thread, vma, addr, pfn, write)
+                consumed = True
+        return AccessResult(ret, calls, leaf, journal[mark:], consumed)
+
+    def _deliver_fault_result(self, thread: Thread, addr: int, ret: int) -> None:
+        """What the arch fault handler does with a failed fault (x86 do_sigbus / arm64)."""
+        if ret & VM_FAULT_OOM:
+            return                      # pagefault_out_of_memory: the OOM killer, not modelled
+        if ret & (VM_FAULT_HWPOISON | VM_FAULT_HWPOISON_LARGE):
+            if self.arch.logs_mce_kill:
+                self.klog.printk(f"MCE: Killing {thread.comm}:{thread.tid} due to hardware memory "
+                                 f"corruption fault at {addr:x}")
+            lsb = PAGE_SHIFT
+            if ret & VM_FAULT_HWPOISON_LARGE:
+                lsb = HSTATE_SHIFTS[(ret & VM_FAULT_HINDEX_MASK) >> VM_FAULT_HINDEX_SHIFT]
+            self.tasks.force_sig_mceerr(thread, BUS_MCEERR_AR, addr, lsb)
+        elif ret & VM_FAULT_SIGBUS:
+            self.tasks.force_sig_fault(thread, "SIGBUS", BUS_ADRERR, addr)
+        elif ret & VM_FAULT_SIGSEGV:
+            self.tasks.force_sig_fault(thread, "SIGSEGV", SEGV_ACCERR, addr)
+
+    def touch_range(self, tid: int, start: int, end: int, stride: int = PAGE_SIZE,
+                    write: bool = False) -> TouchResult:
+        """Access start, start + stride, ... < end, as a loop in the task would.
+
+        Accesses that hit an existing leaf take no fault, so the walk skips through a mapped
+        leaf arithmetically instead of making one call per access.  The walk stops at the first
+        access that raised a signal (a real loop would be in its SIGBUS handler)."""
+        if stride <= 0 or stride % PAGE_SIZE:
+            raise ValueError("stride must be a positive multiple of the page size")
+        thread = self.tasks.thread(tid)
+        mm = thread.mm
+        pt = mm.pgtable
+        out = TouchResult()
+        hook = self.hw_poison
+        addr = start
+        while addr < end:
+            leaf = pt.lookup(addr)
+            if leaf is None:
+                res = self.access(tid, addr, write)
+                out.accesses += 1
+                out.faults += 1 if res.calls or res.ret else 0
+                if res.signals:
+                    out.signals += res.signals
+                    out.stopped_at = addr
+                    return out
+                if res.leaf is None:
+                    out.stopped_at = addr       # NOPAGE without a mapping: would loop forever
+                    return out
+                leaf = res.leaf
+                addr += stride
+                if hook is not None or addr >= end:
+                    continue
+            seg_end = min(end, leaf.va + leaf.size)
+            if addr >= seg_end:
+                continue
+            n = (seg_end - addr + stride - 1) // stride      # touches inside this leaf
+            if hook is not None:
+                step_pages = stride >> PAGE_SHIFT
+                pfn_lo = leaf.pfn_at(addr)
+                pfn_hi = pfn_lo + (n - 1) * step_pages + 1
+                hit = hook.first_poisoned(pfn_lo, pfn_hi)
+                while hit is not None and (hit - pfn_lo) % step_pages:
+                    hit = hook.first_poisoned(hit + 1, pfn_hi)
+                if hit is not None:
+                    k = (hit - pfn_lo) // step_pages
+                    out.accesses += k
+                    addr += k * stride
+                    res = self.access(tid, addr, write)
+                    out.accesses += 1
+                    if res.signals:
+                        out.signals += res.signals
+                        out.stopped_at = addr
+                        return out
+                    addr += stride
+                    continue
+            out.accesses += n
+            addr += n * stride
+        return out
+
+    # -- views ------------------------------------------------------------------------------------------
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per pid: live leaves per level and faults taken (the trace's summary)."""
+        out = {}
+        for proc in self.tasks:
+            pud, pmd, pte = proc.mm.pgtable.counts()
+            out[str(proc.pid)] = {"pud": pud, "pmd": pmd, "pte": pte, "faults": proc.mm.nr_faults}
+        return out

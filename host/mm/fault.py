@@ -1,0 +1,105 @@
+"""handle_mm_fault: the __handle_mm_fault cascade PUD -> PMD -> PTE (ref 1.1).
+
+A huge attempt happens only when its slot is empty and the order is allowed; FALLBACK
+goes one level down, any other result ends the fault.  The PMD table is allocated as soon
+as the cascade passes the PUD level (so a PUD mapping cannot come back for that 1 GiB);
+a PTE table only when a PTE is installed.  The hot path is plain int arithmetic; driver
+calls are recorded only when the caller passes a ``calls`` list.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .constants import PAGE_MASK, PAGE_SHIFT, PMD_ORDER, PMD_SHIFT, PUD_ORDER, PUD_SHIFT
+from .pagetable import PmdTable
+from .thp import PMD_BIT, PUD_BIT, thp_vma_allowable_orders
+from .vm_fault import VM_FAULT_FALLBACK, VM_FAULT_SIGBUS
+
+if TYPE_CHECKING:
+    from .vma import Vma
+
+FAULT_FLAG_WRITE = 0x01
+FAULT_FLAG_USER = 0x40
+
+
+class VmFaultCtx:
+    """struct vm_fault: ``address`` is page aligned, ``real_address`` the exact byte,
+    ``pgoff`` the file page of ``address`` (linear_page_index)."""
+    __slots__ = ("vma", "address", "real_address", "pgoff", "flags")
+
+    def __init__(self, vma: "Vma", real_address: int, flags: int = FAULT_FLAG_USER) -> None:
+        self.vma = vma
+        self.real_address = real_address
+        address = real_address & PAGE_MASK
+        self.address = address
+        self.pgoff = vma.vm_pgoff + ((address - vma.vm_start) >> PAGE_SHIFT)
+        self.flags = flags
+
+    @property
+    def write(self) -> bool:
+        return bool(self.flags & FAULT_FLAG_WRITE)
+
+    def __repr__(self) -> str:
+        return f"<VmFaultCtx addr={self.address:#x} pgoff={self.pgoff:#x} flags={self.flags:#x}>"
+
+
+def handle_mm_fault(vma: "Vma", address: int, write: bool = False,
+                    calls: list[tuple[int, int]] | None = None) -> int:
+    """Resolve a fault at ``address`` in ``vma``; returns the vm_fault_t.
+
+    ``calls`` (optional) receives (order, result) for every driver call, in order.
+    The machine settings (THP mode, arch, profile) come from ``vma.vm_mm.machine``.
+    """
+    mm = vma.vm_mm
+    mm.nr_faults += 1
+    machine = mm.machine
+    vmf = VmFaultCtx(vma, address, FAULT_FLAG_USER | FAULT_FLAG_WRITE if write else FAULT_FLAG_USER)
+    addr = vmf.address
+    pt = mm.pgtable
+    ops = vma.vm_ops
+    huge_fault = ops.huge_fault if ops is not None else None
+    allowed = thp_vma_allowable_orders(vma, machine.thp, machine.thp_sysfs_gates_pfnmap, machine.thp_hw)
+
+    # PUD level
+    pud_idx = addr >> PUD_SHIFT
+    if pud_idx in pt.pud_leaves:
+        return 0                            # huge leaf present: refresh accessed bit only
+    table = pt.pmd_tables.get(pud_idx)
+    if table is None:
+        if allowed & PUD_BIT:
+            # create_huge_pud: only arches with THP-PUD reach the driver
+            if huge_fault is not None and machine.arch.pud_pfnmap:
+                ret = huge_fault(vmf, PUD_ORDER)
+                if calls is not None:
+                    calls.append((PUD_ORDER, ret))
+                if not ret & VM_FAULT_FALLBACK:
+                    return ret
+        if pud_idx in pt.pud_leaves:        # a driver that installed and still said FALLBACK
+            return 0
+        table = pt.pmd_tables[pud_idx] = PmdTable()     # pmd_alloc
+
+    # PMD level
+    pmd_idx = addr >> PMD_SHIFT
+    if pmd_idx in table.leaves:
+        return 0
+    ptes = table.pte_tables.get(pmd_idx)
+    if ptes is None:
+        if allowed & PMD_BIT and huge_fault is not None:
+            ret = huge_fault(vmf, PMD_ORDER)
+            if calls is not None:
+                calls.append((PMD_ORDER, ret))
+            if not ret & VM_FAULT_FALLBACK:
+                return ret
+            if pmd_idx in table.leaves:
+                return 0
+    elif (addr >> PAGE_SHIFT) in ptes:
+        return 0                            # present PTE: accessed/dirty update only
+
+    # PTE level: do_fault -> vm_ops->fault (a VMA without one gets SIGBUS)
+    fault = ops.fault if ops is not None else None
+    if fault is None:
+        return VM_FAULT_SIGBUS
+    ret = fault(vmf)
+    if calls is not None:
+        calls.append((0, ret))
+    return ret
