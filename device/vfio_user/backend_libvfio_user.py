@@ -628,22 +628,18 @@ class Server:
             sock.close()
 
     def _serve_messages(self):
-        run, ctx = self._lib.vfu_run_ctx, self._ctx
-        while True:  # with ATTACH_NB each call handles at most one message
-            handled = run(ctx)
-            if handled > 0:
-                self.stats["messages"] += handled
-                if self._stop.is_set():
-                    return
-                continue
-            if handled < 0:
-                err = ffi.errno
-                if err == errno.ENOTCONN:
-                    log.info("vfio-user client disconnected from %s", self.socket_path)
-                elif err not in (errno.EAGAIN, errno.EBUSY):
-                    self.stats["run_errors"] += 1
-                    log.debug("vfu_run_ctx: %s", os.strerror(err))
-            return
+        # With ATTACH_NB one call handles at most one message; pipelined ones keep
+        # the fd readable, so the next poll() returns at once for them.
+        handled = self._lib.vfu_run_ctx(self._ctx)
+        if handled > 0:
+            self.stats["messages"] += handled
+        elif handled < 0:
+            err = ffi.errno
+            if err == errno.ENOTCONN:
+                log.info("vfio-user client disconnected from %s", self.socket_path)
+            elif err not in (errno.EAGAIN, errno.EBUSY):
+                self.stats["run_errors"] += 1
+                log.debug("vfu_run_ctx: %s", os.strerror(err))
 
     def _refuse_extra_client(self):
         listener = socket.socket(fileno=os.dup(self._listen_fd))
