@@ -26,6 +26,7 @@ import errno
 import logging
 import os
 import select
+import signal
 import socket
 import stat
 import struct
@@ -242,6 +243,8 @@ class Server:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._owner: int | None = None
+        self._loop_exited: threading.Event | None = None   # set when the owner loop has returned
+        self._teardown_on_exit = False
         self._attach_lock = threading.Lock()
         self._attaching = False
         self._callback_exit: BaseException | None = None
@@ -526,15 +529,36 @@ class Server:
         return self._attached
 
     def start(self) -> "Server":
-        if self._thread is not None:
-            raise RuntimeError("server already started")
+        """Serve in a background thread (the owner thread)."""
+        self._claim_owner()
         self._thread = threading.Thread(target=self._run, name=f"vfu:{self.socket_path}", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
-        """Serve in the calling thread until close() is called from elsewhere."""
-        self._run()
+        """Serve in the calling thread until close() or, in the main thread, SIGTERM."""
+        self._claim_owner()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda *_: self._request_stop())
+        try:
+            self._run()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            self.close()
+
+    def _claim_owner(self):
+        if self._closed:
+            raise OSError(errno.ESHUTDOWN, "server is closed")
+        if self._loop_exited is not None:
+            raise RuntimeError("server already started")
+        # Set before the loop runs so that a close() racing with start() waits for it.
+        self._loop_exited = threading.Event()
+
+    def _request_stop(self):
+        self._stop.set()
+        self._wake()
 
     def _run(self):
         self._owner = threading.get_ident()
@@ -544,6 +568,9 @@ class Server:
             self._owner = None
             for _fn, future in self._drain_jobs():
                 future.set_exception(OSError(errno.ESHUTDOWN, "server stopped"))
+            self._loop_exited.set()
+            if self._teardown_on_exit:
+                self._teardown()
         if self._callback_exit is not None:
             raise self._callback_exit
 
@@ -655,17 +682,24 @@ class Server:
     # -- teardown ------------------------------------------------------------------
 
     def close(self) -> None:
+        """Stop serving, destroy the context (which removes the socket file)."""
         if self._closed:
             return
-        self._stop.set()
-        self._wake()
+        self._request_stop()
         self._abort_attach()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(ATTACH_TIMEOUT_S + 2 * IO_TIMEOUT_S)
-            if thread.is_alive():
+        if self._loop_exited is not None and not self._loop_exited.is_set():
+            if self._owner == threading.get_ident():
+                # Called from a callback: the loop tears down once the library returns.
+                self._teardown_on_exit = True
+                return
+            if not self._loop_exited.wait(ATTACH_TIMEOUT_S + 2 * IO_TIMEOUT_S):
                 # Destroying the context under a running call would be a use-after-free.
                 raise OSError(errno.EBUSY, "libvfio-user owner thread did not stop; context leaked")
+        self._teardown()
+
+    def _teardown(self):
+        if self._closed:
+            return
         self._closed = True
         try:
             self.device.set_interrupt_sink(None)

@@ -692,3 +692,65 @@ def test_gpu_reset_and_poisoned_read(gpu_client, gpu):
     gpu.inject_poison(bar=2, offset=0x40000)
     assert gpu_client.region_read(2, 0x40000, 8) == errno.EIO
     assert gpu_client.region_read(2, 0x40040, 8) == bytes(8)                     # next cacheline
+
+
+@needs_library
+def test_close_right_after_start_is_safe(device, tmp_path):
+    for attempt in range(20):
+        srv = lvu.Server(device, tmp_path / f"r{attempt}.sock").start()
+        srv.close()
+        assert not (tmp_path / f"r{attempt}.sock").exists()
+
+
+SERVE_SCRIPT = r"""
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from test_libvfio_user_backend import SmallDevice
+from hugepfn.device.vfio_user.backend_libvfio_user import Server
+srv = Server(SmallDevice(), sys.argv[1])
+print("ready", flush=True)
+srv.serve_forever()
+print("stopped", flush=True)
+"""
+
+
+@needs_library
+def test_serve_forever_in_the_main_thread_stops_on_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    path = tmp_path / "main.sock"
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, str(path), os.path.dirname(__file__)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        c = RawClient(str(path))
+        assert c.region_read(7, 0, 2) == struct.pack("<H", 0x1234)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        c.close()
+    finally:
+        proc.kill()
+    assert (proc.returncode, out, err) == (0, "stopped\n", "")
+    assert not path.exists()
+
+
+@needs_library
+def test_close_from_inside_a_callback_waits_for_the_library_to_return(device, tmp_path):
+    path = tmp_path / "cb.sock"
+    servers = []
+    plain_write = device.region_write
+
+    def write_then_close(index, offset, data):
+        plain_write(index, offset, data)
+        if index == 2 and offset == 0:
+            servers[0].close()                          # runs in the owner thread, inside C
+    device.region_write = write_then_close
+    servers.append(lvu.Server(device, path).start())
+    c = RawClient(str(path))
+    assert c.region_write(2, 0, b"bye!") == 0           # the reply still goes out
+    assert wait_for(lambda: not path.exists())
+    with pytest.raises(ConnectionError):
+        c.region_read(2, 0, 4)
+    c.close()
+    assert device.sink is None
