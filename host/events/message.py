@@ -57,28 +57,15 @@ class hpfn_mf_msg(nlmsg):
         )
 
 
-# event field -> attribute, in wire order; the signals array is handled apart.
-_SCALARS = (
-    ("seq", "HPFN_MF_A_SEQ"),
-    ("timestamp_ns", "HPFN_MF_A_TIMESTAMP_NS"),
-    ("pfn", "HPFN_MF_A_PFN"),
-    ("device", "HPFN_MF_A_DEVICE"),
-    ("bar", "HPFN_MF_A_BAR"),
-    ("bar_offset", "HPFN_MF_A_BAR_OFFSET"),
-    ("granularity", "HPFN_MF_A_GRANULARITY"),
-    ("policy", "HPFN_MF_A_POLICY"),
-    ("action", "HPFN_MF_A_ACTION"),
-    ("result", "HPFN_MF_A_RESULT"),
-    ("signals_sent", "HPFN_MF_A_SIGNALS_SENT"),
-    ("consumption_count", "HPFN_MF_A_CONSUMPTION_COUNT"),
-    ("profile", "HPFN_MF_A_PROFILE"),
-)
-_SIGNAL_FIELDS = (
-    ("tid", "HPFN_MF_SIG_TID"),
-    ("code", "HPFN_MF_SIG_CODE"),
-    ("addr", "HPFN_MF_SIG_ADDR"),
-    ("lsb", "HPFN_MF_SIG_LSB"),
-)
+# event field -> attribute, derived from the declaration (HPFN_MF_A_<FIELD>), in
+# type order; the signals array is handled apart.
+def _field_map(nla_map, prefix: str, skip: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((name.removeprefix(prefix).lower(), name)
+                 for _number, name, _kind in nla_map if name not in skip)
+
+
+_SCALARS = _field_map(hpfn_mf_msg.nla_map, "HPFN_MF_A_", ("HPFN_MF_A_UNSPEC", "HPFN_MF_A_SIGNALS"))
+_SIGNAL_FIELDS = _field_map(hpfn_mf_msg.signal.nla_map, "HPFN_MF_SIG_", ("HPFN_MF_SIG_UNSPEC",))
 # Attributes an event cannot be rebuilt without; the rest have dataclass defaults.
 _REQUIRED = {"seq", "timestamp_ns", "pfn", "device", "bar", "bar_offset", "granularity",
              "policy", "action", "result"}

@@ -1,6 +1,7 @@
 """The wire format: pyroute2 message class <-> MemoryFailureEvent, byte for byte."""
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
@@ -168,3 +169,10 @@ def test_summary_and_json_lines():
         '"result":"Recovered","signals_sent":2,"signals":[{"tid":4001,"code":4,"addr":139887084834816,'
         '"lsb":12},{"tid":5001,"code":5,"addr":139891379802112,"lsb":12}],"consumption_count":1,'
         '"profile":"6.19"}')
+
+
+def test_every_event_field_has_an_attribute():
+    from hugepfn.host.events.message import _SCALARS, _SIGNAL_FIELDS
+
+    assert {key for key, _ in _SCALARS} | {"signals"} == {f.name for f in dataclasses.fields(MemoryFailureEvent)}
+    assert {key for key, _ in _SIGNAL_FIELDS} == {f.name for f in dataclasses.fields(SignalSummary)}

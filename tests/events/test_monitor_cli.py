@@ -137,3 +137,10 @@ def test_monitor_forced_onto_netlink_without_permission_is_a_one_line_error():
     assert (monitor.returncode, out) == (1, "")
     assert err == (f"hugepfn monitor: error: netlink not permitted (EPERM: joining NETLINK_USERSOCK group "
                    f"{DEFAULT_GROUP} needs CAP_NET_ADMIN)\n")
+
+
+def test_monitor_timeout_alone_is_a_duration_not_a_failure(events_dir):
+    monitor = spawn([*MONITOR, "--transport", "unix", "--timeout", "0.2"], events_dir=events_dir)
+    out, err = monitor.communicate(timeout=15)
+    assert (monitor.returncode, out) == (0, "")
+    assert len(err.splitlines()) == 1 and err.startswith(f"hugepfn monitor: listening on unix socket {events_dir}/")

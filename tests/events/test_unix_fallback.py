@@ -173,3 +173,15 @@ def test_default_directory_follows_the_environment(monkeypatch, tmp_path):
     with events.subscriber("unix") as sub:  # creates <xdg>/hugepfn (0700) and events (0700)
         assert sub.path.parent == tmp_path / "hugepfn" / "events"
         assert stat.S_IMODE(os.stat(tmp_path / "hugepfn").st_mode) == 0o700
+
+
+
+def test_things_that_are_not_listener_sockets_are_left_alone(events_dir):
+    os.mkdir(events_dir, 0o700)
+    (events_dir / "dir.sock").mkdir()
+    (events_dir / "file.sock").write_text("not a socket")
+    with events.subscriber("unix", events_dir=events_dir) as live, \
+         events.publisher("unix", events_dir=events_dir) as pub:
+        pub.publish(make_event(1))
+        assert live.receive(5) == make_event(1)
+        assert sorted(p.name for p in events_dir.iterdir()) == sorted(["dir.sock", "file.sock", live.path.name])
