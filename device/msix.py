@@ -58,7 +58,7 @@ class MsixState:
         for v in range(n):      # every vector comes out of reset masked
             self.table[v * ENTRY_SIZE + VECTOR_CONTROL] = VECTOR_MASKED
         self.pending = 0
-        self.client_masked.clear()
+        # client_masked is the vfio-user client's SET_IRQS state, not the function's: kept.
         self.enabled = False
         self.function_masked = False
 

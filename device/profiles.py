@@ -160,7 +160,7 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     if "/" in text or text.endswith(".toml"):
         return Path(text)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", text):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
         raise ProfileError(f"profile {text!r}: not a profile name")
     return PROFILES / f"{text}.toml"
 

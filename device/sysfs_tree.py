@@ -91,6 +91,10 @@ def write_sysfs_tree(device: GpuDevice, root: str | os.PathLike, slot: str = DEF
 
 
 def lspci_path() -> str | None:
+    """The lspci to run: $HUGEPFN_LSPCI if set (tests point it elsewhere), else pciutils'."""
+    override = os.environ.get("HUGEPFN_LSPCI")
+    if override is not None:
+        return override if os.access(override, os.X_OK) else None
     return shutil.which("lspci") or next((c for c in ("/usr/bin/lspci", "/sbin/lspci", "/usr/sbin/lspci")
                                           if os.access(c, os.X_OK)), None)
 

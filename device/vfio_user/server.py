@@ -132,26 +132,15 @@ class VfioUserServer:
         reason = "server stopped"
         try:
             while engine.state is not State.CLOSED:
-                ready = poller.poll()
-                for fd, _ in ready:
-                    if fd == lfd:
-                        self._refuse()
+                ready = {fd for fd, _ in poller.poll()}
                 if self._stop.is_set():
                     break
-                if not any(fd == cfd for fd, _ in ready):
-                    continue
-                try:
-                    data, fds = recv_with_fds(conn, engine.next_read_size(), engine.max_msg_fds)
-                except TooManyFds as exc:
-                    engine.connection_lost(str(exc))
-                    break
-                except OSError as exc:
-                    engine.connection_lost(f"receive failed: {exc}")
-                    break
-                engine.receive_data(data, fds)
-                for out, out_fds in engine.data_to_send():
-                    send_with_fds(conn, out, out_fds)
-                self._record(engine.events())
+                # The current client first: if it just hung up, the connection
+                # waiting on the listener is the next client, not a second one.
+                if cfd in ready:
+                    self._receive(conn, engine)
+                if lfd in ready and engine.state is not State.CLOSED:
+                    self._refuse()
         except OSError as exc:      # a send failed or timed out: drop the client
             reason = f"send failed: {exc}"
         finally:
@@ -159,6 +148,20 @@ class VfioUserServer:
             self._record(engine.events())
             self.device.set_interrupt_sink(None)
             conn.close()
+
+    def _receive(self, conn: socket.socket, engine: ServerEngine) -> None:
+        try:
+            data, fds = recv_with_fds(conn, engine.next_read_size(), engine.max_msg_fds)
+        except TooManyFds as exc:
+            engine.connection_lost(str(exc))
+            return
+        except OSError as exc:
+            engine.connection_lost(f"receive failed: {exc}")
+            return
+        engine.receive_data(data, fds)
+        for out, out_fds in engine.data_to_send():
+            send_with_fds(conn, out, out_fds)
+        self._record(engine.events())
 
     def _refuse(self) -> None:
         """A second client while one is attached: accept and close it at once."""
