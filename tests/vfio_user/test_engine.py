@@ -1,0 +1,249 @@
+"""The sans-IO engine without sockets: framing, state table, the one errno path, fds."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from hugepfn.device.vfio_user import wire
+from hugepfn.device.vfio_user.engine import ServerEngine, State
+from hugepfn.device.vfio_user.events import (
+    CommandFailed, Disconnected, DmaMapped, Negotiated, PeerReply,
+)
+from hugepfn.device.vfio_user.wire import Command
+
+from .small_device import DOORBELL, FAIL_REG, SmallDevice
+
+
+def version_msg(msg_id=0, major=0, minor=0, caps=None):
+    return wire.message(msg_id, Command.VERSION, wire.Version.build(
+        {"major": major, "minor": minor, "capabilities": {"capabilities": caps or {}}}))
+
+
+def read_msg(msg_id, region, offset, count, flags=0):
+    return wire.message(msg_id, Command.REGION_READ, wire.REGION_ACCESS.pack(offset, region, count), flags)
+
+
+def replies(engine):
+    return [(wire.HEADER.unpack_from(data), data[16:], fds) for data, fds in engine.data_to_send()]
+
+
+def fd_is_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def device():
+    dev = SmallDevice()
+    yield dev
+    dev.close()
+
+
+@pytest.fixture
+def engine(device):
+    eng = ServerEngine(device)
+    eng.receive_data(version_msg(caps={"max_msg_fds": 16, "max_data_xfer_size": 4096}))
+    eng.data_to_send()
+    eng.events()
+    return eng
+
+
+def test_before_version_only_version_is_allowed(device):
+    eng = ServerEngine(device)
+    eng.receive_data(read_msg(3, 7, 0, 4))
+    [((msg_id, cmd, size, flags, err), payload, fds)] = replies(eng)
+    assert (msg_id, cmd, size, flags, err) == (3, 9, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
+    assert eng.state is State.AWAIT_VERSION
+
+
+@pytest.mark.parametrize("proposed,expected", [(0, 0), (1, 1), (2, 2), (9, 2)])
+def test_version_reply_minor_is_at_most_the_proposed_one(device, proposed, expected):
+    eng = ServerEngine(device)
+    eng.receive_data(version_msg(minor=proposed, caps={"max_msg_fds": 16}))
+    [((_, cmd, _, flags, _), payload, _)] = replies(eng)
+    assert flags == wire.MSG_TYPE_REPLY and cmd == Command.VERSION
+    reply = wire.Version.parse(payload)
+    assert (reply.major, reply.minor) == (0, expected)
+    assert payload.endswith(b"\0") and payload.count(b"\0", 4) == 1
+    assert eng.state is State.READY
+
+
+def test_version_capabilities_are_a_subset_no_larger_than_proposed(device):
+    eng = ServerEngine(device)
+    qemu = {"migration": {"pgsize": 4096, "max_bitmap_size": 268435456}, "max_msg_fds": 16,
+            "max_data_xfer_size": 1048576, "pgsizes": 4096, "max_dma_maps": 65535, "write_multiple": True}
+    eng.receive_data(version_msg(caps=qemu))
+    [(_, payload, _)] = replies(eng)
+    caps = wire.Version.parse(payload).capabilities["capabilities"]
+    assert caps == {"max_msg_fds": 16, "max_data_xfer_size": 1048576, "pgsizes": 4096, "max_dma_maps": 65535}
+    [event] = eng.events()
+    assert isinstance(event, Negotiated) and event.client_capabilities == qemu
+
+
+def test_version_with_smaller_client_xfer_bounds_region_reads(engine):
+    engine.receive_data(read_msg(1, 7, 0, 4096))
+    engine.receive_data(read_msg(2, 0, 0, 4097))
+    first, second = replies(engine)
+    assert first[0][3] == wire.MSG_TYPE_REPLY and len(first[1]) == 16 + 4096
+    assert second[0][3:] == (wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
+
+
+@pytest.mark.parametrize("payload", [
+    b"\0\0",                                             # short
+    b"\x01\0\0\0",                                       # major 1
+    b"\0\0\0\0{\"capabilities\":{}}",                    # no NUL
+    b"\0\0\0\0not json\0",
+    b"\0\0\0\0[]\0",
+    b"\0\0\0\0{\"capabilities\":[]}\0",
+    b"\0\0\0\0{\"capabilities\":{\"max_msg_fds\":\"8\"}}\0",
+    b"\0\0\0\0{\"capabilities\":{\"max_data_xfer_size\":-1}}\0",
+    b"\0\0\0\0{\"capabilities\":{\"max_data_xfer_size\":0}}\0",
+    b"\0\0\0\0{\"capabilities\":{\"write_multiple\":1}}\0",
+    b"\0\0\0\0\xff\xfe\0",
+])
+def test_bad_version_proposals_get_einval_and_no_negotiation(device, payload):
+    eng = ServerEngine(device)
+    eng.receive_data(wire.message(1, Command.VERSION, payload))
+    [((_, _, size, flags, err), _, _)] = replies(eng)
+    assert (size, flags, err) == (16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
+    assert eng.state is State.AWAIT_VERSION
+
+
+def test_second_version_is_refused(engine):
+    engine.receive_data(version_msg(9))
+    [(head, _, _)] = replies(engine)
+    assert head == (9, 1, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
+
+
+def test_bytes_fed_one_at_a_time_give_the_same_replies(engine, device):
+    device.config[0x40:0x44] = b"\x01\x02\x03\x04"
+    stream = read_msg(1, 7, 0x40, 4) + read_msg(2, 7, 0x41, 2)
+    for i in range(len(stream)):
+        assert engine.next_read_size() >= 1
+        engine.receive_data(stream[i:i + 1])
+    (h1, p1, _), (h2, p2, _) = replies(engine)
+    assert (h1[0], p1[16:]) == (1, b"\x01\x02\x03\x04")
+    assert (h2[0], p2[16:]) == (2, b"\x02\x03")
+
+
+def test_next_read_size_asks_for_header_then_payload(engine):
+    assert engine.next_read_size() == 16
+    msg = wire.message(4, Command.REGION_WRITE, wire.REGION_ACCESS.pack(0, 0, 8) + bytes(8))
+    engine.receive_data(msg[:16])
+    assert engine.next_read_size() == 24
+    engine.receive_data(msg[16:20])
+    assert engine.next_read_size() == 20
+
+
+@pytest.mark.parametrize("header", [
+    wire.HEADER.pack(1, 9, 8, 0, 0),              # msg_size smaller than a header
+    wire.HEADER.pack(1, 9, 0xFFFF_FFFF, 0, 0),    # absurd msg_size
+    wire.HEADER.pack(1, 9, 16, 0x40, 0),          # unknown flag bit
+    wire.HEADER.pack(1, 9, 16, 0x2, 0),           # message type 2
+])
+def test_malformed_header_disconnects_without_reply(engine, header):
+    engine.dma.map(0x10000, 0x1000, 3, 0, None)
+    engine.receive_data(header)
+    assert replies(engine) == []
+    assert engine.state is State.CLOSED
+    [event] = engine.events()
+    assert isinstance(event, Disconnected) and "malformed header" in event.reason
+    assert len(engine.dma) == 0
+    engine.receive_data(read_msg(1, 7, 0, 4))    # nothing happens after close
+    assert replies(engine) == []
+
+
+def test_no_reply_flag_suppresses_reply_and_error_reply(engine, device):
+    engine.receive_data(wire.message(1, Command.REGION_WRITE, wire.REGION_ACCESS.pack(0x10, 0, 4) + b"abcd",
+                                     wire.FLAG_NO_REPLY))
+    engine.receive_data(read_msg(2, 0, 0xFFFF, 4, wire.FLAG_NO_REPLY))
+    assert replies(engine) == []
+    assert device.regs[0x10:0x14] == b"abcd"
+    assert [type(e) for e in engine.events()] == [CommandFailed]
+
+
+@pytest.mark.parametrize("cmd", [0, 14, 15, 17, 18, 99, 0xFFFF, Command.DMA_READ, Command.DMA_WRITE])
+def test_unsupported_commands_get_einval(engine, cmd):
+    engine.receive_data(wire.message(5, cmd, b"\0" * 24))
+    [(head, _, _)] = replies(engine)
+    assert head == (5, cmd, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
+    assert engine.state is State.READY
+
+
+def test_device_oserror_errno_is_the_reply(engine):
+    engine.receive_data(read_msg(1, 0, FAIL_REG, 4))
+    [(head, _, _)] = replies(engine)
+    assert head == (1, 9, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EIO)
+
+
+def test_device_bug_becomes_eio_not_a_crash(engine, device, monkeypatch):
+    def broken(*args):
+        raise KeyError("device bug")
+    monkeypatch.setattr(device, "region_read", broken)
+    engine.receive_data(read_msg(1, 7, 0, 4))
+    [(head, _, _)] = replies(engine)
+    assert head == (1, 9, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EIO)
+    [failed] = engine.events()
+    assert "KeyError" in failed.message
+
+
+def test_fds_on_a_command_that_takes_none_are_closed(engine):
+    fd = os.eventfd(0)
+    engine.receive_data(read_msg(1, 7, 0, 4), [fd])
+    assert not fd_is_open(fd)
+
+
+def test_region_info_full_reply_carries_exactly_the_device_fd(engine, device):
+    req = wire.RegionInfo.build({"argsz": 256, "flags": 0, "index": 2, "cap_offset": 0, "size": 0, "offset": 0})
+    engine.receive_data(wire.message(1, Command.DEVICE_GET_REGION_INFO, req))
+    [(_, payload, fds)] = replies(engine)
+    assert fds == (device.mem_fd,)
+    assert wire.RegionInfo.parse(payload).argsz == len(payload) == 64
+
+
+def test_connection_lost_drops_dma_and_irq_state_but_not_device_state(engine, device):
+    efd = os.eventfd(0)
+    memfd = os.memfd_create("guest")
+    os.ftruncate(memfd, 1 << 20)
+    engine.receive_data(wire.message(1, Command.DMA_MAP, wire.DmaMap.build(
+        {"argsz": 32, "flags": 3, "offset": 0, "address": 1 << 32, "size": 1 << 20})), [os.dup(memfd)])
+    engine.receive_data(wire.message(2, Command.DEVICE_SET_IRQS, wire.SetIrqs.build(
+        {"argsz": 20, "flags": 0x24, "index": 2, "start": 1, "count": 1, "data": b""})), [efd])
+    engine.receive_data(wire.message(3, Command.REGION_WRITE, wire.REGION_ACCESS.pack(0x20, 0, 2) + b"hi"))
+    assert [h[3] for h, _, _ in replies(engine)] == [1, 1, 1]
+    assert isinstance(engine.events()[0], DmaMapped)
+    assert fd_is_open(efd) and len(engine.dma) == 1
+    engine.receive_data(b"")
+    assert not fd_is_open(efd)
+    assert len(engine.dma) == 0
+    assert engine.irqs.vector(2, 1).eventfd is None
+    assert device.regs[0x20:0x22] == b"hi"
+    assert isinstance(engine.events()[-1], Disconnected)
+    os.close(memfd)
+
+
+def test_interrupt_sink_writes_one_to_the_eventfd(engine, device):
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    engine.receive_data(wire.message(1, Command.DEVICE_SET_IRQS, wire.SetIrqs.build(
+        {"argsz": 20, "flags": 0x24, "index": 2, "start": 3, "count": 1, "data": b""})), [os.dup(efd)])
+    replies(engine)
+    device.set_interrupt_sink(engine.interrupt_sink)
+    engine.receive_data(wire.message(2, Command.REGION_WRITE, wire.REGION_ACCESS.pack(DOORBELL, 0, 1) + b"\x03"))
+    assert int.from_bytes(os.read(efd, 8), "little") == 1
+    os.close(efd)
+
+
+def test_server_to_client_dma_read_and_its_reply(engine):
+    msg_id = engine.send_dma_read(0x1000, 8)
+    [(head, payload, _)] = replies(engine)
+    assert head[:2] == (msg_id, Command.DMA_READ) and head[3] == wire.MSG_TYPE_COMMAND
+    assert wire.DMA_ACCESS.unpack(payload) == (0x1000, 8)
+    engine.receive_data(wire.message(msg_id, Command.DMA_READ, payload + b"8 bytes!", wire.MSG_TYPE_REPLY))
+    engine.receive_data(wire.message(999, Command.DMA_READ, b"", wire.MSG_TYPE_REPLY))  # unsolicited: ignored
+    assert engine.events() == [PeerReply(msg_id, Command.DMA_READ, 0, payload + b"8 bytes!")]
+    assert replies(engine) == []
