@@ -241,6 +241,20 @@ def eventfd_fired(fd, timeout=2.0) -> int:
 
 
 @pytest.fixture
+def eventfds():
+    """eventfds(n) -> n non-blocking eventfds, closed after the test."""
+    made = []
+
+    def make(n):
+        fds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(n)]
+        made.extend(fds)
+        return fds
+    yield make
+    for fd in made:
+        os.close(fd)
+
+
+@pytest.fixture
 def device():
     dev = SmallDevice()
     yield dev
@@ -386,37 +400,28 @@ def test_callback_exceptions_are_counted_not_raised(client, server):
 
 
 @needs_library
-def test_device_interrupts_reach_the_clients_eventfds(client, device):
-    intx = os.eventfd(0, os.EFD_NONBLOCK)
-    msix = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(4)]
-    try:
-        assert client.set_irqs(vfio.VFIO_PCI_INTX_IRQ_INDEX, 0, [intx]) == 0
-        assert client.region_write(0, DOORBELL, b"\xff") == 0             # raised inside a callback
-        assert eventfd_fired(intx) == 1
-        assert client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 0, msix) == 0
-        raiser = threading.Thread(target=device.sink, args=(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 3))
-        raiser.start()                                                    # raised from another thread
-        raiser.join()
-        assert eventfd_fired(msix[3]) == 1
-        assert [eventfd_fired(fd, 0.05) for fd in msix[:3]] == [0, 0, 0]
-    finally:
-        for fd in [intx, *msix]:
-            os.close(fd)
+def test_device_interrupts_reach_the_clients_eventfds(client, device, eventfds):
+    intx, *msix = eventfds(5)
+    assert client.set_irqs(vfio.VFIO_PCI_INTX_IRQ_INDEX, 0, [intx]) == 0
+    assert client.region_write(0, DOORBELL, b"\xff") == 0             # raised inside a callback
+    assert eventfd_fired(intx) == 1
+    assert client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 0, msix) == 0
+    raiser = threading.Thread(target=device.sink, args=(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 3))
+    raiser.start()                                                    # raised from another thread
+    raiser.join()
+    assert eventfd_fired(msix[3]) == 1
+    assert [eventfd_fired(fd, 0.05) for fd in msix[:3]] == [0, 0, 0]
 
 
 @needs_library
-def test_interrupt_without_eventfd_is_pending_until_unmask(client, device, server):
+def test_interrupt_without_eventfd_is_pending_until_unmask(client, device, server, eventfds):
     device.sink(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 1)
     assert wait_for(lambda: server.stats["irqs_pending"] == 1)
-    efds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(4)]
-    try:
-        assert client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 0, efds) == 0
-        assert client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 1, [], flags=0x1 | 0x10, count=1) == 0
-        assert (vfio.VFIO_PCI_MSIX_IRQ_INDEX, 1, 1, False) in device.irq_states
-        assert eventfd_fired(efds[1]) == 1
-    finally:
-        for fd in efds:
-            os.close(fd)
+    efds = eventfds(4)
+    assert client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 0, efds) == 0
+    assert client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 1, [], flags=0x1 | 0x10, count=1) == 0
+    assert (vfio.VFIO_PCI_MSIX_IRQ_INDEX, 1, 1, False) in device.irq_states
+    assert eventfd_fired(efds[1]) == 1
 
 
 @needs_library
@@ -664,22 +669,17 @@ def test_gpu_bar_layout_and_memory_through_mmap(gpu_client, gpu):
 
 
 @needs_library
-def test_gpu_doorbell_raises_intx_then_msix(gpu_client, gpu):
-    intx = os.eventfd(0, os.EFD_NONBLOCK)
-    msix = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(8)]
-    try:
-        assert gpu_client.set_irqs(vfio.VFIO_PCI_INTX_IRQ_INDEX, 0, [intx]) == 0
-        assert gpu_client.region_write(0, REG_DOORBELL, struct.pack("<I", 5)) == 0
-        assert eventfd_fired(intx) == 1                                   # MSI-X off: INTx
-        assert gpu_client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 0, msix) == 0
-        assert gpu_client.region_write(4, 5 * 16 + 12, struct.pack("<I", 0)) == 0   # unmask entry 5
-        control = struct.unpack("<H", gpu_client.region_read(7, MSIX_CAP + 2, 2))[0]
-        assert gpu_client.region_write(7, MSIX_CAP + 2, struct.pack("<H", control | 0x8000)) == 0
-        assert gpu_client.region_write(0, REG_DOORBELL, struct.pack("<I", 5)) == 0
-        assert eventfd_fired(msix[5]) == 1
-    finally:
-        for fd in [intx, *msix]:
-            os.close(fd)
+def test_gpu_doorbell_raises_intx_then_msix(gpu_client, gpu, eventfds):
+    intx, *msix = eventfds(9)
+    assert gpu_client.set_irqs(vfio.VFIO_PCI_INTX_IRQ_INDEX, 0, [intx]) == 0
+    assert gpu_client.region_write(0, REG_DOORBELL, struct.pack("<I", 5)) == 0
+    assert eventfd_fired(intx) == 1                                   # MSI-X off: INTx
+    assert gpu_client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 0, msix) == 0
+    assert gpu_client.region_write(4, 5 * 16 + 12, struct.pack("<I", 0)) == 0   # unmask entry 5
+    control = struct.unpack("<H", gpu_client.region_read(7, MSIX_CAP + 2, 2))[0]
+    assert gpu_client.region_write(7, MSIX_CAP + 2, struct.pack("<H", control | 0x8000)) == 0
+    assert gpu_client.region_write(0, REG_DOORBELL, struct.pack("<I", 5)) == 0
+    assert eventfd_fired(msix[5]) == 1
 
 
 @needs_library
