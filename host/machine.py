@@ -139,6 +139,8 @@ class Machine:
             raise ValueError(f"unknown driver {driver!r} (choose from {', '.join(DRIVERS)})") from None
         if pdev is None:
             pdev = PciDevice(bdf=bdf, bars={b.index: b for b in bars or []})
+        if pdev.clock is None:
+            pdev.clock = self.clock
         dev = cls(self, pdev, name, **driver_args)
         if open:
             ret = dev.open_device()

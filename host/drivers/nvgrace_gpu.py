@@ -20,7 +20,8 @@ from ..mm.pfn_space import PfnAddressSpace
 from ..mm.vm_fault import VM_FAULT_FALLBACK, VM_FAULT_SIGBUS
 from ..mm.vma import Vma, VmOperations
 from .pci import PciDevice
-from .vfio_pci_core import VfioPciCoreDevice, is_aligned_for_order, vma_region_index, vma_region_pgoff
+from .vfio_pci_core import (ULONG_MASK, VfioPciCoreDevice, is_aligned_for_order, vma_region_index,
+                            vma_region_pgoff)
 
 if TYPE_CHECKING:
     from ..machine import Machine
@@ -183,7 +184,7 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
         if region is None:
             return VM_FAULT_SIGBUS
         addr = vmf.address & -(PAGE_SIZE << order)
-        pfn = region.start_pfn + vma_region_pgoff(vma) + ((addr - vma.vm_start) >> PAGE_SHIFT)
+        pfn = (region.start_pfn + vma_region_pgoff(vma) + (((addr - vma.vm_start) & ULONG_MASK) >> PAGE_SHIFT)) & ULONG_MASK
         ret = VM_FAULT_FALLBACK
         if is_aligned_for_order(vma, addr, pfn, order):
             lock = self.memory_lock

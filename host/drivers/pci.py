@@ -48,8 +48,12 @@ class PciDevice:
     is_virtfn: bool = False          # VFs have no_command_memory
     reset_works: bool = True
     current_state: int = PCI_D0
-    # BAR0 32-bit register reads (nvgrace readiness); None: every register reads 0xFF
+    # BAR0 32-bit register reads (nvgrace readiness).  None: status registers read 0xFF
+    # (ready), except for ``ready_after_ms`` of (virtual) time after a reset, when they read 0.
     bar0_read32: Callable[[int], int] | None = None
+    ready_after_ms: int = 0
+    reset_at_ms: int | None = None
+    clock: object | None = None            # the machine's Clock (now_ms)
     vconfig: bytearray = field(default_factory=lambda: bytearray(PCI_CFG_SPACE_SIZE))
 
     def __post_init__(self) -> None:
@@ -75,7 +79,12 @@ class PciDevice:
         self.vconfig[PCI_COMMAND:PCI_COMMAND + 2] = (value & 0xFFFF).to_bytes(2, "little")
 
     def read_bar0(self, offset: int) -> int:
-        return 0xFF if self.bar0_read32 is None else self.bar0_read32(offset)
+        if self.bar0_read32 is not None:
+            return self.bar0_read32(offset)
+        if self.reset_at_ms is not None and self.clock is not None:
+            if self.clock.now_ms < self.reset_at_ms + self.ready_after_ms:
+                return 0
+        return 0xFF
 
     def bar(self, index: int) -> PciBar | None:
         return self.bars.get(index)

@@ -29,6 +29,7 @@ VFIO_PCI_ROM_REGION_INDEX = 6
 VFIO_PCI_CONFIG_REGION_INDEX = 7
 VFIO_PCI_NUM_REGIONS = 9
 COMMAND_WRITABLE = 0x07FF
+ULONG_MASK = (1 << 64) - 1      # C unsigned long arithmetic: a negative offset wraps
 
 
 def vfio_pci_index_to_offset(index: int) -> int:
@@ -205,8 +206,8 @@ class VfioPciCoreDevice:
                 ret = self.vmf_insert_pfn(vmf, pfn, order)
         else:
             addr = vmf.address & -(PAGE_SIZE << order)
-            pgoff = (addr - vma.vm_start) >> PAGE_SHIFT
-            pfn = self.vma_to_pfn(vma) + pgoff
+            pgoff = ((addr - vma.vm_start) & ULONG_MASK) >> PAGE_SHIFT
+            pfn = (self.vma_to_pfn(vma) + pgoff) & ULONG_MASK
             if order and not is_aligned_for_order(vma, addr, pfn, order):
                 ret = VM_FAULT_FALLBACK
             else:
@@ -289,6 +290,7 @@ class VfioPciCoreDevice:
         self.zap_and_down_write_memory_lock()
         try:
             self.pdev.current_state = PCI_D0
+            self.pdev.reset_at_ms = self.machine.clock.now_ms
             return self.pci_reset_function()
         finally:
             self.memory_lock.up_write()

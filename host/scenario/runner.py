@@ -1,0 +1,92 @@
+"""Running a parsed scenario: build the Machine, open devices, run each step through its
+handler and record what it did into the Trace."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..drivers.pci import PciBar, PciDevice
+from ..machine import Machine
+from ..trace import StepRecord, Trace, errno_name
+from .errors import ScenarioError
+from .spec import Scenario, Step, load_scenario
+from .steps import STEP_KINDS
+
+# Optional packages that add step handlers / machine extensions when imported.
+OPTIONAL_EXTENSIONS = ("hugepfn.host.memory_failure",)
+
+
+def load_extensions() -> None:
+    for name in OPTIONAL_EXTENSIONS:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+
+
+def build_machine(scenario: Scenario) -> Machine:
+    machine = Machine(scenario.kernel, scenario.arch, scenario.thp, scenario.policy, scenario.sysctl,
+                      scenario.thp_sysfs_gates_pfnmap, scenario.dyndbg)
+    for p in scenario.processes:
+        machine.create_process(p.pid, p.comm, p.threads)
+    for d in scenario.devices:
+        pdev = PciDevice(bdf=d.bdf, bars={b["index"]: PciBar(b["index"], b["phys"], b["size"], b["io"])
+                                          for b in d.bars},
+                         is_virtfn=d.virtfn, reset_works=d.reset_works, ready_after_ms=d.ready_after_ms)
+        args = {}
+        if d.driver == "nvgrace-gpu":
+            args = {"usemem": (d.usemem["memphys"], d.usemem["memlength"]) if d.usemem else None,
+                    "resmem": (d.resmem["memphys"], d.resmem["memlength"]) if d.resmem else None}
+        try:
+            machine.add_device(d.name, d.driver, d.bdf, pdev=pdev, **args)
+        except OSError as exc:
+            raise ScenarioError(f"device {d.name}: {exc.strerror}") from None
+    return machine
+
+
+class ScenarioRun:
+    """One execution: the machine, the trace being built and the record of the current step."""
+
+    def __init__(self, scenario: Scenario, machine: Machine | None = None) -> None:
+        load_extensions()
+        self.scenario = scenario
+        self.machine = machine or build_machine(scenario)
+        self.trace = Trace(scenario.kernel, scenario.arch, scenario.policy, scenario.thp)
+        self.record: StepRecord | None = None
+
+    def run_step(self, step: Step) -> StepRecord:
+        kind = STEP_KINDS[step.kind]
+        if kind.handler is None:
+            raise ScenarioError(f"step {step.index}: do = {step.kind!r} is not supported yet")
+        m = self.machine
+        if kind.thread_field is not None:
+            tid = step.fields.get(kind.thread_field)
+            if isinstance(tid, int):
+                m.tasks.thread(tid).handle_signals()    # it ran in user space: pending signals handled
+        args = {f.name: f.to_trace(step.fields[f.name]) for f in kind.fields}
+        rec = self.record = StepRecord(step.index, step.kind, args)
+        if step.note:
+            rec.extra["note"] = step.note
+        sig_mark, log_mark, zap_mark = len(m.tasks.journal), len(m.klog), len(m.zap_journal)
+        ret = kind.handler(self, step)
+        rec.ret = ret if isinstance(ret, str) else errno_name(ret)
+        rec.signals = m.tasks.journal[sig_mark:]
+        rec.log = m.klog.lines(log_mark)
+        rec.zapped = [{"pid": z.vma.vm_mm.owner.pid, "va": f"{z.zapped.va:#x}", "length": f"{z.zapped.length:#x}",
+                       "level": z.zapped.level} for z in m.zap_journal[zap_mark:]]
+        self.trace.steps.append(rec)
+        return rec
+
+    def run(self) -> Trace:
+        for step in self.scenario.steps:
+            self.run_step(step)
+        self.trace.summary = self.machine.summary()
+        return self.trace
+
+
+def run_scenario(scenario: Scenario | str | Path) -> Trace:
+    """Run a Scenario (or a scenario file) and return its trace."""
+    if not isinstance(scenario, Scenario):
+        scenario = load_scenario(scenario)
+    return ScenarioRun(scenario).run()
