@@ -81,3 +81,24 @@ def test_publish_from_another_thread_uses_the_same_socket(private_netns):
         worker.join(10)
         assert results == [make_event(9)]
         assert sub.receive(5) == make_event(9)
+
+
+def test_a_listener_that_falls_behind_is_told_once_and_keeps_going(private_netns):
+    import socket
+
+    notices = []
+    with events.subscriber("netlink", netns=private_netns, on_notice=notices.append) as slow, \
+         events.publisher("netlink", netns=private_netns) as pub:
+        shrink = socket.socket(fileno=os.dup(slow.fileno()))
+        shrink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # room for a few events
+        shrink.close()
+        sent = [pub.publish(make_event(1, seq=n)) for n in range(200)]
+        got = []
+        while (event := slow.receive(0.2)) is not None:
+            got.append(event.seq)
+        pub.publish(make_event(1, seq=999))
+        assert slow.receive(5).seq == 999  # still subscribed after the overrun
+    assert 0 < len(got) < len(sent)
+    assert got == sorted(got) and got[0] == 0
+    assert notices == [f"events lost on NETLINK_USERSOCK group {DEFAULT_GROUP} in netns {private_netns}: "
+                       "receive buffer overrun (ENOBUFS)"]
