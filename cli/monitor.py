@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
-from hugepfn.host import events
+from hugepfn.host.events.constants import DEFAULT_GROUP, Transport, default_events_dir
 
 DESCRIPTION = """\
 Subscribe to memory-failure events and print one line per event.
@@ -39,21 +40,20 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "monitor",
         help="print memory-failure events (netlink, unix fallback)",
-        description=DESCRIPTION % {"group": events.DEFAULT_GROUP,
-                                   "fallback": events.default_events_dir()},
+        description=DESCRIPTION % {"group": DEFAULT_GROUP, "fallback": default_events_dir()},
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--json", action="store_true",
                         help="print each event as one JSON object per line")
-    parser.add_argument("--transport", choices=[t.value for t in events.Transport],
+    parser.add_argument("--transport", choices=[t.value for t in Transport],
                         default="auto",
                         help="auto (netlink, else unix fallback), netlink or unix (default: auto)")
     parser.add_argument("--count", type=_positive_int, metavar="N",
                         help="exit after N events (exit status 1 if --timeout ends first)")
     parser.add_argument("--timeout", type=_positive_float, metavar="S",
                         help="stop after S seconds")
-    parser.add_argument("--group", type=int, default=events.DEFAULT_GROUP, metavar="G",
-                        help=f"NETLINK_USERSOCK multicast group 1..32 (default: {events.DEFAULT_GROUP})")
+    parser.add_argument("--group", type=int, default=DEFAULT_GROUP, metavar="G",
+                        help=f"NETLINK_USERSOCK multicast group 1..32 (default: {DEFAULT_GROUP})")
     parser.set_defaults(func=run)
 
 
@@ -62,9 +62,9 @@ def _status(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
+    from hugepfn.host.events.transport import subscriber  # pyroute2: only when monitoring
 
-    sub = events.subscriber(args.transport, group=args.group, on_notice=_status)
+    sub = subscriber(args.transport, group=args.group, on_notice=_status)
     with sub:
         if sub.fallback_reason:
             _status(f"{sub.fallback_reason}; falling back to {sub.describe()}")

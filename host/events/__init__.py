@@ -23,18 +23,31 @@ Listening::
         for event in sub:
             print(event.summary())
 """
-from .channel import Publisher, Subscriber
-from .event import (BUS_MCEERR_AO, BUS_MCEERR_AR, KNOWN_ACTIONS, MAX_SIGNAL_SUMMARIES, POLICIES,
-                    RESULTS, EventError, MemoryFailureEvent, SignalSummary)
-from .message import HPFN_MSG_MEMORY_FAILURE, HPFN_MF_VERSION, MalformedMessage, decode, encode, hpfn_mf_msg
-from .netlink import DEFAULT_GROUP, NETLINK_USERSOCK
-from .transport import Transport, publisher, subscriber
-from .unixsock import UnsafeEventsDir, default_events_dir
+import importlib
 
-__all__ = [
-    "BUS_MCEERR_AO", "BUS_MCEERR_AR", "DEFAULT_GROUP", "EventError", "HPFN_MF_VERSION",
-    "HPFN_MSG_MEMORY_FAILURE", "KNOWN_ACTIONS", "MAX_SIGNAL_SUMMARIES", "MalformedMessage",
-    "MemoryFailureEvent", "NETLINK_USERSOCK", "POLICIES", "Publisher", "RESULTS", "SignalSummary",
-    "Subscriber", "Transport", "UnsafeEventsDir", "decode", "default_events_dir", "encode",
-    "hpfn_mf_msg", "publisher", "subscriber",
-]
+# Exports load on first use (PEP 562): pyroute2 costs ~0.2 s to import, and every
+# `hugepfn` command imports the monitor's parser, which needs only `constants`.
+_EXPORTS = {
+    "constants": ("DEFAULT_GROUP", "NETLINK_USERSOCK", "Transport", "default_events_dir"),
+    "event": ("BUS_MCEERR_AO", "BUS_MCEERR_AR", "EventError", "KNOWN_ACTIONS", "MAX_SIGNAL_SUMMARIES",
+              "MemoryFailureEvent", "POLICIES", "RESULTS", "SignalSummary"),
+    "message": ("HPFN_MF_VERSION", "HPFN_MSG_MEMORY_FAILURE", "MalformedMessage", "decode", "encode",
+                "hpfn_mf_msg"),
+    "channel": ("Publisher", "Subscriber"),
+    "transport": ("publisher", "subscriber"),
+    "unixsock": ("UnsafeEventsDir",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

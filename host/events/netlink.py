@@ -19,21 +19,7 @@ import socket
 from pyroute2.netlink.nlsocket import NetlinkSocket
 
 from .channel import Notice, Subscriber
-
-NETLINK_USERSOCK = 2
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
-USERSOCK_GROUPS = range(1, 33)
-
-# hugepfn's group on NETLINK_USERSOCK.  Arbitrary but fixed (nothing in a stock
-# system uses usersock groups); `hugepfn monitor --group` and the API can change it.
-DEFAULT_GROUP = 27
-
-
-def check_group(group: int) -> int:
-    if type(group) is not int or group not in USERSOCK_GROUPS:
-        raise ValueError(f"netlink group must be 1..32 (NETLINK_USERSOCK has 32 groups), got {group!r}")
-    return group
+from .constants import DEFAULT_GROUP, NETLINK_ADD_MEMBERSHIP, NETLINK_USERSOCK, SOL_NETLINK, check_group
 
 
 def _open(netns: str | None) -> tuple[NetlinkSocket, socket.socket]:

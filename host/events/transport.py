@@ -9,29 +9,16 @@ auto, publishing:  send to the netlink group (any user may) AND to every unix-fa
 """
 from __future__ import annotations
 
-import enum
 import errno
 from pathlib import Path
 
 from .channel import Notice, Publisher, Sender, Subscriber
-from .netlink import DEFAULT_GROUP, NetlinkSender, NetlinkSubscriber, check_group
+from .constants import DEFAULT_GROUP, Transport, check_group
+from .netlink import NetlinkSender, NetlinkSubscriber
 from .unixsock import UnixSender, UnixSubscriber
 
 # errnos that mean "this machine/sandbox has no usable netlink usersock".
 _NETLINK_MISSING = (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT, errno.ESOCKTNOSUPPORT)
-
-
-class Transport(str, enum.Enum):
-    AUTO = "auto"
-    NETLINK = "netlink"
-    UNIX = "unix"
-
-    @classmethod
-    def parse(cls, value: "Transport | str") -> "Transport":
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"transport must be auto, netlink or unix, got {value!r}") from None
 
 
 def _why_not_netlink(exc: OSError, group: int, doing: str = "joining") -> str | None:

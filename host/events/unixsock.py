@@ -22,22 +22,13 @@ import stat
 from pathlib import Path
 
 from .channel import Notice, Subscriber, log_notice
+from .constants import default_events_dir
 
 SOCKET_SUFFIX = ".sock"
-ENV_DIR = "HUGEPFN_EVENTS_DIR"
 
 
 class UnsafeEventsDir(PermissionError):
     """The fallback directory exists but others could read or write it."""
-
-
-def default_events_dir() -> Path:
-    if os.environ.get(ENV_DIR):
-        return Path(os.environ[ENV_DIR])
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "hugepfn" / "events"
-    return Path("/tmp") / f"hugepfn-{os.geteuid()}" / "events"
 
 
 def _private_components(path: Path) -> list[Path]:

@@ -144,3 +144,11 @@ def test_monitor_timeout_alone_is_a_duration_not_a_failure(events_dir):
     out, err = monitor.communicate(timeout=15)
     assert (monitor.returncode, out) == (0, "")
     assert len(err.splitlines()) == 1 and err.startswith(f"hugepfn monitor: listening on unix socket {events_dir}/")
+
+
+def test_building_the_cli_does_not_import_pyroute2():
+    code = ("import sys, hugepfn.cli.main as m; m.build_parser(); "
+            "print(sorted(k for k in sys.modules if k.split('.')[0] == 'pyroute2'))")
+    probe = spawn([sys.executable, "-c", code])
+    out, err = probe.communicate(timeout=15)
+    assert (probe.returncode, out, err) == (0, "[]\n", "")
