@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import struct
 from pathlib import Path
 
 from hugepfn.device import interface as vfio
@@ -29,6 +30,8 @@ from hugepfn.device.poison import PoisonEvent, PoisonModel
 from hugepfn.device.poison_store import PoisonStore
 from hugepfn.device.profiles import Profile, load_profile
 from hugepfn.device.registers import CONTROL_ERR_IRQ, RegisterFile, RegisterHooks
+
+_U32 = struct.Struct("<I")
 
 
 class PoisonedReadError(OSError):
@@ -220,6 +223,11 @@ class GpuDevice:
             return self.memory[index].read(offset, good), bad
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
+        if index == vfio.VFIO_PCI_CONFIG_REGION_INDEX and len(data) == 4 and not offset & 3 \
+                and 0 <= offset < 4096:
+            with self._lock:                 # the fast path of every config cycle
+                self.config.write32(offset, _U32.unpack(data)[0])
+            return
         with self._lock:
             if index == vfio.VFIO_PCI_CONFIG_REGION_INDEX:
                 self.config.write(offset, data)      # does its own bounds checks

@@ -1,0 +1,153 @@
+"""Device figures: config-space access rate (construct vs struct fast path), poison query
+latency with 1,000,000 poisoned ranges, RSS of a process holding a gpu-8g device.
+
+Targets (issue 4): >= 500,000 config ops/s through the device model, < 10 us per poison
+query, < 60 MiB RSS.  Printed, never asserted.
+"""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+
+from construct import Int32ul
+
+from hugepfn.device import pci_formats as pf
+from hugepfn.device.gpu import GpuDevice
+from hugepfn.device.interface import VFIO_PCI_CONFIG_REGION_INDEX as CFG
+from hugepfn.device.ranges import RangeSet
+
+OFFSETS = [0x00, 0x04, 0x10, 0x18, 0x1C, 0x40, 0x60, 0xA0, 0x100, 0x104]
+
+
+def rate(fn, n: int) -> float:
+    start = time.perf_counter()
+    fn(n)
+    return n / (time.perf_counter() - start)
+
+
+def bench_config() -> None:
+    with GpuDevice.from_profile("gpu-8g") as dev:
+        cfg = dev.config
+        offsets = (OFFSETS * 1000)[:10000]
+
+        def region_reads(n):
+            read = dev.region_read
+            for i in range(n // len(offsets)):
+                for off in offsets:
+                    read(CFG, off, 4)
+
+        def region_writes(n):
+            write = dev.region_write
+            value = b"\xff\xff\xff\xff"
+            for i in range(n // len(offsets)):
+                for off in offsets:
+                    write(CFG, off, value)
+
+        def fast_reads(n):
+            read32 = cfg.read32
+            for i in range(n // len(offsets)):
+                for off in offsets:
+                    read32(off)
+
+        def fast_writes(n):
+            write32 = cfg.write32
+            for i in range(n // len(offsets)):
+                for off in offsets:
+                    write32(off, 0xFFFFFFFF)
+
+        def construct_reads(n):
+            # The declaration path: parse the dword with construct from the image.
+            data = cfg.data
+            parse = Int32ul.parse
+            for i in range(n // len(offsets)):
+                for off in offsets:
+                    parse(data[off:off + 4])
+
+        def construct_writes(n):
+            # Build with construct, apply the masks the same way the fast path does.
+            data = cfg.data
+            build, parse = Int32ul.build, Int32ul.parse
+            for i in range(n // len(offsets)):
+                for off in offsets:
+                    old = parse(data[off:off + 4])
+                    rw, w1c = cfg.rw_mask32(off), cfg.w1c_mask32(off)
+                    data[off:off + 4] = build(((old & ~rw) | (0xFFFFFFFF & rw)) & ~(0xFFFFFFFF & w1c))
+
+        def construct_header_parses(n):
+            data = bytes(cfg.data[:64])
+            for _ in range(n):
+                pf.Type0Header.parse(data)
+
+        n = 200_000
+        print(f"config read32  via GpuDevice.region_read  : {rate(region_reads, n):>12,.0f} ops/s")
+        print(f"config write32 via GpuDevice.region_write : {rate(region_writes, n):>12,.0f} ops/s")
+        dev.reset()
+        print(f"config read32  fast path (ConfigSpace)    : {rate(fast_reads, n):>12,.0f} ops/s")
+        print(f"config write32 fast path (ConfigSpace)    : {rate(fast_writes, n):>12,.0f} ops/s")
+        dev.reset()
+        print(f"config read32  construct Int32ul.parse    : {rate(construct_reads, 50_000):>12,.0f} ops/s")
+        print(f"config write32 construct parse+build      : {rate(construct_writes, 50_000):>12,.0f} ops/s")
+        print(f"type-0 header  construct Struct.parse     : {rate(construct_header_parses, 5_000):>12,.0f} ops/s")
+
+
+def bench_poison() -> None:
+    rng = random.Random(1)
+    # 1,000,000 disjoint 64-byte ranges spread over 1 TiB (every other cacheline at most).
+    slots = rng.sample(range(0, (1 << 40) // 128), 1_000_000)
+    t0 = time.perf_counter()
+    ranges = RangeSet((s * 128, s * 128 + 64) for s in slots)
+    build = time.perf_counter() - t0
+    probes = [(rng.randrange(0, 1 << 40), rng.choice((64, 4096, 2 << 20))) for _ in range(200_000)]
+    t0 = time.perf_counter()
+    hits = 0
+    overlaps = ranges.overlaps
+    for off, length in probes:
+        hits += overlaps(off, off + length)
+    per_query = (time.perf_counter() - t0) / len(probes)
+    print(f"poison set: {len(ranges):,} ranges built in {build:.2f} s")
+    print(f"poison query 'any byte of [off, off+len) poisoned': {per_query * 1e6:.2f} us/query "
+          f"({hits:,} hits in {len(probes):,} probes)")
+    t0 = time.perf_counter()
+    for i in range(2000):
+        ranges.add(i * 4096 + 1024, i * 4096 + 1088)
+    print(f"poison insert into 1M ranges: {(time.perf_counter() - t0) / 2000 * 1e6:.1f} us/insert")
+
+
+# ru_maxrss survives fork+exec (the child inherits the parent's high-water mark), so the
+# child also reports VmHWM, the high-water mark of its own post-exec address space.
+RSS_CHILD = """
+import resource
+from hugepfn.device.gpu import GpuDevice
+dev = GpuDevice.from_profile("gpu-8g")
+dev.region_write(2, 0, b"x" * 4096)
+dev.region_read(7, 0, 4096)
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, hwm)
+"""
+BARE_CHILD = """
+import resource
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, hwm)
+"""
+
+
+def bench_rss() -> None:
+    def measure(code):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return [int(v) / 1024 for v in out.stdout.split()]
+    maxrss, hwm = measure(RSS_CHILD)
+    _bare_maxrss, bare_hwm = measure(BARE_CHILD)
+    print(f"RSS of a process holding a gpu-8g device (8 GiB BAR2): peak {hwm:.1f} MiB "
+          f"(getrusage ru_maxrss {maxrss:.1f} MiB; bare python peak {bare_hwm:.1f} MiB)")
+
+
+def main() -> None:
+    bench_rss()          # first, while this process is still small (see RSS_CHILD)
+    bench_config()
+    bench_poison()
+
+
+if __name__ == "__main__":
+    main()
