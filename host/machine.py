@@ -38,6 +38,8 @@ DEFAULT_SYSCTL = {
 # hstate index -> page shift, for VM_FAULT_HWPOISON_LARGE's si_addr_lsb (x86: 2M, 1G)
 HSTATE_SHIFTS = (21, 30)
 
+_SIGNALLING = VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_HWPOISON | VM_FAULT_HWPOISON_LARGE
+
 # Called with every new Machine (optional packages such as hugepfn.host.memory_failure add
 # themselves here when imported).
 MACHINE_EXTENSIONS: list[Callable[["Machine"], None]] = []
@@ -65,17 +67,27 @@ class Clock:
         self.now_ms += ms
 
 
-@dataclass
 class AccessResult:
-    ret: int                                    # vm_fault_t; 0 when the access hit a mapping
-    calls: list[tuple[int, int]]                # (order, result) of every driver call
-    leaf: Leaf | None                           # what maps the address afterwards
-    signals: list[Signal] = field(default_factory=list)
-    consumed: bool = False                      # the access consumed hardware poison
+    """What one access did: ``ret`` (vm_fault_t; 0 when it hit a mapping), ``calls`` ((order,
+    result) of every driver call), ``leaf`` (what maps the address afterwards), ``signals``
+    sent during the access, and whether it ``consumed`` hardware poison."""
+    __slots__ = ("ret", "calls", "leaf", "signals", "consumed")
+
+    def __init__(self, ret: int, calls: list[tuple[int, int]], leaf: Leaf | None,
+                 signals: list[Signal] | None = None, consumed: bool = False) -> None:
+        self.ret = ret
+        self.calls = calls
+        self.leaf = leaf
+        self.signals = signals if signals is not None else []
+        self.consumed = consumed
 
     @property
     def ret_name(self) -> str:
         return fault_name(self.ret)
+
+    def __repr__(self) -> str:
+        return (f"AccessResult(ret={self.ret_name}, calls={[(o, fault_name(r)) for o, r in self.calls]}, "
+                f"leaf={self.leaf}, signals={self.signals}, consumed={self.consumed})")
 
 
 @dataclass
@@ -178,32 +190,35 @@ class Machine:
 
     # -- memory accesses ------------------------------------------------------------------------------
     def access(self, tid: int, addr: int, write: bool = False) -> AccessResult:
-        """One load/store by thread ``tid`` at ``addr``."""
-        thread = self.tasks.thread(tid)
+        """One load/store by thread ``tid`` at ``addr`` (the fault hot path: keep it lean)."""
+        thread = self.tasks.threads.get(tid)
+        if thread is None:
+            raise KeyError(f"no thread with tid {tid}")
         journal = self.tasks.journal
         mark = len(journal)
-        mm = thread.mm
+        mm = thread.process.mm
         calls: list[tuple[int, int]] = []
         vma = mm.find_vma(addr)
         if vma is None or (write and not vma.vm_flags & VM_WRITE):
             # bad_area: no VMA (SEGV_MAPERR) or an access the VMA does not permit (SEGV_ACCERR)
             self.tasks.force_sig_fault(thread, "SIGSEGV", SEGV_MAPERR if vma is None else SEGV_ACCERR, addr)
             return AccessResult(VM_FAULT_SIGSEGV, calls, None, journal[mark:])
-        leaf = mm.pgtable.lookup(addr)
+        lookup = mm.pgtable.lookup
+        leaf = lookup(addr)
         ret = 0
         if leaf is None:
             ret = handle_mm_fault(vma, addr, write, calls)
-            self._deliver_fault_result(thread, addr, ret)
+            if ret & _SIGNALLING:
+                self._deliver_fault_result(thread, addr, ret)
             if ret & VM_FAULT_NOPAGE or ret == 0:
-                leaf = mm.pgtable.lookup(addr)   # the retried instruction finds the new entry
-        consumed = False
+                leaf = lookup(addr)         # the retried instruction finds the new entry
         hook = self.hw_poison
-        if leaf is not None and hook is not None:
+        if hook is not None and leaf is not None:
             pfn = leaf.pfn_at(addr)
             if hook.is_poisoned(pfn):
                 hook.consume(thread, vma, addr, pfn, write)
-                consumed = True
-        return AccessResult(ret, calls, leaf, journal[mark:], consumed)
+                return AccessResult(ret, calls, leaf, journal[mark:], True)
+        return AccessResult(ret, calls, leaf, journal[mark:] if len(journal) != mark else None)
 
     def _deliver_fault_result(self, thread: Thread, addr: int, ret: int) -> None:
         """What the arch fault handler does with a failed fault (x86 do_sigbus / arm64)."""

@@ -55,13 +55,14 @@ class PciDevice:
     reset_at_ms: int | None = None
     clock: object | None = None            # the machine's Clock (now_ms)
     vconfig: bytearray = field(default_factory=lambda: bytearray(PCI_CFG_SPACE_SIZE))
+    command_reg: int = 0
 
     def __post_init__(self) -> None:
         c = self.vconfig
         c[0:2] = self.vendor.to_bytes(2, "little")
         c[2:4] = self.device.to_bytes(2, "little")
         # memory decode on, as after pci_enable_device
-        c[PCI_COMMAND:PCI_COMMAND + 2] = (PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER).to_bytes(2, "little")
+        self.command = PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER
         c[PCI_STATUS:PCI_STATUS + 2] = (0x10).to_bytes(2, "little")      # capability list present
         c[PCI_CAPABILITY_LIST] = PM_CAP_OFFSET
         c[PM_CAP_OFFSET] = PCI_CAP_ID_PM
@@ -72,11 +73,12 @@ class PciDevice:
 
     @property
     def command(self) -> int:
-        return int.from_bytes(self.vconfig[PCI_COMMAND:PCI_COMMAND + 2], "little")
+        return self.command_reg
 
     @command.setter
     def command(self, value: int) -> None:
-        self.vconfig[PCI_COMMAND:PCI_COMMAND + 2] = (value & 0xFFFF).to_bytes(2, "little")
+        self.command_reg = value & 0xFFFF       # kept as an int: the fault path reads it
+        self.vconfig[PCI_COMMAND:PCI_COMMAND + 2] = self.command_reg.to_bytes(2, "little")
 
     def read_bar0(self, offset: int) -> int:
         if self.bar0_read32 is not None:

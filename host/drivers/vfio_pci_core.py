@@ -105,6 +105,7 @@ class VfioPciCoreDevice:
         self.num_regions = 0       # device-specific regions after VFIO_PCI_NUM_REGIONS
         self.vm_ops = VmOperations(self.vm_ops_name, fault=self.fault, huge_fault=self.huge_fault)
         self.dev_prefix = f"{self.driver_name} {pdev.bdf}: "
+        self._align_faulting_page = self.profile.vfio_alignment == "page"
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.pdev.bdf}>"
@@ -144,8 +145,8 @@ class VfioPciCoreDevice:
         return 0 if bar is None else bar.size
 
     def vma_to_pfn(self, vma: Vma) -> int:
-        bar = self.pdev.bar(vma_region_index(vma))
-        return (bar.phys >> PAGE_SHIFT) + vma_region_pgoff(vma)
+        pgoff = vma.vm_pgoff
+        return (self.pdev.bars[pgoff >> VFIO_PCI_PGOFF_SHIFT].phys >> PAGE_SHIFT) + (pgoff & VFIO_PCI_PGOFF_MASK)
 
     def setup_barmap(self, index: int) -> int:
         """pci_request_selected_regions + pci_iomap (may fail -EBUSY / -ENOMEM in the kernel)."""
@@ -194,7 +195,7 @@ class VfioPciCoreDevice:
     def huge_fault(self, vmf: VmFaultCtx, order: int) -> int:
         """vfio_pci_mmap_huge_fault for the machine's kernel profile (ref 1.3 / 1.5)."""
         vma = vmf.vma
-        if self.profile.vfio_alignment == "page":
+        if self._align_faulting_page:
             # v6.12 .. v6.15-rc5: the faulting page itself must be order aligned
             pgoff = vmf.pgoff - vma.vm_pgoff
             pfn = self.vma_to_pfn(vma) + pgoff
@@ -219,22 +220,23 @@ class VfioPciCoreDevice:
     def vmf_insert_pfn(self, vmf: VmFaultCtx, pfn: int, order: int) -> int:
         """vfio_pci_vmf_insert_pfn: under memory_lock (read), SIGBUS if runtime-PM is engaged
         or memory is disabled, else the insert for the order (FALLBACK for an order the arch
-        cannot map)."""
+        cannot map).  The memory-enable test is inlined: this is the fault hot path."""
         lock = self.memory_lock
-        lock.down_read()
-        try:
-            if self.pm_runtime_engaged or not self.memory_enabled():
-                return VM_FAULT_SIGBUS
-            if order == 0:
-                return vmf_insert_pfn(vmf.vma, vmf.address, pfn)
-            arch = self.machine.arch
-            if order == PMD_ORDER and arch.pmd_pfnmap:
-                return vmf_insert_pfn_pmd(vmf, pfn, False)
-            if order == PUD_ORDER and arch.pud_pfnmap:
-                return vmf_insert_pfn_pud(vmf, pfn, False)
-            return VM_FAULT_FALLBACK
-        finally:
-            lock.up_read()
+        if lock.writer:
+            raise RuntimeError("memory_lock: fault while held for write (would deadlock)")
+        lock.read_acquisitions += 1
+        pdev = self.pdev
+        if (self.pm_runtime_engaged or pdev.current_state >= PCI_D3hot
+                or not (pdev.is_virtfn or pdev.command_reg & PCI_COMMAND_MEMORY)):
+            return VM_FAULT_SIGBUS
+        if order == 0:
+            return vmf_insert_pfn(vmf.vma, vmf.address, pfn)
+        arch = self.machine.arch
+        if order == PMD_ORDER and arch.pmd_pfnmap:
+            return vmf_insert_pfn_pmd(vmf, pfn, False)
+        if order == PUD_ORDER and arch.pud_pfnmap:
+            return vmf_insert_pfn_pud(vmf, pfn, False)
+        return VM_FAULT_FALLBACK
 
     # -- zap and the paths that use it --------------------------------------------------------------
     def zap_bars(self) -> list[VmaZap]:

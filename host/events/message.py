@@ -80,10 +80,9 @@ class MalformedMessage(ValueError):
         self.size = size
 
 
-def encode(event: MemoryFailureEvent, *, port_id: int = 0) -> bytes:
-    """The netlink message for a stamped event (seq and timestamp set)."""
-    if event.seq is None or event.timestamp_ns is None:
-        raise EventError("only a stamped event (seq and timestamp_ns set) can be encoded")
+def encode_reference(event: MemoryFailureEvent, *, port_id: int = 0) -> bytes:
+    """Encode with pyroute2 from the declaration (the reference; `encode` is the fast path)."""
+    check_stamped(event)
     msg = hpfn_mf_msg()
     msg["header"]["type"] = HPFN_MSG_MEMORY_FAILURE
     msg["header"]["flags"] = 0
@@ -101,14 +100,32 @@ def encode(event: MemoryFailureEvent, *, port_id: int = 0) -> bytes:
             ]))
     msg["attrs"] = attrs
     msg.encode()
-    if len(msg.data) > 0xFFFF:
-        # Cannot happen within MAX_SIGNAL_SUMMARIES; guards a future field.
-        raise EventError(f"encoded event is {len(msg.data)} bytes, over the 64 KiB attribute limit")
     return bytes(msg.data)
 
 
-def decode(data: bytes) -> MemoryFailureEvent:
-    """The event in one datagram; MalformedMessage (one-line reason) for anything else."""
+def decode_reference(data: bytes) -> MemoryFailureEvent:
+    """Decode with pyroute2 from the declaration (the reference; `decode` is the fast path)."""
+    size = check_header(data)
+    try:
+        msg = hpfn_mf_msg(bytes(data))
+        msg.decode()
+        values = {key: msg.get_attr(name) for key, name in _SCALARS}
+        signals = [{key: sig.get_attr(name) for key, name in _SIGNAL_FIELDS}
+                   for sig in msg.get_attr("HPFN_MF_A_SIGNALS") or []]
+    except Exception as exc:  # pyroute2 raises assorted types on damaged attributes
+        raise MalformedMessage(f"undecodable attributes: {type(exc).__name__}: {exc}", size) from None
+    return build_event(values, signals, size)
+
+
+# -- checks shared by the reference codec and the struct fast path (fastpath.py) --------
+
+def check_stamped(event: MemoryFailureEvent) -> None:
+    if event.seq is None or event.timestamp_ns is None:
+        raise EventError("only a stamped event (seq and timestamp_ns set) can be encoded")
+
+
+def check_header(data: bytes) -> int:
+    """Validate nlmsghdr + hpfn_mf; returns the datagram size."""
     size = len(data)
     if size < NLMSG_HDRLEN + 4:
         raise MalformedMessage("too short for a netlink header and hpfn_mf header", size)
@@ -120,22 +137,16 @@ def decode(data: bytes) -> MemoryFailureEvent:
         raise MalformedMessage(f"nlmsg_len {length} does not match the datagram", size)
     if data[NLMSG_HDRLEN] != HPFN_MF_VERSION:
         raise MalformedMessage(f"unsupported hpfn_mf version {data[NLMSG_HDRLEN]}", size)
-    try:
-        msg = hpfn_mf_msg(bytes(data))
-        msg.decode()
-        values = {key: msg.get_attr(name) for key, name in _SCALARS}
-        raw_signals = msg.get_attr("HPFN_MF_A_SIGNALS") or []
-        signals = tuple(
-            SignalSummary(**{key: sig.get_attr(name) for key, name in _SIGNAL_FIELDS})
-            for sig in raw_signals
-        )
-    except Exception as exc:  # pyroute2 raises assorted types on damaged attributes
-        raise MalformedMessage(f"undecodable attributes: {type(exc).__name__}: {exc}", size) from None
-    missing = sorted(key for key in _REQUIRED if values[key] is None)
+    return size
+
+
+def build_event(values: dict, signals: list[dict], size: int) -> MemoryFailureEvent:
+    """The event from decoded attribute values (None = absent)."""
+    missing = sorted(key for key in _REQUIRED if values.get(key) is None)
     if missing:
         raise MalformedMessage(f"missing attributes: {', '.join(missing)}", size)
     present = {key: value for key, value in values.items() if value is not None}
     try:
-        return MemoryFailureEvent(**present, signals=signals)
+        return MemoryFailureEvent(**present, signals=tuple(SignalSummary(**s) for s in signals))
     except (EventError, TypeError) as exc:
         raise MalformedMessage(f"invalid event: {exc}", size) from None

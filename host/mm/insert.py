@@ -22,6 +22,8 @@ class KernelBug(RuntimeError):
 
 
 _SPECIAL = VM_PFNMAP | VM_MIXEDMAP
+_FAST_MASK = VM_PFNMAP | VM_MIXEDMAP | VM_SHARED
+_FAST_OK = VM_PFNMAP | VM_SHARED
 
 
 def _check_vma(vma: "Vma") -> None:
@@ -39,7 +41,8 @@ def vmf_insert_pfn(vma: "Vma", addr: int, pfn: int) -> int:
     """Install one special PTE at ``addr`` -> ``pfn``.  Outside the VMA: SIGBUS.  An existing
     PTE is left unchanged and NOPAGE is still returned.  (The x86 pfn_modify_allowed refusal
     only concerns PROT_NONE mappings, which the model does not create.)"""
-    _check_vma(vma)
+    if vma.vm_flags & _FAST_MASK != _FAST_OK:      # the common shared PFNMAP case skips the checks
+        _check_vma(vma)
     if addr < vma.vm_start or addr >= vma.vm_end:
         return VM_FAULT_SIGBUS
     pt = vma.vm_mm.pgtable

@@ -3,6 +3,11 @@
 vfio gives every device its own inode (since v6.10), so one AddressSpace per opened
 device; unmap_mapping_range and memory_failure walk its i_mmap.  The tree comes from
 the `intervaltree` library (half-open intervals [vm_pgoff, vm_pgoff + pages)).
+
+intervaltree hashes an Interval by (begin, end) only, so N VMAs mapping the same file range
+(N processes mapping one BAR) would collide in its internal sets and make insertion and
+lookup O(N^2).  The tree therefore holds one Interval per distinct range whose data is the
+list ("bucket") of VMAs with that range, in link order.
 """
 from __future__ import annotations
 
@@ -24,22 +29,42 @@ class AddressSpace:
         self.host = host
         self.name = name
         self.i_mmap = IntervalTree()
-        # insertion sequence per VMA: equal start pgoffs iterate in link order, as the rbtree does
-        self._seq: dict[int, int] = {}
+        self._buckets: dict[tuple[int, int], list] = {}     # (begin, end) -> [(seq, vma), ...]
+        self._count = 0
 
     def vma_link(self, vma: "Vma") -> None:
         """vma_interval_tree_insert (called with vm_start/vm_pgoff final)."""
-        self._seq[id(vma)] = next(_link_seq)
-        self.i_mmap.addi(vma.vm_pgoff, vma.vm_pgoff + vma.nr_pages, vma)
+        key = (vma.vm_pgoff, vma.vm_pgoff + vma.nr_pages)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = []
+            self.i_mmap.addi(key[0], key[1], bucket)
+        bucket.append((next(_link_seq), vma))
+        self._count += 1
 
     def vma_unlink(self, vma: "Vma") -> None:
         """vma_interval_tree_remove; must run before the VMA's range or pgoff changes."""
-        self.i_mmap.discardi(vma.vm_pgoff, vma.vm_pgoff + vma.nr_pages, vma)
-        self._seq.pop(id(vma), None)
+        key = (vma.vm_pgoff, vma.vm_pgoff + vma.nr_pages)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return
+        for i, (_, v) in enumerate(bucket):
+            if v is vma:
+                del bucket[i]
+                self._count -= 1
+                break
+        if not bucket:
+            self.i_mmap.removei(key[0], key[1], bucket)
+            del self._buckets[key]
 
-    def _ordered(self, intervals) -> list["Vma"]:
-        seq = self._seq
-        return [iv.data for iv in sorted(intervals, key=lambda iv: (iv.begin, seq[id(iv.data)]))]
+    @staticmethod
+    def _ordered(intervals) -> list["Vma"]:
+        intervals = list(intervals)
+        if len(intervals) == 1:
+            return [v for _, v in intervals[0].data]
+        entries = [(iv.begin, seq, v) for iv in intervals for seq, v in iv.data]
+        entries.sort(key=lambda e: (e[0], e[1]))
+        return [v for _, _, v in entries]
 
     def vmas_overlapping(self, first: int, last: int) -> list["Vma"]:
         """VMAs mapping any file page in [first, last] (inclusive), in tree order
@@ -53,12 +78,12 @@ class AddressSpace:
         return iter(self._ordered(self.i_mmap))
 
     def __len__(self) -> int:
-        return len(self.i_mmap)
+        return self._count
 
     @property
     def mapped(self) -> bool:
         """mapping_mapped(): is any VMA linked?"""
-        return bool(self.i_mmap)
+        return self._count > 0
 
 
 class File:

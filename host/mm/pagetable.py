@@ -31,6 +31,9 @@ class Leaf(NamedTuple):
         return self.pfn + ((addr - self.va) >> PAGE_SHIFT)
 
 
+_new_tuple = tuple.__new__     # builds a Leaf without NamedTuple.__new__'s Python-level call
+
+
 class Zapped(NamedTuple):
     """A run of entries a zap cleared: [va, va + length) at one level."""
     level: str
@@ -57,24 +60,24 @@ class PageTable:
 
     # -- queries ---------------------------------------------------------------------------
     def lookup(self, addr: int) -> Leaf | None:
-        """The leaf mapping ``addr``, or None."""
+        """The leaf mapping ``addr``, or None (on the access hot path)."""
         pud_idx = addr >> PUD_SHIFT
         pfn = self.pud_leaves.get(pud_idx)
         if pfn is not None:
-            return Leaf(LEVEL_PUD, pud_idx << PUD_SHIFT, pfn)
+            return _new_tuple(Leaf, (LEVEL_PUD, pud_idx << PUD_SHIFT, pfn))
         table = self.pmd_tables.get(pud_idx)
         if table is None:
             return None
         pmd_idx = addr >> PMD_SHIFT
         pfn = table.leaves.get(pmd_idx)
         if pfn is not None:
-            return Leaf(LEVEL_PMD, pmd_idx << PMD_SHIFT, pfn)
+            return _new_tuple(Leaf, (LEVEL_PMD, pmd_idx << PMD_SHIFT, pfn))
         ptes = table.pte_tables.get(pmd_idx)
         if ptes is None:
             return None
         page_idx = addr >> PAGE_SHIFT
         pfn = ptes.get(page_idx)
-        return None if pfn is None else Leaf(LEVEL_PTE, page_idx << PAGE_SHIFT, pfn)
+        return None if pfn is None else _new_tuple(Leaf, (LEVEL_PTE, page_idx << PAGE_SHIFT, pfn))
 
     def pfn_at(self, addr: int) -> int | None:
         leaf = self.lookup(addr)

@@ -155,7 +155,10 @@ class VfioUserClient:
         if msg_id is None:
             msg_id = self._next_id
             self._next_id = (self._next_id + 1) & 0xFFFF
-        send_with_fds(self.sock, wire.message(msg_id, cmd, payload, flags), fds)
+        try:
+            send_with_fds(self.sock, wire.message(msg_id, cmd, payload, flags), fds)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise VfioUserProtocolError(f"server closed the connection: {exc}") from exc
         return msg_id
 
     def receive(self) -> Reply:
