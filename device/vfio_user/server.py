@@ -139,7 +139,7 @@ class VfioUserServer:
                 # waiting on the listener is the next client, not a second one.
                 if cfd in ready:
                     self._receive(conn, engine)
-                if lfd in ready and engine.state is not State.CLOSED:
+                if lfd in ready and not self._client_gone(conn, engine):
                     self._refuse()
         except OSError as exc:      # a send failed or timed out: drop the client
             reason = f"send failed: {exc}"
@@ -162,6 +162,15 @@ class VfioUserServer:
         for out, out_fds in engine.data_to_send():
             send_with_fds(conn, out, out_fds)
         self._record(engine.events())
+
+    def _client_gone(self, conn: socket.socket, engine: ServerEngine) -> bool:
+        """Before refusing a newcomer, read whatever the current client has already
+        sent: if that ends in its hang-up, the newcomer is simply the next client."""
+        probe = select.poll()
+        probe.register(conn, select.POLLIN)
+        while engine.state is not State.CLOSED and probe.poll(0):
+            self._receive(conn, engine)
+        return engine.state is State.CLOSED
 
     def _refuse(self) -> None:
         """A second client while one is attached: accept and close it at once."""

@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 _SUN_PATH_MAX = 107   # sizeof(sun_path) - 1
@@ -89,15 +90,24 @@ def _someone_listens(path: Path) -> bool:
 
 
 def connect_unix(path: str | os.PathLike, timeout: float | None = None) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.settimeout(timeout)
-        with _addressable(Path(path)) as name:
-            sock.connect(name)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """Connect; a full listen backlog (EAGAIN: the server has not accepted the
+    previous client yet) is retried until ``timeout``."""
+    deadline = time.monotonic() + (timeout if timeout is not None else 10.0)
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(timeout)
+            with _addressable(Path(path)) as name:
+                sock.connect(name)
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+        except BaseException:
+            sock.close()
+            raise
 
 
 def send_with_fds(sock: socket.socket, data: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
