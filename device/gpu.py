@@ -70,6 +70,7 @@ class GpuDevice:
         self._intx_pending = False
         self._sequence = 0
         self.memory: dict[int, MemoryBar] = {}
+        self._memory_listeners: list = []
         self._closed = False
 
         layout = build_layout(profile)
@@ -97,7 +98,8 @@ class GpuDevice:
                                     poison_ranges=lambda: len(self.poison),
                                     intx_asserted=lambda: self.intx_asserted))
             store = PoisonStore(self.state_dir) if self.state_dir is not None else None
-            self.poison = PoisonModel(profile.bars, store=store, on_inject=self._poison_injected)
+            self.poison = PoisonModel(profile.bars, store=store, on_inject=self._poison_injected,
+                                      lock=self._lock)
         except BaseException:
             self.close()
             raise
@@ -124,12 +126,16 @@ class GpuDevice:
         """Function reset (DEVICE_RESET, FLR): config space, MSI-X and registers return to
         their reset values.  Memory contents, the poison set and the error queue survive."""
         with self._lock:
+            was_enabled = self.memory_enabled
             self.config.reset()
             for bar in self.memory.values():
                 bar.window = bar.spec.size
             self.msix.reset()
             self.registers.reset()
             self.intx_asserted = self._intx_pending = False
+            if was_enabled:
+                for listener in list(self._memory_listeners):
+                    listener(False)
 
     # -- config-derived state the host model reads ----------------------------------------
     @property
@@ -139,6 +145,11 @@ class GpuDevice:
     @property
     def memory_enabled(self) -> bool:
         return bool(self.command & pf.PCI_COMMAND_MEMORY)
+
+    def add_memory_enable_listener(self, listener) -> None:
+        """``listener(enabled: bool)`` runs whenever COMMAND's Memory Space bit changes (a
+        host model zaps its mappings when decoding is turned off, as vfio-pci does)."""
+        self._memory_listeners.append(listener)
 
     @property
     def bus_master_enabled(self) -> bool:
@@ -189,7 +200,7 @@ class GpuDevice:
         size = self.region_info(index).size
         if size == 0:
             raise OSError(errno.EINVAL, f"region {index} does not exist on this device")
-        if count < 0 or offset < 0 or offset + count > size:
+        if count <= 0 or offset < 0 or offset + count > size:
             raise OSError(errno.EINVAL, f"region {index}: access of {count} bytes at {offset:#x} is "
                                         f"outside its {size:#x} bytes")
         if index == vfio.VFIO_PCI_CONFIG_REGION_INDEX:
@@ -346,6 +357,9 @@ class GpuDevice:
         re_enabled = (old & ~new) & pf.PCI_COMMAND_INTX_DISABLE
         if re_enabled and self.intx_asserted and not self._intx_masked:
             self._emit(vfio.VFIO_PCI_INTX_IRQ_INDEX, 0)
+        if (old ^ new) & pf.PCI_COMMAND_MEMORY:
+            for listener in list(self._memory_listeners):
+                listener(bool(new & pf.PCI_COMMAND_MEMORY))
 
     def _msix_control_written(self, old: int, new: int, written: int) -> None:
         control = new >> 16

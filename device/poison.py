@@ -50,12 +50,14 @@ class PoisonRange:
 
 class PoisonModel:
     def __init__(self, bars: tuple[BarSpec, ...], store: PoisonStore | None = None,
-                 on_inject: Callable[[PoisonEvent], None] | None = None):
+                 on_inject: Callable[[PoisonEvent], None] | None = None,
+                 lock: threading.RLock | None = None):
         self._bars = {b.index: b for b in bars if b.kind == "memory"}
         self._sets = {i: RangeSet() for i in self._bars}
         self.store = store
         self.on_inject = on_inject
-        self.lock = threading.RLock()
+        # The device passes its own lock: a served read must never see a half-spliced set.
+        self.lock = lock if lock is not None else threading.RLock()
         if store is not None:
             self._load()
 
@@ -141,20 +143,28 @@ class PoisonModel:
     def is_poisoned(self, bar: int, offset: int, length: int = 1) -> bool:
         """Is any byte of [offset, offset+length) of BAR ``bar`` poisoned?"""
         ranges = self._sets.get(bar)
-        return ranges is not None and ranges.overlaps(offset, offset + length)
+        if ranges is None:
+            return False
+        with self.lock:
+            return ranges.overlaps(offset, offset + length)
 
     def first_poisoned(self, bar: int, offset: int, length: int) -> int | None:
         ranges = self._sets.get(bar)
-        return None if ranges is None else ranges.first_in(offset, offset + length)
+        if ranges is None:
+            return None
+        with self.lock:
+            return ranges.first_in(offset, offset + length)
 
     def ranges(self, bar: int) -> RangeSet:
+        """The live range set of one BAR (hold ``lock`` if other threads inject)."""
         return self._sets[self._bar(bar).index]
 
     def __iter__(self) -> Iterator[PoisonRange]:
-        for bar, ranges in self._sets.items():
-            base = self._bars[bar].dpa_base
-            for s, e in ranges:
-                yield PoisonRange(bar=bar, offset=s, length=e - s, dpa=base + s)
+        """A snapshot: iterating while another thread injects is safe."""
+        with self.lock:
+            items = [PoisonRange(bar=bar, offset=s, length=e - s, dpa=self._bars[bar].dpa_base + s)
+                     for bar, ranges in self._sets.items() for s, e in ranges]
+        return iter(items)
 
     def __len__(self) -> int:
         return sum(len(r) for r in self._sets.values())
@@ -178,7 +188,8 @@ class PoisonModel:
 
     # -- persistence -------------------------------------------------------------------------
     def entries(self) -> list[tuple[int, int, int]]:
-        return [(bar, s, e) for bar, ranges in self._sets.items() for s, e in ranges]
+        with self.lock:
+            return [(bar, s, e) for bar, ranges in self._sets.items() for s, e in ranges]
 
     def _persist(self) -> None:
         if self.store is not None:

@@ -275,3 +275,15 @@ class TestResizableBar:
         assert dev.bar_size(2) == 256 << 20
         cfg_write32(dev, 0x18, 0xFFFFFFFF)
         assert cfg_read32(dev, 0x18) == 0xF000000C
+
+
+def test_memory_enable_listener(tiny):
+    seen = []
+    tiny.add_memory_enable_listener(seen.append)
+    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MASTER)          # no change of MEM
+    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MEMORY)
+    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MEMORY | pf.PCI_COMMAND_MASTER)
+    tiny.region_write(CFG, pf.PCI_COMMAND, b"\x00")                    # byte write turns it off
+    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MEMORY)
+    tiny.reset()                                                       # reset turns it off too
+    assert seen == [True, False, True, False]

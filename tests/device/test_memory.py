@@ -88,3 +88,34 @@ def test_close_releases_the_memfd():
     dev.close()
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+def test_zero_length_access_is_einval(tiny):
+    for index in (0, 2, 4, 7):
+        with pytest.raises(OSError) as exc:
+            tiny.region_read(index, 0, 0)
+        assert exc.value.errno == errno.EINVAL
+
+
+def test_concurrent_injection_and_served_reads_stay_consistent(tiny):
+    import threading
+    stop = threading.Event()
+    problems = []
+
+    def reader():
+        while not stop.is_set():
+            for off in range(0, 0x40000, 0x1000):
+                data, bad = tiny.region_read_mc(2, off, 0x1000)
+                if bad is None and len(data) != 0x1000 or bad is not None and len(data) != bad - off:
+                    problems.append((off, bad, len(data)))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(1000):
+            tiny.poison.inject(bar=2, offset=(i * 0x1040) % 0x40000)
+    finally:
+        stop.set()
+        thread.join()
+    assert problems == []
+    assert len(tiny.poison) > 0 and all(p.length % 64 == 0 for p in tiny.poison)
