@@ -1,4 +1,4 @@
-"""Memory-failure events: encode/decode rate of the pyroute2 message class, and
+"""Memory-failure events: encode/decode rate (struct fast path and the pyroute2 reference), and
 publish -> receive latency over netlink (a private netns, when root) and the unix fallback.
 
 Events are rare (one per poisoned page), so these figures say "cheap enough", not a target.
@@ -12,7 +12,8 @@ import uuid
 from pathlib import Path
 
 from hugepfn.host import events
-from hugepfn.host.events import BUS_MCEERR_AR, MemoryFailureEvent, SignalSummary, decode, encode
+from hugepfn.host.events import (BUS_MCEERR_AR, MemoryFailureEvent, SignalSummary, decode, decode_reference,
+                                 encode, encode_reference)
 
 
 def _event(n: int, signals: int = 2) -> MemoryFailureEvent:
@@ -48,10 +49,11 @@ def _latency(label: str, pub, sub, rounds: int = 300) -> None:
 def main() -> None:
     small, big = _event(1), _event(1, signals=64)
     small_bytes, big_bytes = encode(small), encode(big)
-    _rate(f"encode (2 signals, {len(small_bytes)} B)", lambda: encode(small))
-    _rate(f"decode (2 signals, {len(small_bytes)} B)", lambda: decode(small_bytes))
-    _rate(f"encode (64 signals, {len(big_bytes)} B)", lambda: encode(big))
-    _rate(f"decode (64 signals, {len(big_bytes)} B)", lambda: decode(big_bytes))
+    for kind, enc, dec in (("struct", encode, decode), ("pyroute2", encode_reference, decode_reference)):
+        _rate(f"{kind} encode (2 signals, {len(small_bytes)} B)", lambda: enc(small))
+        _rate(f"{kind} decode (2 signals, {len(small_bytes)} B)", lambda: dec(small_bytes))
+        _rate(f"{kind} encode (64 signals, {len(big_bytes)} B)", lambda: enc(big))
+        _rate(f"{kind} decode (64 signals, {len(big_bytes)} B)", lambda: dec(big_bytes))
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(tmp) / "events"
         with events.subscriber("unix", events_dir=where) as sub, \

@@ -17,7 +17,8 @@ import time
 from typing import Callable, Iterator, Protocol
 
 from .event import MemoryFailureEvent
-from .message import MalformedMessage, decode, encode
+from .fastpath import decode, encode
+from .message import MalformedMessage
 
 log = logging.getLogger("hugepfn.events")
 

@@ -87,15 +87,12 @@ def _decode_attrs(table, data: bytes, start: int, end: int, size: int) -> tuple[
         if nla_type not in table:
             continue  # a newer publisher's attribute: ignore, as netlink readers do
         key, name, codec = table[nla_type]
-        if values[key] is not None or (codec == "array" and signals):
+        if values[key] is not None:
             continue  # repeated attribute: the first one counts (as pyroute2's get_attr)
         if codec == "array":
-            base = len(data) - len(payload)  # payload is the tail slice of data[..end]
-            offset = data.find(payload, start) if False else None  # noqa: F841 (clarity below)
             signals = [_decode_attrs(_SIG, element, 0, len(element), size)[0]
-                       for _t, element in _attrs(payload, 0, len(payload), size)]
-            values[key] = True
-            del base
+                       for _type, element in _attrs(payload, 0, len(payload), size)]
+            values[key] = True  # seen; the list itself is returned apart
         elif codec == "asciiz":
             if not payload.endswith(b"\0") or not payload[:-1].isascii() or b"\0" in payload[:-1]:
                 raise MalformedMessage(f"{name} is not a NUL-terminated ASCII string", size)

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hugepfn.host.events import (HPFN_MSG_MEMORY_FAILURE, EventError, MalformedMessage,
-                                 MemoryFailureEvent, SignalSummary, decode, encode, hpfn_mf_msg)
+                                 MemoryFailureEvent, SignalSummary, decode, decode_reference, encode,
+                                 encode_reference, hpfn_mf_msg)
 
 from .conftest import make_event
 
@@ -36,7 +37,8 @@ def test_encoding_is_the_documented_layout():
     body = b"\x01\0\0\0" + attrs
     expected = struct.pack("<IHHII", 16 + len(body), HPFN_MSG_MEMORY_FAILURE, 0, 1001, 4242) + body
     assert encode(event, port_id=4242) == expected
-    assert decode(expected) == event
+    assert encode_reference(event, port_id=4242) == expected
+    assert decode(expected) == decode_reference(expected) == event
 
 
 def test_round_trip_through_the_message_class():
