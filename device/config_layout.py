@@ -191,8 +191,9 @@ def walk_capabilities(data: bytes) -> list[tuple[int, int]]:
     ptr = data[f.PCI_CAPABILITY_LIST] & ~3
     while ptr and ptr not in seen and ptr < 0x100:
         seen.add(ptr)
-        found.append((ptr, data[ptr]))
-        ptr = data[ptr + 1] & ~3
+        header = f.CapHeader.parse(data[ptr:ptr + 2])
+        found.append((ptr, header.cap_id))
+        ptr = header.next & ~3
     ptr = f.EXT_CAP_START
     while ptr and ptr not in seen:
         seen.add(ptr)

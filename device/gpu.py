@@ -98,8 +98,13 @@ class GpuDevice:
                                     poison_ranges=lambda: len(self.poison),
                                     intx_asserted=lambda: self.intx_asserted))
             store = PoisonStore(self.state_dir) if self.state_dir is not None else None
-            self.poison = PoisonModel(profile.bars, store=store, on_inject=self._poison_injected,
-                                      lock=self._lock)
+            try:
+                self.poison = PoisonModel(profile.bars, store=store, on_inject=self._poison_injected,
+                                          lock=self._lock)
+            except BaseException:
+                if store is not None:
+                    store.close()
+                raise
         except BaseException:
             self.close()
             raise
@@ -114,6 +119,9 @@ class GpuDevice:
         with self._lock:
             for bar in self.memory.values():
                 bar.close()
+            poison = getattr(self, "poison", None)
+            if poison is not None and poison.store is not None:
+                poison.store.close()
             self._closed = True
 
     def __enter__(self) -> "GpuDevice":

@@ -16,6 +16,8 @@ list.  The struct path below does the bulk work; tests check it agrees with cons
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import struct
@@ -101,12 +103,32 @@ class PoisonStore:
     """Load and atomically save the poison list of one device."""
 
     FILENAME = "poison.bin"
+    LOCKNAME = "device.lock"
 
     def __init__(self, state_dir: str | os.PathLike):
         self.dir = Path(state_dir)
         self.path = self.dir / self.FILENAME
         self.tmp_path = self.dir / (self.FILENAME + ".tmp")
         self.generation = 0
+        self._lock_fd = -1
+        self._take_ownership()
+
+    def _take_ownership(self) -> None:
+        """One device per state dir: two writers would silently overwrite each other's list.
+        The flock dies with the process, so a crashed owner never blocks a restart."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / self.LOCKNAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(errno.EBUSY, f"state dir {self.dir} is in use by another device") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def load(self) -> list[tuple[int, int, int]]:
         """The saved entries; [] if there is no file yet."""

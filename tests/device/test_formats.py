@@ -51,6 +51,7 @@ def test_header_roundtrip_any_bytes(raw):
     (pf.VendorCap, VNDR_OFFSET, VNDR_LENGTH),
     (pf.AerCap, AER_OFFSET, pf.AER_CAP_SIZE),
     (pf.ExtCapHeader, AER_OFFSET, 4),
+    (pf.CapHeader, MSIX_OFFSET, 2),
 ])
 def test_capability_roundtrip(images, fmt, offset, size):
     value = roundtrip(fmt, images["tiny"][offset:offset + size])

@@ -1,6 +1,7 @@
 """The poison list survives restarts, torn writes and corruption are reported, never dropped."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -140,3 +141,19 @@ class TestCorruptFiles:
         with pytest.raises(PoisonFileError):
             GpuDevice.from_profile("tiny", state_dir=saved.parent)
         assert saved.read_bytes() == before
+
+
+def test_one_device_per_state_dir(tmp_path):
+    with GpuDevice.from_profile("tiny", state_dir=tmp_path):
+        with pytest.raises(OSError) as exc:
+            GpuDevice.from_profile("tiny", state_dir=tmp_path)
+        assert exc.value.errno == errno.EBUSY and "in use by another device" in str(exc.value)
+    with GpuDevice.from_profile("tiny", state_dir=tmp_path):     # released by close()
+        pass
+
+
+def test_corrupt_file_does_not_keep_the_state_dir_locked(tmp_path):
+    (tmp_path / PoisonStore.FILENAME).write_bytes(b"junk")
+    for _ in range(2):
+        with pytest.raises(PoisonFileError):
+            GpuDevice.from_profile("tiny", state_dir=tmp_path)
