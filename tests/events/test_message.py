@@ -97,18 +97,23 @@ def test_any_event_round_trips(event):
     assert MemoryFailureEvent.from_json(event.to_json()) == event
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.data())
-def test_damaged_bytes_decode_or_fail_with_one_line(data):
+@st.composite
+def damaged_st(draw, first: int = 0, cut: bool = True) -> bytes:
+    """An encoded event with a few bytes from `first` on overwritten, maybe truncated."""
     good = encode(make_event(3))
     damaged = bytearray(good)
-    for _ in range(data.draw(st.integers(1, 4))):
-        damaged[data.draw(st.integers(0, len(good) - 1))] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(good)))
+    for _ in range(draw(st.integers(1, 4))):
+        damaged[draw(st.integers(first, len(good) - 1))] = draw(st.integers(0, 255))
+    return bytes(damaged[:draw(st.integers(0, len(good))) if cut else len(good)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(damaged_st())
+def test_damaged_bytes_decode_or_fail_with_one_line(damaged):
     try:
-        decode(bytes(damaged[:cut]))
+        decode(damaged)
     except MalformedMessage as exc:
-        assert "\n" not in str(exc) and str(exc).endswith(f"({cut} bytes)")
+        assert "\n" not in str(exc) and str(exc).endswith(f"({len(damaged)} bytes)")
 
 
 @pytest.mark.parametrize("mutate, reason", [
