@@ -72,7 +72,7 @@ class Vma:
         return addr if addr < self.vm_end else None
 
     def __repr__(self) -> str:
-        flags = str(VmFlag(self.vm_flags)).replace("VmFlag.", "")
+        flags = "|".join(f.name for f in VmFlag if self.vm_flags & f)
         owner = getattr(self.vm_mm, "owner", None)
         pid = getattr(owner, "pid", "?")
         return (f"<Vma pid={pid} {self.vm_start:#x}-{self.vm_end:#x} pgoff={self.vm_pgoff:#x} "
