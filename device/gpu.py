@@ -305,6 +305,9 @@ class GpuDevice:
         self._emit(vfio.VFIO_PCI_MSIX_IRQ_INDEX, vector)
 
     def raise_intx(self) -> None:
+        """Assert INTx (a no-op on a profile without an interrupt pin)."""
+        if not self.profile.interrupt_pin:
+            return
         with self._lock:
             self.intx_asserted = True
             self.config.set_field(pf.PCI_STATUS, 2, self.config.field(pf.PCI_STATUS, 2)

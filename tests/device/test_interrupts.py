@@ -151,3 +151,18 @@ def test_reset_clears_msix_state(tiny, sink):
     assert not tiny.msix_enabled and pba(tiny) == 0
     assert tiny.msix.client_masked == {0}          # the client's SET_IRQS state is not the device's
     assert tiny.msix.entry(4)[2] == 1
+
+
+def test_no_interrupt_pin_means_no_intx(tmp_path):
+    from hugepfn.device.gpu import GpuDevice
+    from hugepfn.fixtures import PROFILES
+    from .conftest import Recorder
+    path = tmp_path / "nopin.toml"
+    path.write_text((PROFILES / "tiny.toml").read_text().replace("interrupt_pin = 1", "interrupt_pin = 0"))
+    with GpuDevice.from_profile(path) as dev:
+        rec = Recorder()
+        dev.set_interrupt_sink(rec)
+        assert dev.irq_info(INTX).count == 0
+        assert dev.region_read(7, pf.PCI_INTERRUPT_PIN, 1) == b"\0"
+        ring(dev, 0)
+        assert rec.calls == [] and not dev.intx_asserted
