@@ -102,7 +102,7 @@ def dram_location(dpa: int) -> dict:
 
 
 @dataclass(frozen=True)
-class MemoryError:
+class MemoryErrorRecord:
     """One decoded record of the error queue."""
     sequence: int
     severity: int
@@ -146,12 +146,12 @@ def build_record(*, sequence: int, bar: int, bar_offset: int, length: int, dpa: 
                                   bar_offset=bar_offset, length=length, section=section))
 
 
-def parse_record(raw: bytes) -> MemoryError:
+def parse_record(raw: bytes) -> MemoryErrorRecord:
     rec = ErrorRecord.parse(raw[:ERROR_RECORD_SIZE])
     if rec.section_type != CPER_SEC_PLATFORM_MEM.bytes_le:
         raise ValueError(f"error record {rec.sequence}: section type is not Platform Memory Error")
     s = rec.section
-    return MemoryError(sequence=rec.sequence, severity=rec.severity, bar=rec.bar,
+    return MemoryErrorRecord(sequence=rec.sequence, severity=rec.severity, bar=rec.bar,
                        bar_offset=rec.bar_offset, length=rec.length, physical_addr=s.physical_addr,
                        physical_addr_mask=s.physical_addr_mask, error_type=s.error_type,
                        validation_bits=s.validation_bits, node=s.node, card=s.card,

@@ -22,7 +22,7 @@ from hugepfn.device.config_layout import (MSIX_OFFSET, PCIE_OFFSET, REBAR_CTRL_S
                                           REBAR_CTRL_SIZE_SHIFT, bar_rules, build_layout,
                                           rebar_control_offset)
 from hugepfn.device.config_space import ConfigSpace
-from hugepfn.device.cper import CPER_MEM_ERR_MULTI_ECC, MemoryError, build_record, parse_record
+from hugepfn.device.cper import CPER_MEM_ERR_MULTI_ECC, MemoryErrorRecord, build_record, parse_record
 from hugepfn.device.interface import InterruptSink, IrqInfo, RegionInfo
 from hugepfn.device.memory import MemoryBar
 from hugepfn.device.msix import MsixState
@@ -85,11 +85,10 @@ class GpuDevice:
         try:
             for spec in profile.memory_bars:
                 self.memory[spec.index] = MemoryBar(spec, profile.name)
-            msix_spec = profile.bar(profile.msix_bar)
-            self.msix = MsixState(profile.msix_vectors, msix_spec.size, self._deliver_msix)
+            self.msix = MsixState(profile.msix_vectors, self._deliver_msix)
             first_mem = profile.memory_bars[0] if profile.memory_bars else None
             self.registers = RegisterFile(
-                size=profile.register_bar.size, ident=profile.vendor_id | profile.device_id << 16,
+                ident=profile.vendor_id | profile.device_id << 16,
                 mem_bar=first_mem.index if first_mem else None,
                 mem_size=first_mem.memory_size if first_mem else 0,
                 mem_dpa=first_mem.dpa_base if first_mem else 0,
@@ -356,7 +355,7 @@ class GpuDevice:
         return self.poison.inject(bar=bar, offset=offset, dpa=dpa, granularity=granularity,
                                   error_type=error_type)
 
-    def queued_errors(self) -> list[MemoryError]:
+    def queued_errors(self) -> list[MemoryErrorRecord]:
         """The records waiting in the BAR0 error queue, decoded (does not retire them)."""
         with self._lock:
             return [parse_record(r) for r in self.registers.queue.records]

@@ -43,9 +43,8 @@ def msix_bar_layout(vectors: int) -> MsixLayout:
 class MsixState:
     """Table + PBA + mask bookkeeping.  ``deliver(vector)`` is called for every delivered vector."""
 
-    def __init__(self, vectors: int, bar_size: int, deliver: Callable[[int], None]):
+    def __init__(self, vectors: int, deliver: Callable[[int], None]):
         self.layout = msix_bar_layout(vectors)
-        self.bar_size = bar_size
         self._deliver = deliver
         self.enabled = False
         self.function_masked = False

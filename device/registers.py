@@ -102,9 +102,8 @@ class RegisterHooks:
 
 
 class RegisterFile:
-    def __init__(self, size: int, ident: int, mem_bar: int | None, mem_size: int, mem_dpa: int,
+    def __init__(self, ident: int, mem_bar: int | None, mem_size: int, mem_dpa: int,
                  queue_capacity: int, hooks: RegisterHooks):
-        self.size = size
         self.ident = ident
         self.mem_bar = 0xFFFFFFFF if mem_bar is None else mem_bar
         self.mem_size = mem_size
