@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .nvgrace_gpu import NvgraceGpuDevice
 from .pci import PciBar, PciDevice
-from .vfio_pci_core import VfioPciCoreDevice
+from .vfio_pci_core import VfioPciCoreDevice, is_aligned_for_order, vma_region_index, vma_region_pgoff
 
 # driver name (as in a scenario's `driver = ...`) -> device class
 DRIVERS: dict[str, type[VfioPciCoreDevice]] = {

@@ -63,7 +63,7 @@ class MemRegion:
 
 class NvgraceGpuDevice(VfioPciCoreDevice):
     driver_name = "nvgrace_gpu_vfio_pci"          # KBUILD_MODNAME of nvgrace-gpu-vfio-pci.ko
-    vm_ops_name = "nvgrace_gpu_vfio_pci_mmap_ops"
+    nv_vm_ops_name = "nvgrace_gpu_vfio_pci_mmap_ops"     # its own ops; BARs keep the core's
 
     def __init__(self, machine: "Machine", pdev: PciDevice, name: str | None = None,
                  usemem: tuple[int, int] | None = None, resmem: tuple[int, int] | None = None) -> None:
@@ -73,7 +73,7 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
         self.reset_done_flag = False
         self.registered: list[PfnAddressSpace] = []
         self.generation = self.profile.nvgrace_generation
-        self.nv_vm_ops = VmOperations(self.vm_ops_name, fault=self.nv_fault, huge_fault=self.nv_huge_fault)
+        self.nv_vm_ops = VmOperations(self.nv_vm_ops_name, fault=self.nv_fault, huge_fault=self.nv_huge_fault)
 
     # -- regions ------------------------------------------------------------------------------
     def memregion(self, index: int) -> MemRegion | None:

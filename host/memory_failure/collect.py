@@ -1,0 +1,114 @@
+"""collect_procs_pfn and task_early_kill: who memory_failure_pfn signals (ref 4.2, 4.3).
+
+The kernel walks every process (for_each_process) and, for each selected thread, every
+VMA of the mapping's i_mmap.  The model produces the identical ordered list without the
+processes x VMAs product: it walks the mapping's VMAs once (tree order), buckets them by mm,
+and visits only the processes that own a bucket, in process-list order.  task_early_kill
+has no side effects and a process without a VMA of the mapping adds nothing, so skipping
+the others changes no result.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..mm.constants import PAGE_SHIFT
+from ..tasks import PF_MCE_EARLY, PF_MCE_PROCESS, Process, TaskList, Thread
+
+if TYPE_CHECKING:
+    from ..klog import KernelLog
+    from ..mm.pfn_space import PfnAddressSpace
+    from ..mm.vma import Vma
+
+PR_PREFIX = "Memory failure: "
+
+
+@dataclass(slots=True)
+class ToKill:
+    """struct to_kill: the selected thread, the user address (None = -EFAULT) and size_shift."""
+    tsk: Thread
+    addr: int | None
+    size_shift: int
+    vma: "Vma"
+    pgoff: int
+
+
+def find_early_kill_thread(proc: Process, early_kill_sysctl: int) -> Thread | None:
+    """The first thread that asked for early kill (PF_MCE_PROCESS|PF_MCE_EARLY), or that left the
+    policy to the sysctl while vm.memory_failure_early_kill is 1.  Explicit "late" threads skip."""
+    for t in proc.threads:
+        flags = t.flags
+        if flags & PF_MCE_PROCESS:
+            if flags & PF_MCE_EARLY:
+                return t
+        elif early_kill_sysctl:
+            return t
+    return None
+
+
+def task_early_kill(proc: Process, current: Thread | None, early_kill_sysctl: int,
+                    force_early: bool = True) -> Thread | None:
+    """NULL for a kernel thread; ``current`` itself when it shares the process's mm (force_early
+    is always true on the pfn path); else the early-kill thread or None."""
+    mm = proc.mm
+    if mm is None:
+        return None
+    if force_early and current is not None and current.process.mm is mm:
+        return current
+    return find_early_kill_thread(proc, early_kill_sysctl)
+
+
+class ProcessOrder:
+    """Position of each process in the process list (for_each_process order), cached until a
+    process is created."""
+
+    def __init__(self, tasks: TaskList) -> None:
+        self.tasks = tasks
+        self._n = -1
+        self._pos: dict[int, int] = {}
+
+    def position(self, proc: Process) -> int:
+        procs = self.tasks.processes
+        if len(procs) != self._n:
+            self._pos = {id(p): i for i, p in enumerate(procs.values())}
+            self._n = len(procs)
+        return self._pos[id(proc)]
+
+
+def vma_address(vma: "Vma", pgoff: int) -> int | None:
+    """vma_address(vma, pgoff, 1): the user address of file page ``pgoff``, or None (-EFAULT)."""
+    if pgoff < vma.vm_pgoff:
+        return None
+    addr = vma.vm_start + ((pgoff - vma.vm_pgoff) << PAGE_SHIFT)
+    return addr if addr < vma.vm_end else None
+
+
+def collect_procs_pfn(space: "PfnAddressSpace", pfn: int, current: Thread | None, early_kill_sysctl: int,
+                      order: ProcessOrder, klog: "KernelLog", tokill: list[ToKill]) -> None:
+    """Append a ToKill for every (selected thread, VMA of the space's mapping in that thread's mm)
+    for which the driver's pfn_to_vma_pgoff succeeds; no de-duplication."""
+    by_mm: dict[int, list] = {}
+    for vma in space.mapping:                       # i_mmap tree order
+        bucket = by_mm.get(id(vma.vm_mm))
+        if bucket is None:
+            by_mm[id(vma.vm_mm)] = bucket = [vma.vm_mm.owner]
+        bucket.append(vma)
+    if not by_mm:
+        return
+    groups = list(by_mm.values())
+    if len(groups) > 1:
+        groups.sort(key=lambda g: order.position(g[0]))
+    callback = space.pfn_to_vma_pgoff
+    for group in groups:
+        proc = group[0]
+        t = task_early_kill(proc, current, early_kill_sysctl)
+        if t is None:
+            continue
+        for vma in group[1:]:
+            ret, pgoff = callback(vma, pfn)
+            if ret:
+                continue
+            addr = vma_address(vma, pgoff)
+            if addr is None:
+                klog.printk(f"{PR_PREFIX}Unable to find address {pgoff:x} in {t.comm}")
+            tokill.append(ToKill(t, addr, PAGE_SHIFT, vma, pgoff))

@@ -1,0 +1,40 @@
+"""kill_procs / kill_proc for the pfn path (ref 4.4): forcekill is always true there.
+
+Entries are handled in list order; an entry whose address could not be found gets SIGKILL
+with the "forcibly killing" line, every other entry a SIGBUS: BUS_MCEERR_AR when the entry's
+thread is ``current`` (MF_ACTION_REQUIRED is always set on this path), else BUS_MCEERR_AO.
+The task list records a signal that was already pending as delivered=False.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..tasks import BUS_MCEERR_AO, BUS_MCEERR_AR, Signal, TaskList, Thread
+from .flags import MF_ACTION_REQUIRED, PR_PREFIX
+
+if TYPE_CHECKING:
+    from ..klog import KernelLog
+    from .collect import ToKill
+
+
+def kill_proc(tasks: TaskList, klog: "KernelLog", tk: "ToKill", pfn: int, flags: int,
+              current: Thread | None) -> Signal:
+    t = tk.tsk
+    klog.printk(f"{PR_PREFIX}{pfn:#x}: Sending SIGBUS to {t.comm}:{t.tid} due to hardware memory corruption")
+    if flags & MF_ACTION_REQUIRED and t is current:
+        return tasks.force_sig_mceerr(t, BUS_MCEERR_AR, tk.addr, tk.size_shift)
+    return tasks.send_sig_mceerr(BUS_MCEERR_AO, tk.addr, tk.size_shift, t)
+
+
+def kill_procs(tasks: TaskList, klog: "KernelLog", tokill: list["ToKill"], pfn: int, flags: int,
+               current: Thread | None) -> list[Signal]:
+    sent = []
+    for tk in tokill:
+        if tk.addr is None:
+            t = tk.tsk
+            klog.printk(f"{PR_PREFIX}{pfn:#x}: forcibly killing {t.comm}:{t.tid} because of failure to "
+                        f"unmap corrupted page")
+            sent.append(tasks.send_sigkill(t))
+        else:
+            sent.append(kill_proc(tasks, klog, tk, pfn, flags, current))
+    return sent
