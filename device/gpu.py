@@ -31,7 +31,8 @@ from hugepfn.device.poison_store import PoisonStore
 from hugepfn.device.profiles import Profile, load_profile
 from hugepfn.device.registers import CONTROL_ERR_IRQ, RegisterFile, RegisterHooks
 
-_U32 = struct.Struct("<I")
+_unpack_u32 = struct.Struct("<I").unpack
+_CONFIG = vfio.VFIO_PCI_CONFIG_REGION_INDEX
 
 
 class PoisonedReadError(OSError):
@@ -217,8 +218,7 @@ class GpuDevice:
     def region_read(self, index: int, offset: int, count: int) -> bytes:
         """Read ``count`` bytes; poisoned memory raises PoisonedReadError (EIO, with the
         readable prefix attached), never returns garbage."""
-        if index == vfio.VFIO_PCI_CONFIG_REGION_INDEX and count == 4 and not offset & 3 \
-                and 0 <= offset < 4096:
+        if index == _CONFIG and count == 4 and not offset & 3 and 0 <= offset < 4096:
             with self._lock:                 # the fast path of every config cycle
                 return bytes(self.config.data[offset:offset + 4])
         data, bad = self.region_read_mc(index, offset, count)
@@ -241,10 +241,9 @@ class GpuDevice:
             return self.memory[index].read(offset, good), bad
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
-        if index == vfio.VFIO_PCI_CONFIG_REGION_INDEX and len(data) == 4 and not offset & 3 \
-                and 0 <= offset < 4096:
+        if index == _CONFIG and len(data) == 4 and not offset & 3 and 0 <= offset < 4096:
             with self._lock:                 # the fast path of every config cycle
-                self.config.write32(offset, _U32.unpack(data)[0])
+                self.config.write32(offset, _unpack_u32(data)[0])
             return
         with self._lock:
             if index == vfio.VFIO_PCI_CONFIG_REGION_INDEX:
