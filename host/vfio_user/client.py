@@ -165,6 +165,8 @@ class VfioUserClient:
         """The next message from the server (header read alone so fds line up)."""
         try:
             head, fds = recv_with_fds(self.sock, wire.HEADER_SIZE, 16)
+        except BlockingIOError as exc:
+            raise TimeoutError(errno.ETIMEDOUT, "no reply from the server in time") from exc
         except OSError as exc:
             raise VfioUserProtocolError(f"receive failed: {exc}") from exc
         if not head:

@@ -1,0 +1,78 @@
+"""pfn_to_vma_pgoff callbacks and the pfn_address_space of a device region.
+
+* ``nvgrace_literal`` — nvgrace-gpu's callback as merged for v7.0: it checks the lower bound
+  only, so a pfn beyond a VMA's end still yields a pgoff; vma_address() then fails and
+  memory_failure_pfn SIGKILLs the owner ("forcibly killing") — ref 2.2 / open question 5.
+  The driver model in host/drivers/nvgrace_gpu.py implements this one.
+* ``nvgrace_fixed`` — the same plus the upper-bound check the commit message describes:
+  a pfn past the VMA's end is -EFAULT, so that VMA is simply skipped.
+* ``vfio_pci`` — for the scenario's `register` step on a plain vfio-pci BAR (no upstream driver
+  registers BARs; this is what a variant driver would write): same rules, BAR instead of memregion.
+"""
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Callable
+
+from ..mm.constants import PAGE_SHIFT, VFIO_PCI_PGOFF_MASK, VFIO_PCI_PGOFF_SHIFT
+from ..mm.pfn_space import PfnAddressSpace
+
+if TYPE_CHECKING:
+    from ..mm.vma import Vma
+
+Callback = Callable[["Vma", int], "tuple[int, int | None]"]
+VARIANTS = ("literal", "fixed")
+
+
+def _region_pages(device, index: int) -> tuple[int, int] | None:
+    """(first pfn, pages) of region ``index``: an nvgrace memregion or a BAR."""
+    memregion = getattr(device, "memregion", None)
+    region = memregion(index) if memregion is not None else None
+    if region is not None:
+        return region.start_pfn, region.nr_pages
+    bar = device.pdev.bars.get(index)
+    if bar is None or bar.io or bar.size == 0:
+        return None
+    return bar.phys >> PAGE_SHIFT, max(bar.size >> PAGE_SHIFT, 1)
+
+
+def make_callback(device, ops_attr: str, fixed: bool) -> Callback:
+    """A pfn_to_vma_pgoff that recognises ``device``'s VMAs by the ops table in ``ops_attr``."""
+
+    def pfn_to_vma_pgoff(vma: "Vma", pfn: int) -> tuple[int, int | None]:
+        if vma.vm_ops is not getattr(device, ops_attr):
+            return -errno.ENOENT, None
+        pages = _region_pages(device, vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT)
+        if pages is None:
+            return -errno.EINVAL, None
+        start, n = pages
+        if not start <= pfn < start + n:
+            return -errno.EFAULT, None
+        pfn_off = pfn - start
+        vma_off = vma.vm_pgoff & VFIO_PCI_PGOFF_MASK
+        if pfn_off < vma_off:
+            return -errno.EFAULT, None
+        if fixed and pfn_off - vma_off >= vma.nr_pages:
+            return -errno.EFAULT, None
+        return 0, vma.vm_pgoff + (pfn_off - vma_off)
+
+    pfn_to_vma_pgoff.__name__ = f"pfn_to_vma_pgoff_{'fixed' if fixed else 'literal'}"
+    return pfn_to_vma_pgoff
+
+
+def region_space(device, index: int, variant: str = "literal") -> PfnAddressSpace | None:
+    """The pfn_address_space describing region ``index`` of ``device`` with a callback of the
+    given variant; None if the region has no memory."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown callback variant {variant!r} (choose from {', '.join(VARIANTS)})")
+    pages = _region_pages(device, index)
+    if pages is None:
+        return None
+    start, n = pages
+    is_nv_region = getattr(device, "memregion", None) is not None and device.memregion(index) is not None
+    ops_attr = "nv_vm_ops" if is_nv_region else "vm_ops"
+    if is_nv_region and variant == "literal":
+        callback = device.pfn_to_vma_pgoff          # the driver's own (literal) callback
+    else:
+        callback = make_callback(device, ops_attr, variant == "fixed")
+    return PfnAddressSpace(start, start + n - 1, device.mapping, callback, owner=device, region=index)

@@ -1,0 +1,170 @@
+"""memory_failure() and memory_failure_pfn() for device memory without struct page (ref 4).
+
+One MemoryFailure object per Machine (machine.extensions["memory_failure"]) holds the
+pfn_address_space registry, the latch of a real hardware failure, the trace buffer of
+memory_failure_event, the poison policy the driver follows, and what each call did.
+Nothing here keeps poison state for the upstream policy: a repeated report repeats
+everything, and no counter moves (num_poisoned_pages, per-node stats).
+"""
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from ..mm.pfn_space import PfnAddressSpace
+from ..tasks import Signal, Thread
+from .collect import ProcessOrder, ToKill, collect_procs_pfn
+from .flags import (ACTION_NAME, MF_ACTION_REQUIRED, MF_MSG_PFN_MAP, MF_MUST_KILL, MF_SW_SIMULATED, PR_PREFIX,
+                    KernelPanic, MfResult)
+from .guard import ConsumptionGuard
+from .kill import kill_procs
+from .registry import PfnSpaceRegistry
+from .tracefs import TraceBuffer
+
+if TYPE_CHECKING:
+    from ..machine import Machine
+    from ..mm.zap import VmaZap
+    from .policies.base import PoisonPolicy
+
+
+@dataclass
+class MfOutcome:
+    """What one memory_failure() call did (for events, the guard, summaries and tests)."""
+    pfn: int
+    flags: int
+    current: Thread | None
+    ret: int
+    result: MfResult | None = None
+    spaces: list[PfnAddressSpace] = field(default_factory=list)
+    tokill: list[ToKill] = field(default_factory=list)
+    signals: list[Signal] = field(default_factory=list)
+    zapped: list["VmaZap"] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+
+class MemoryFailure:
+    def __init__(self, machine: "Machine", config_memory_failure: bool = True,
+                 policy: "PoisonPolicy | None" = None, nvgrace_callback: str = "literal") -> None:
+        from .hardware import HardwarePoison
+        from .policies import make_policy
+
+        self.machine = machine
+        self.profile = machine.profile
+        self.config_memory_failure = config_memory_failure
+        self.registry = PfnSpaceRegistry(enabled=config_memory_failure,
+                                         needs_callback=self.profile.pfn_to_vma_pgoff_callback)
+        self.trace = TraceBuffer(self.profile.name)
+        self.order = ProcessOrder(machine.tasks)
+        self.policy = policy if policy is not None else make_policy(machine.policy)
+        self.guard = ConsumptionGuard()
+        self.publisher = None                   # optional hugepfn.host.events Publisher
+        self.hw_memory_failure = False          # latched by a non-simulated failure
+        self.num_poisoned_pages = 0             # /proc/meminfo HardwareCorrupted (pages); never moves here
+        self.node_stats = {"total": 0, "ignored": 0, "failed": 0, "delayed": 0, "recovered": 0}
+        self.panicked: KernelPanic | None = None
+        self.outcomes: list[MfOutcome] = []
+        self.listeners: list[Callable[[MfOutcome], None]] = []
+        self.drivers: dict[int, object] = {}    # id(device) -> policies.driver_state.DriverPoison
+        self.hardware = HardwarePoison(self)
+        if nvgrace_callback not in ("literal", "fixed"):
+            raise ValueError(f"nvgrace_callback must be 'literal' or 'fixed', got {nvgrace_callback!r}")
+        self.nvgrace_callback = nvgrace_callback
+
+    # -- registration (ref 5) -----------------------------------------------------------------
+    def register_pfn_address_space(self, space: PfnAddressSpace) -> int:
+        if not self.profile.pfnmap_memory_failure:
+            return -errno.EOPNOTSUPP        # the API does not exist before v6.19
+        owner = space.owner
+        if (self.nvgrace_callback == "fixed" and owner is not None
+                and space.pfn_to_vma_pgoff == getattr(owner, "pfn_to_vma_pgoff", None)):
+            from .callbacks import make_callback
+            space.pfn_to_vma_pgoff = make_callback(owner, "nv_vm_ops", fixed=True)
+        return self.registry.register(space)
+
+    def unregister_pfn_address_space(self, space: PfnAddressSpace) -> None:
+        if self.profile.pfnmap_memory_failure:
+            self.registry.unregister(space)
+
+    # -- entry (ref 4.1) ------------------------------------------------------------------------
+    def memory_failure(self, pfn: int, flags: int = 0, current: Thread | None = None) -> int:
+        """memory_failure(pfn, flags) with ``current`` the calling thread (None: a kworker)."""
+        m = self.machine
+        if current is None:
+            current = m.tasks.kworker
+        if not self.config_memory_failure:
+            return 0                        # CONFIG_MEMORY_FAILURE=n: the static inline stub
+        if not m.sysctl.get("vm.memory_failure_recovery", 1):
+            self.panicked = KernelPanic(f"Memory failure on page {pfn:x}")
+            m.klog.printk(self.panicked.log_line)
+            raise self.panicked
+        if not flags & MF_SW_SIMULATED:
+            self.hw_memory_failure = True
+        # pfn_to_online_page() is NULL for device memory; arch_memory_failure() -> -ENXIO
+        # (no SGX EPC in the model); !pfn_valid() -> the pfnmap path where the kernel has it.
+        if self.profile.pfnmap_memory_failure:
+            return self.memory_failure_pfn(pfn, flags, current)
+        m.klog.printk(f"{PR_PREFIX}{pfn:#x}: memory outside kernel control")
+        self._finish(MfOutcome(pfn, flags, current, -errno.ENXIO))
+        return -errno.ENXIO
+
+    # -- the pfnmap path (ref 4.2) ---------------------------------------------------------------
+    def memory_failure_pfn(self, pfn: int, flags: int, current: Thread | None) -> int:
+        m = self.machine
+        out = MfOutcome(pfn, flags, current, 0)
+        zap_mark = len(m.zap_journal)
+        spaces = self.registry.lookup(pfn)          # under pfn_space_lock
+        if not spaces:
+            out.ret = self.action_result(pfn, MfResult.MF_IGNORED)
+            out.result = MfResult.MF_IGNORED
+            self._finish(out)
+            return out.ret
+        early_kill = m.sysctl.get("vm.memory_failure_early_kill", 0)
+        for space in spaces:
+            collect_procs_pfn(space, pfn, current, early_kill, self.order, m.klog, out.tokill)
+            out.actions.append(self.policy.on_memory_failure(self, space, pfn))
+        out.spaces = spaces
+        out.zapped = m.zap_journal[zap_mark:]
+        flags |= MF_ACTION_REQUIRED | MF_MUST_KILL
+        out.signals = kill_procs(m.tasks, m.klog, out.tokill, pfn, flags, current)
+        out.ret = self.action_result(pfn, MfResult.MF_RECOVERED)
+        out.result = MfResult.MF_RECOVERED
+        self._finish(out)
+        return out.ret
+
+    def action_result(self, pfn: int, result: MfResult) -> int:
+        """Trace event + log line; MF_MSG_PFN_MAP changes no counter.  0 for Recovered/Delayed."""
+        name = ACTION_NAME[result]
+        self.trace.memory_failure_event(pfn, MF_MSG_PFN_MAP, name)
+        self.machine.klog.printk(f"{PR_PREFIX}{pfn:#x}: recovery action for {MF_MSG_PFN_MAP}: {name}")
+        return 0 if result in (MfResult.MF_RECOVERED, MfResult.MF_DELAYED) else -errno.EBUSY
+
+    def _finish(self, out: MfOutcome) -> None:
+        self.outcomes.append(out)
+        for listener in list(self.listeners):
+            listener(out)
+        if self.publisher is not None and out.spaces:
+            from .publish import publish_outcome
+            publish_outcome(self, out)
+
+    # -- consumption (the loop guard) ---------------------------------------------------------------
+    def guard_consumed(self, proc, tid: int, pfn: int, how: str) -> None:
+        loop = self.guard.consumed(proc.pid, tid, proc.comm, pfn, how)
+        if loop is not None and self.publisher is not None:
+            from .publish import publish_loop
+            publish_loop(self, loop)
+
+    def consumed_by_fault(self, proc, pfn: int) -> None:
+        """A fault on a recorded pfn returned VM_FAULT_HWPOISON (the fault context has no thread:
+        the process's main thread stands for it)."""
+        self.guard_consumed(proc, proc.main_thread.tid, pfn, "fault")
+
+    # -- driver-side poison records (policies) ----------------------------------------------------
+    def driver_state(self, device):
+        """The poison record the driver keeps under a recording policy (created on first use)."""
+        from .policies.driver_state import DriverPoison
+
+        state = self.drivers.get(id(device))
+        if state is None:
+            state = self.drivers[id(device)] = DriverPoison(self, device)
+        return state

@@ -1,0 +1,37 @@
+"""The policy interface: memory_failure_pfn calls on_memory_failure(mf, space, pfn) for every
+registered space that contains the pfn (where Jiaqi Yan's sketch calls ops->failure and the
+optional unmap), after collecting the processes and before signalling them."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...mm.constants import PAGE_SHIFT, VFIO_PCI_PGOFF_SHIFT
+
+if TYPE_CHECKING:
+    from ...mm.pfn_space import PfnAddressSpace
+    from ..core import MemoryFailure
+
+
+def space_pgoff(space: "PfnAddressSpace", pfn: int) -> int | None:
+    """The file page that maps ``pfn`` in the device's VFIO file: region index << 28 plus the
+    page offset in the region (every VMA of the region agrees on it)."""
+    if space.region is None:
+        return None
+    return (space.region << VFIO_PCI_PGOFF_SHIFT) + (pfn - space.start)
+
+
+def space_offset(space: "PfnAddressSpace", pfn: int) -> int | None:
+    pgoff = space_pgoff(space, pfn)
+    return None if pgoff is None else pgoff << PAGE_SHIFT
+
+
+class PoisonPolicy:
+    name = "upstream"
+    records_poison = False          # does the driver remember poisoned pfns (fault filter)?
+
+    def on_memory_failure(self, mf: "MemoryFailure", space: "PfnAddressSpace", pfn: int) -> str:
+        """Driver-side action for one space; returns the event action token."""
+        return "signalled"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
