@@ -62,6 +62,18 @@ IO_TIMEOUT_S = 2.0
 ATTACH_TIMEOUT_S = 5.0
 MAX_DMA_REGIONS = 65535  # the protocol's default max_dma_maps
 
+# libvfio-user reads a message body with one recv() without MSG_WAITALL, so a body
+# larger than what one socket write queues (~200 KiB with default buffers) is a
+# "short read": EINVAL, then the rest of the body is parsed as headers.  Only
+# REGION_WRITE brings such bodies from a client; above this size the backend
+# reads and answers it itself, in the owner thread, while the library is idle.
+BYPASS_WRITE_BODY = 64 << 10
+LIBRARY_MAX_DATA_XFER = 1 << 20  # what the library advertises as max_data_xfer_size
+HEADER = struct.Struct("<HHIII")
+REGION_ACCESS = struct.Struct("<QII")
+CMD_REGION_WRITE = 10
+F_TYPE_MASK, F_REPLY, F_NO_REPLY, F_ERROR = 0xF, 0x1, 0x10, 0x20
+
 ffi = FFI()
 ffi.cdef(C.CDEF)
 
@@ -234,6 +246,8 @@ class Server:
         self.stats = collections.Counter()
         self._keep: list = []           # cffi callbacks and buffers the library points to
         self._region_fds: list[int] = []
+        self._region_sizes: dict[int, int] = {}
+        self._conn: socket.socket | None = None   # our dup of the library's connection fd
         self._dma: dict[int, tuple[DmaRegion, int]] = {}   # iova -> (region, vaddr)
         self._dma_lock = threading.Lock()
         self._irq_queue: collections.deque[tuple[int, int]] = collections.deque()
@@ -364,6 +378,7 @@ class Server:
         if self._lib.vfu_setup_region(self._ctx, index, size, access, flags, areas, nr_areas,
                                       fd, fd_offset) != 0:
             self._raise_errno(f"vfu_setup_region(index={index}, size={size:#x}, flags={flags:#x})")
+        self._region_sizes[index] = size
 
     def _make_access(self, index: int):
         read, write, fail = self.device.region_read, self.device.region_write, self._fail
@@ -586,21 +601,24 @@ class Server:
             attached = self._attached = conn != self._listen_fd
             want = (conn, attached)
             if want != watched:
+                self._track_connection(conn if attached else None)
                 poller = select.poll()
                 poller.register(self._wake_fd, select.POLLIN)
-                poller.register(conn, select.POLLIN)
+                poller.register(conn, select.POLLIN | select.POLLRDHUP)
                 if attached:  # to refuse a second client at once
                     poller.register(self._listen_fd, select.POLLIN)
                 watched = want
-            for fd, _events in poller.poll():
-                if fd == self._wake_fd:
-                    self._on_wake()
-                elif fd == conn:
-                    self._serve_messages() if attached else self._attach()
-                elif fd == self._listen_fd:
+            ready = dict(poller.poll())
+            if self._wake_fd in ready:
+                self._on_wake()
+            if conn in ready and not self._stop.is_set():
+                self._serve_messages() if attached else self._attach()
+            if attached and self._listen_fd in ready and not self._stop.is_set():
+                # A client that connects right after the current one hung up must wait
+                # for the library to see that hang-up, not be refused.
+                hung_up = ready.get(conn, 0) & (select.POLLHUP | select.POLLRDHUP)
+                if not hung_up and lib.vfu_get_poll_fd(ctx) == conn:
                     self._refuse_extra_client()
-                if self._stop.is_set():
-                    break
 
     def _on_wake(self):
         try:
@@ -630,7 +648,6 @@ class Server:
                 self._attaching = False
         if rc == 0:
             self.stats["connections"] += 1
-            self._set_io_timeouts(self._lib.vfu_get_poll_fd(self._ctx))
         elif err not in (errno.EAGAIN, errno.EWOULDBLOCK):
             self.stats["failed_attaches"] += 1
             log.info("vfio-user client failed to negotiate: %s", os.strerror(err))
@@ -644,17 +661,21 @@ class Server:
             if conn != self._listen_fd:
                 _shutdown_fd(conn)
 
-    @staticmethod
-    def _set_io_timeouts(fd: int):
-        sock = socket.socket(fileno=os.dup(fd))
-        try:
+    def _track_connection(self, fd: int | None):
+        """Keep a dup of the attached connection (closed as soon as the library drops it,
+        so the client sees EOF) with I/O timeouts that also bound the library's reads."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if fd is not None:
+            self._conn = socket.socket(fileno=os.dup(fd))
             tv = struct.pack("@ll", int(IO_TIMEOUT_S), int(IO_TIMEOUT_S % 1 * 1e6))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-        finally:
-            sock.close()
+            self._conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            self._conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
     def _serve_messages(self):
+        if self._conn is not None and self._serve_large_write(self._conn):
+            return
         # With ATTACH_NB one call handles at most one message; pipelined ones keep
         # the fd readable, so the next poll() returns at once for them.
         handled = self._lib.vfu_run_ctx(self._ctx)
@@ -668,6 +689,60 @@ class Server:
                 self.stats["run_errors"] += 1
                 log.debug("vfu_run_ctx: %s", os.strerror(err))
 
+    def _serve_large_write(self, conn: socket.socket) -> bool:
+        """Answer a REGION_WRITE whose body the library would short-read (see
+        BYPASS_WRITE_BODY); False leaves the next message to the library."""
+        try:
+            head = conn.recv(HEADER.size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return False  # nothing there, or an error the library will see and handle
+        if len(head) < HEADER.size:
+            return False
+        msg_id, cmd, size, flags, _ = HEADER.unpack(head)
+        if cmd != CMD_REGION_WRITE or flags & F_TYPE_MASK or size - HEADER.size <= BYPASS_WRITE_BODY:
+            return False
+        self.stats["large_writes"] += 1
+        if size > HEADER.size + REGION_ACCESS.size + LIBRARY_MAX_DATA_XFER:
+            _hang_up(conn)  # oversized: the library, too, gives up on such a client
+            return True
+        message = bytearray(size)
+        view, got = memoryview(message), 0
+        try:
+            while got < size:
+                n = conn.recv_into(view[got:])
+                if n == 0:
+                    break
+                got += n
+        except OSError:
+            pass
+        if got < size:  # a peer that stalls mid-message loses the connection
+            _hang_up(conn)
+            return True
+        offset, region, count = REGION_ACCESS.unpack_from(message, HEADER.size)
+        data = bytes(view[HEADER.size + REGION_ACCESS.size:])
+        err = 0
+        if count != len(data) or region not in self._region_sizes or \
+                offset + count > self._region_sizes[region]:
+            err = errno.EINVAL
+        else:
+            try:
+                self.device.region_write(region, offset, data)
+            except BaseException as exc:
+                err = _errno_of(exc)
+                self.stats["callback_errors"] += 1
+        if flags & F_NO_REPLY:
+            return True
+        if err:
+            reply = HEADER.pack(msg_id, cmd, HEADER.size, F_REPLY | F_ERROR, err)
+        else:
+            reply = HEADER.pack(msg_id, cmd, HEADER.size + REGION_ACCESS.size, F_REPLY, 0) + \
+                REGION_ACCESS.pack(offset, region, count)
+        try:
+            conn.sendall(reply)
+        except OSError:
+            _hang_up(conn)
+        return True
+
     def _refuse_extra_client(self):
         listener = socket.socket(fileno=os.dup(self._listen_fd))
         try:
@@ -676,8 +751,8 @@ class Server:
             return
         finally:
             listener.close()
-        extra.close()  # the second client reads EOF at once
         self.stats["refused_clients"] += 1
+        extra.close()  # the second client reads EOF at once
 
     # -- teardown ------------------------------------------------------------------
 
@@ -707,6 +782,7 @@ class Server:
             self._destroy()
 
     def _destroy(self):
+        self._track_connection(None)
         if self._ctx != ffi.NULL:
             self._lib.vfu_destroy_ctx(self._ctx)  # also unlinks the socket
             self._ctx = ffi.NULL
@@ -723,6 +799,17 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _hang_up(conn: socket.socket) -> None:
+    """End a connection the library still holds: shut it down (the peer can send
+    no more) and discard what is queued, so the library's next read sees EOF."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+        while conn.recv(1 << 16, socket.MSG_DONTWAIT):
+            pass
+    except OSError:
+        pass
 
 
 def _shutdown_fd(fd: int) -> None:

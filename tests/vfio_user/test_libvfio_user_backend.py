@@ -754,3 +754,41 @@ def test_close_from_inside_a_callback_waits_for_the_library_to_return(device, tm
         c.region_read(2, 0, 4)
     c.close()
     assert device.sink is None
+
+
+@needs_library
+def test_large_region_write_keeps_the_stream_in_sync(client, server, device):
+    # The library alone short-reads bodies above one socket write (~200 KiB).
+    data = bytes(range(256)) * 4096                    # 1 MiB, the advertised maximum
+    assert client.region_write(0, 4096, data) == 0
+    assert os.pread(device.memfd, len(data), 4096) == data
+    assert client.region_read(0, 4096, len(data)) == data
+    assert client.region_write(0, BAR0_SIZE - 4096, bytes(300_000)) == errno.EINVAL  # past the end
+    assert client.region_write(12, 0, bytes(300_000)) == errno.EINVAL                # no region
+    assert client.region_read(0, 0x40, 4) == bytes(4)                                # still in sync
+    assert server.stats["large_writes"] == 3
+
+
+@needs_library
+def test_large_region_write_with_no_reply_flag_and_oversized_write(client, server, device):
+    body = struct.pack("<QII", 8192, 0, 200_000) + b"\x5a" * 200_000
+    client.sock.sendall(HDR.pack(77, REGION_WRITE, HDR.size + len(body), 0x10, 0) + body)
+    assert client.region_read(0, 8192, 4) == b"\x5a" * 4          # the next reply is this one
+    oversized = struct.pack("<QII", 4096, 0, (1 << 20) + 4096)
+    client.sock.sendall(HDR.pack(78, REGION_WRITE, HDR.size + len(oversized) + (1 << 20) + 4096, 0, 0)
+                        + oversized + bytes(64 << 10))
+    with pytest.raises((ConnectionError, OSError)):
+        client.region_read(0, 0, 4)                               # disconnected, as the library does
+    assert wait_for(lambda: server.stats["disconnects"] == 1)
+
+
+@needs_library
+def test_quick_reconnects_are_served_not_refused(server):
+    for n in range(50):
+        c = RawClient(server.socket_path)
+        assert c.region_write(2, 0, struct.pack("<I", n)) == 0
+        c.close()                                       # the next one connects at once
+    last = RawClient(server.socket_path)
+    assert last.region_read(2, 0, 4) == struct.pack("<I", 49)
+    last.close()
+    assert server.stats["refused_clients"] == 0 and server.stats["connections"] == 51
