@@ -162,11 +162,7 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
     def remap_pfn_range(self, vma: Vma, start_pfn: int) -> None:
         """Generation 1: every page mapped by a PTE now; vm_pgoff becomes the pfn."""
         vma.vm_pgoff = start_pfn
-        pt = vma.vm_mm.pgtable
-        pfn = start_pfn
-        for addr in range(vma.vm_start, vma.vm_end, PAGE_SIZE):
-            pt.set_pte(addr, pfn)
-            pfn += 1
+        vma.vm_mm.pgtable.set_pte_range(vma.vm_start, vma.vm_end, start_pfn)
 
     # -- faults (generation 2) ----------------------------------------------------------------------
     def nv_fault(self, vmf: VmFaultCtx) -> int:

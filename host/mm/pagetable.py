@@ -41,13 +41,63 @@ class Zapped(NamedTuple):
     length: int
 
 
+class LinearPtes:
+    """A full PTE table whose 512 entries map consecutive pfns (what remap_pfn_range builds),
+    stored as two ints until something changes one entry; then it becomes a plain dict.
+    Supports the dict operations the page table uses, so callers need not know."""
+    __slots__ = ("first", "base_pfn", "_d")
+
+    def __init__(self, first_page_idx: int, base_pfn: int) -> None:
+        self.first = first_page_idx
+        self.base_pfn = base_pfn
+        self._d: dict[int, int] | None = None
+
+    def _dict(self) -> dict[int, int]:
+        if self._d is None:
+            self._d = {self.first + i: self.base_pfn + i for i in range(PTRS_PER_TABLE)}
+        return self._d
+
+    def get(self, page_idx: int, default=None):
+        if self._d is not None:
+            return self._d.get(page_idx, default)
+        i = page_idx - self.first
+        return self.base_pfn + i if 0 <= i < PTRS_PER_TABLE else default
+
+    def __contains__(self, page_idx: int) -> bool:
+        return self.get(page_idx) is not None
+
+    def __getitem__(self, page_idx: int) -> int:
+        pfn = self.get(page_idx)
+        if pfn is None:
+            raise KeyError(page_idx)
+        return pfn
+
+    def __setitem__(self, page_idx: int, pfn: int) -> None:
+        self._dict()[page_idx] = pfn
+
+    def __delitem__(self, page_idx: int) -> None:
+        del self._dict()[page_idx]
+
+    def pop(self, page_idx: int, *default):
+        return self._dict().pop(page_idx, *default)
+
+    def __len__(self) -> int:
+        return PTRS_PER_TABLE if self._d is None else len(self._d)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __iter__(self):
+        return iter(range(self.first, self.first + PTRS_PER_TABLE)) if self._d is None else iter(list(self._d))
+
+
 class PmdTable:
     """The PMD table under one PUD slot: huge PMD leaves and PTE tables, by PMD index."""
     __slots__ = ("leaves", "pte_tables")
 
     def __init__(self) -> None:
         self.leaves: dict[int, int] = {}                 # pmd index -> pfn
-        self.pte_tables: dict[int, dict[int, int]] = {}  # pmd index -> {page index -> pfn}
+        self.pte_tables: dict[int, dict[int, int] | LinearPtes] = {}  # pmd index -> {page index -> pfn}
 
 
 class PageTable:
@@ -167,6 +217,25 @@ class PageTable:
     def set_pte(self, addr: int, pfn: int) -> None:
         self.pte_alloc(addr)[addr >> PAGE_SHIFT] = pfn
 
+    def set_pte_range(self, start: int, end: int, pfn: int) -> None:
+        """PTEs for [start, end) -> pfn, pfn+1, ... (remap_pfn_range).  Whole 2 MiB blocks whose
+        PMD slot is empty become LinearPtes, so the cost does not grow with the bytes mapped."""
+        addr = start
+        while addr < end:
+            block_end = (addr | ((1 << PMD_SHIFT) - 1)) + 1
+            table = self.pmd_alloc(addr)
+            pmd_idx = addr >> PMD_SHIFT
+            if addr == block_end - (1 << PMD_SHIFT) and block_end <= end and pmd_idx not in table.pte_tables \
+                    and pmd_idx not in table.leaves:
+                table.pte_tables[pmd_idx] = LinearPtes(addr >> PAGE_SHIFT, pfn)
+            else:
+                ptes = self.pte_alloc(addr)
+                first = addr >> PAGE_SHIFT
+                for page_idx in range(first, min(end, block_end) >> PAGE_SHIFT):
+                    ptes[page_idx] = pfn + (page_idx - first)
+            pfn += (min(end, block_end) - addr) >> PAGE_SHIFT
+            addr = min(end, block_end)
+
     # -- zap (zap_pud_range / zap_pmd_range / zap_pte_range for a special pfnmap VMA) --------
     def zap_range(self, start: int, end: int) -> list[Zapped]:
         """Clear every entry in [start, end) (page aligned).
@@ -206,6 +275,10 @@ class PageTable:
                 continue
             lo = max(start, pmd_idx << PMD_SHIFT) >> PAGE_SHIFT
             hi = min(end, (pmd_idx + 1) << PMD_SHIFT) >> PAGE_SHIFT
+            if type(ptes) is LinearPtes and ptes._d is None and lo <= ptes.first and hi >= ptes.first + PTRS_PER_TABLE:
+                pte_tables[pmd_idx] = {}        # the whole linear table goes; the (now empty) table stays
+                out.append(Zapped(LEVEL_PTE, ptes.first << PAGE_SHIFT, PTRS_PER_TABLE << PAGE_SHIFT))
+                continue
             if hi - lo >= len(ptes):
                 hit = sorted(p for p in ptes if lo <= p < hi)
             else:
