@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from ..tasks import Thread
     from .core import MemoryFailure
 
-_DONE = (0, -errno.EHWPOISON, -errno.EOPNOTSUPP)
+EHWPOISON = 133          # Linux errno; not in the Python errno module
+_DONE = (0, -EHWPOISON, -errno.EOPNOTSUPP)
 
 
 class HardwarePoison:

@@ -1,0 +1,214 @@
+"""Scenario step handlers for the poison kinds (spec/scenario-format.md) and a few extension kinds.
+
+Declared by the scenario package, completed here: poison, memory_failure, hard_offline_page,
+register, unregister.  Added here (extensions of the format): repair, collapse,
+consumption_guard, corrupt_pfn, unpoison_pfn, madvise_hwpoison.
+
+Every handler (the scenario package's too) is wrapped so that a step records the
+memory_failure_event trace lines it produced (``trace_events``), and so that after a kernel
+panic (vm.memory_failure_recovery = 0) the machine runs nothing more: later steps are recorded
+with ``skipped`` and change nothing.
+"""
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Any
+
+from ..mm.constants import PAGE_SHIFT
+from ..scenario.errors import ScenarioError
+from ..scenario.fields import Field
+from ..scenario.steps import STEP_KINDS, register_step_kind, set_step_handler
+from .callbacks import region_space
+from .flags import KernelPanic, parse_mf_flags
+from .inject import corrupt_pfn, hard_offline_page, madvise_hwpoison, unpoison_pfn
+from .policies.repair import collapse, repair_pfn
+
+if TYPE_CHECKING:
+    from ..scenario.runner import ScenarioRun
+    from ..scenario.spec import Step
+    from .core import MemoryFailure
+
+
+def _mf(run: "ScenarioRun") -> "MemoryFailure":
+    from . import memory_failure_of
+    return memory_failure_of(run.machine)
+
+
+def region_pfn(device, region: int, offset: int) -> int | None:
+    """pfn of byte ``offset`` in region ``region`` of ``device`` (nvgrace memregion or BAR)."""
+    memregion = getattr(device, "memregion", None)
+    mem = memregion(region) if memregion is not None else None
+    if mem is not None:
+        return mem.start_pfn + (offset >> PAGE_SHIFT) if offset < mem.memlength else None
+    bar = device.pdev.bars.get(region)
+    if bar is None or bar.io or offset >= bar.size:
+        return None
+    return (bar.phys >> PAGE_SHIFT) + (offset >> PAGE_SHIFT)
+
+
+def _current(run: "ScenarioRun", value: Any):
+    return None if value == "kworker" else run.machine.tasks.thread(value)
+
+
+# -- declared kinds ------------------------------------------------------------------------------
+def do_poison(run: "ScenarioRun", step: "Step") -> int:
+    f = step.fields
+    pfn = region_pfn(run.machine.device(f["device"]), f["region"], f["offset"])
+    if pfn is None:
+        return -errno.EINVAL
+    run.record.extra["pfn"] = f"{pfn:#x}"
+    _mf(run).hardware.poison(pfn)
+    return 0
+
+
+def do_memory_failure(run: "ScenarioRun", step: "Step") -> int:
+    f = step.fields
+    return _mf(run).memory_failure(f["pfn"], parse_mf_flags(f["flags"]), _current(run, f["current"]))
+
+
+def do_hard_offline_page(run: "ScenarioRun", step: "Step") -> int:
+    f = step.fields
+    ret = hard_offline_page(_mf(run), f["phys"], run.machine.tasks.thread(f["current"]))
+    return ret if ret < 0 else 0        # the write returns the byte count on success
+
+
+def _spaces(run: "ScenarioRun") -> dict:
+    return run.machine.extensions.setdefault("memory_failure_step_spaces", {})
+
+
+def do_register(run: "ScenarioRun", step: "Step") -> int:
+    f = step.fields
+    dev = run.machine.device(f["device"])
+    space = region_space(dev, f["region"], f["callback"])
+    if space is None:
+        return -errno.EINVAL
+    ret = run.machine.register_pfn_address_space(space)
+    if ret == 0:
+        _spaces(run)[(f["device"], f["region"])] = space
+    return ret
+
+
+def do_unregister(run: "ScenarioRun", step: "Step") -> int:
+    from .registry import RegistryCorruption
+
+    f = step.fields
+    dev = run.machine.device(f["device"])
+    space = _spaces(run).pop((f["device"], f["region"]), None)
+    if space is None:
+        for s in list(getattr(dev, "registered", [])):
+            if s.region == f["region"]:
+                space = s
+                dev.registered.remove(s)        # the driver will not unregister it again at close
+                break
+    if space is None:
+        space = region_space(dev, f["region"])
+        if space is None:
+            return -errno.EINVAL
+    try:
+        run.machine.unregister_pfn_address_space(space)
+    except RegistryCorruption as exc:
+        raise ScenarioError(f"{step.where}: {exc}") from None
+    return 0
+
+
+# -- extension kinds -----------------------------------------------------------------------------------
+def do_repair(run: "ScenarioRun", step: "Step") -> int:
+    f = step.fields
+    pfn = region_pfn(run.machine.device(f["device"]), f["region"], f["offset"])
+    if pfn is None:
+        return -errno.EINVAL
+    run.record.extra["pfn"] = f"{pfn:#x}"
+    run.record.extra["was_poisoned"] = repair_pfn(_mf(run), pfn)
+    return 0
+
+
+def do_collapse(run: "ScenarioRun", step: "Step") -> int:
+    f = step.fields
+    mm = run.machine.tasks.process(f["pid"]).mm
+    done = collapse(_mf(run), mm, f["addr"], f["addr"] + f["length"])
+    run.record.extra["collapsed"] = [{"level": level, "va": f"{va:#x}"} for level, va in done]
+    return 0
+
+
+def do_consumption_guard(run: "ScenarioRun", step: "Step") -> int:
+    try:
+        _mf(run).guard.threshold = step.fields["threshold"]
+    except ValueError:
+        return -errno.EINVAL
+    return 0
+
+
+def do_corrupt_pfn(run: "ScenarioRun", step: "Step") -> int:
+    return corrupt_pfn(_mf(run), step.fields["pfn"])
+
+
+def do_unpoison_pfn(run: "ScenarioRun", step: "Step") -> int:
+    return unpoison_pfn(_mf(run), step.fields["pfn"])
+
+
+def do_madvise_hwpoison(run: "ScenarioRun", step: "Step") -> int:
+    f = step.fields
+    return madvise_hwpoison(_mf(run), run.machine.tasks.thread(f["tid"]), f["addr"], f["length"])
+
+
+# -- wrapping: trace events, panic ------------------------------------------------------------------
+def _wrap(kind_name: str, handler):
+    if getattr(handler, "_mf_wrapped", False):
+        return handler
+
+    def wrapped(run: "ScenarioRun", step: "Step"):
+        mf = _mf(run)
+        rec = run.record
+        if mf.panicked is not None:
+            rec.extra["skipped"] = "kernel panicked"
+            if rec.do == "access":
+                rec.calls = []
+                return "0"
+            return 0
+        mark = len(mf.trace)
+        try:
+            ret = handler(run, step)
+        except KernelPanic as panic:
+            rec.extra["panic"] = panic.message
+            ret = "0" if rec.do == "access" else 0
+        if len(mf.trace) != mark:
+            rec.extra["trace_events"] = mf.trace.lines[mark:]
+        return ret
+
+    wrapped._mf_wrapped = True
+    wrapped.__name__ = getattr(handler, "__name__", kind_name)
+    return wrapped
+
+
+def _region_field() -> Field:
+    return Field("region", "int", check=lambda v: None if 0 <= v < 16 else f"must be a region index 0..15, got {v}")
+
+
+def install() -> None:
+    for name, handler in (("poison", do_poison), ("memory_failure", do_memory_failure),
+                          ("hard_offline_page", do_hard_offline_page), ("unregister", do_unregister)):
+        set_step_handler(name, handler)
+    # `register` gains an optional `callback` field ("literal" | "fixed"): an extension.
+    register_step_kind("register", (Field("device", "str"), _region_field(),
+                                    Field("callback", "str", required=False, default="literal",
+                                          choices=("literal", "fixed"))),
+                       do_register, doc="register_pfn_address_space for a region's pfns")
+    register_step_kind("repair", (Field("device", "str"), _region_field(), Field("offset")), do_repair,
+                       doc="the device reports a poisoned page repaired (extension)")
+    register_step_kind("collapse", (Field("pid", "int"), Field("addr"), Field("length")), do_collapse,
+                       doc="retract small page tables of clean blocks so huge leaves can return (extension)")
+    register_step_kind("consumption_guard", (Field("threshold", "int"),), do_consumption_guard,
+                       doc="threshold of the per-process consumption-loop guard (extension)")
+    register_step_kind("corrupt_pfn", (Field("pfn"),), do_corrupt_pfn,
+                       doc="write to debugfs hwpoison/corrupt-pfn (extension)")
+    register_step_kind("unpoison_pfn", (Field("pfn"),), do_unpoison_pfn,
+                       doc="write to debugfs hwpoison/unpoison-pfn (extension)")
+    register_step_kind("madvise_hwpoison", (Field("tid", "int"), Field("addr"), Field("length")),
+                       do_madvise_hwpoison, thread_field="tid", doc="madvise(MADV_HWPOISON) (extension)")
+    for name, kind in STEP_KINDS.items():
+        if kind.handler is not None:
+            kind.handler = _wrap(name, kind.handler)
+
+
+install()
+
