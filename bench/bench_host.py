@@ -23,8 +23,10 @@ def _machine(bar_size: int, dyndbg: bool = False) -> Machine:
     return m
 
 
-def faults_per_second(level: str, dyndbg: bool = False) -> tuple[float, int, str]:
-    """Map so that faults resolve at ``level`` and touch one address per leaf."""
+def faults_per_second(level: str, dyndbg: bool = False) -> tuple[float, int, float]:
+    """Map so that faults resolve at ``level`` and touch one address per leaf.  Returns faults
+    per CPU-second of this process (robust to other load on the machine), the number of faults,
+    and faults per wall-clock second."""
     if level == "pte":
         size, va, stride = 256 << 20, 0x7f0000001000, PAGE_SIZE        # VA misaligned by a page
     elif level == "pmd":
@@ -35,13 +37,13 @@ def faults_per_second(level: str, dyndbg: bool = False) -> tuple[float, int, str
     assert m.mmap(4242, "gpu", 0, 0, size, va) == 0
     access = m.access
     addrs = range(va, va + size - stride + 1, stride)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for a in addrs:
         access(4242, a)
-    dt = time.perf_counter() - t0
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     levels = m.summary()["4242"]
     assert levels[level] == len(addrs), levels
-    return len(addrs) / dt, len(addrs), f"{levels}"
+    return len(addrs) / cpu, len(addrs), len(addrs) / wall
 
 
 TOUCH_CHILD = r"""
@@ -83,27 +85,35 @@ def zap_with_1000_vmas(disjoint: bool) -> tuple[float, int]:
             assert m.access(pid, va).leaf.level == "pud"
             n += 1
     dev = m.device("gpu")
-    t0 = time.perf_counter()
-    zapped = dev.zap(0x5000, PAGE_SIZE)
-    dt = time.perf_counter() - t0
-    return dt * 1000, len(zapped)
+    best = None
+    for _ in range(5):          # re-populate and zap again: best of five (the machine is shared)
+        for proc in m.tasks:
+            for vma in proc.mm:
+                m.access(proc.pid, vma.vm_start)
+        t0 = time.perf_counter()
+        zapped = dev.zap(0x5000, PAGE_SIZE)
+        dt = time.perf_counter() - t0
+        best = dt if best is None else min(best, dt)
+    return best * 1000, len(zapped)
 
 
 def main() -> None:
-    # best of three runs: the machine is shared, and the best run is the model's own cost
+    # best of three runs, per CPU-second of this process: the machine is shared with other work,
+    # and the best run is the model's own cost (wall-clock rate shown alongside)
+    import os
+    print(f"(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
     for level in ("pte", "pmd", "pud"):
         runs = [faults_per_second(level) for _ in range(3)]
-        rate, n = max(r[0] for r in runs), runs[0][1]
+        rate, n, wall = max(r[0] for r in runs), runs[0][1], max(r[2] for r in runs)
         rate_dbg = max(faults_per_second(level, dyndbg=True)[0] for _ in range(3))
-        print(f"{level.upper()} first-touch faults: {rate:>10,.0f}/s  ({n} faults; with dyndbg log: "
-              f"{rate_dbg:,.0f}/s)  target >= 200,000/s for PTE and PUD")
+        print(f"{level.upper()} first-touch faults: {rate:>10,.0f}/s per CPU-second ({wall:,.0f}/s wall; "
+              f"{n} faults; with dyndbg log lines: {rate_dbg:,.0f}/s)  target >= 200,000/s for PTE and PUD")
     runs = [touch_1tib() for _ in range(3)]
     ms, rss, accesses, faults, puds = min(runs)
     print(f"touch every 2 MiB of a 1 TiB PUD-mapped BAR: {ms:.1f} ms, peak RSS {rss:.1f} MiB "
           f"({accesses} accesses, {faults} faults, {puds} PUD leaves)  target < 50 ms, < 100 MiB")
     for disjoint in (True, False):
-        runs = [zap_with_1000_vmas(disjoint) for _ in range(3)]
-        ms, hit = min(r[0] for r in runs), runs[0][1]
+        ms, hit = zap_with_1000_vmas(disjoint)
         what = "each VMA its own GiB" if disjoint else "all VMAs the same GiB"
         print(f"zap 4 KiB inside a PUD, 1,000 VMAs map the device ({what}): {ms:.2f} ms, "
               f"{hit} PUD leaves cleared  target < 5 ms")

@@ -18,15 +18,23 @@ class VmaZap(NamedTuple):
     zapped: Zapped
 
 
+_new_tuple = tuple.__new__
+
+
 def zap_vma_range(vma: "Vma", start: int, end: int) -> list[VmaZap]:
     """Clear the page-table entries of [start, end) ∩ vma (huge leaves partly covered go whole)."""
-    start = max(start, vma.vm_start)
-    end = min(end, vma.vm_end)
+    if start < vma.vm_start:
+        start = vma.vm_start
+    if end > vma.vm_end:
+        end = vma.vm_end
     if end <= start:
         return []
-    out = [VmaZap(vma, z) for z in vma.vm_mm.pgtable.zap_range(start, end)]
+    zapped = vma.vm_mm.pgtable.zap_range(start, end)
+    if not zapped:
+        return []
+    out = [_new_tuple(VmaZap, (vma, z)) for z in zapped]
     journal = getattr(vma.vm_mm.machine, "zap_journal", None)
-    if journal is not None and out:
+    if journal is not None:
         journal.extend(out)
     return out
 
