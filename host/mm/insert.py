@@ -37,6 +37,18 @@ def _check_vma(vma: "Vma") -> None:
         raise KernelBug(f"BUG: pfn insert into a private writable (COW) PFNMAP VMA: {vma!r}")
 
 
+def _pmd_table(pt, addr: int) -> PmdTable | None:
+    """The PMD table under ``addr`` (allocated if the PUD slot is empty), or None when the
+    walk stops at a huge PUD leaf."""
+    pud_idx = addr >> PUD_SHIFT
+    table = pt.pmd_tables.get(pud_idx)
+    if table is None:
+        if pud_idx in pt.pud_leaves:
+            return None
+        table = pt.pmd_tables[pud_idx] = PmdTable()
+    return table
+
+
 def vmf_insert_pfn(vma: "Vma", addr: int, pfn: int) -> int:
     """Install one special PTE at ``addr`` -> ``pfn``.  Outside the VMA: SIGBUS.  An existing
     PTE is left unchanged and NOPAGE is still returned.  (The x86 pfn_modify_allowed refusal
@@ -45,13 +57,9 @@ def vmf_insert_pfn(vma: "Vma", addr: int, pfn: int) -> int:
         _check_vma(vma)
     if addr < vma.vm_start or addr >= vma.vm_end:
         return VM_FAULT_SIGBUS
-    pt = vma.vm_mm.pgtable
-    pud_idx = addr >> PUD_SHIFT
-    table = pt.pmd_tables.get(pud_idx)
+    table = _pmd_table(vma.vm_mm.pgtable, addr)
     if table is None:
-        if pud_idx in pt.pud_leaves:
-            return VM_FAULT_NOPAGE      # walk stops at a huge leaf: nothing to do
-        table = pt.pmd_tables[pud_idx] = PmdTable()
+        return VM_FAULT_NOPAGE          # walk stops at a huge leaf: nothing to do
     pmd_idx = addr >> PMD_SHIFT
     ptes = table.pte_tables.get(pmd_idx)
     if ptes is None:
@@ -73,13 +81,9 @@ def vmf_insert_pfn_pmd(vmf: "VmFaultCtx", pfn: int, write: bool = False) -> int:
     addr = vmf.address & PMD_MASK
     if addr < vma.vm_start or addr >= vma.vm_end:
         return VM_FAULT_SIGBUS
-    pt = vma.vm_mm.pgtable
-    pud_idx = addr >> PUD_SHIFT
-    table = pt.pmd_tables.get(pud_idx)
+    table = _pmd_table(vma.vm_mm.pgtable, addr)
     if table is None:
-        if pud_idx in pt.pud_leaves:
-            return VM_FAULT_NOPAGE
-        table = pt.pmd_tables[pud_idx] = PmdTable()
+        return VM_FAULT_NOPAGE
     pmd_idx = addr >> PMD_SHIFT
     if pmd_idx not in table.leaves and pmd_idx not in table.pte_tables:
         table.leaves[pmd_idx] = pfn
