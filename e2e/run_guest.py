@@ -33,7 +33,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 GUEST_DIR = "/run/hugepfn-e2e"          # where the socket directory appears inside the root
 CHECK_LINE = re.compile(r"E2E (PASS|FAIL) ([\w-]+): (.*)")
-GUEST_CHECKS = ("boot", "find-device", "bars", "identity", "bar-memory", "error-queue", "error-record")
+GUEST_CHECKS = ("boot", "find-device", "bars", "identity", "bar-memory", "msix-setup",
+                "error-queue", "interrupt", "error-record", "error-ack")
+RECORD_LINE = re.compile(r"E2E RECORD((?: 0x[0-9A-Fa-f]{8})+)")
 
 
 class Report:
@@ -56,7 +58,10 @@ def say(message: str) -> None:
 
 
 def hugepfn_program() -> str:
-    """The `hugepfn` console script of the interpreter running us (the project's .venv)."""
+    """The `hugepfn` console script of the interpreter running us (the project's .venv),
+    unless HUGEPFN_E2E_PROGRAM names another build."""
+    if os.environ.get("HUGEPFN_E2E_PROGRAM"):
+        return os.environ["HUGEPFN_E2E_PROGRAM"]
     beside = Path(sys.executable).with_name("hugepfn")
     return str(beside) if beside.exists() else (shutil.which("hugepfn") or "hugepfn")
 
@@ -138,6 +143,30 @@ def device_facts(profile: str) -> dict[str, str]:
     sys.path.insert(0, str(HERE))
     from device_facts import guest_facts
     return guest_facts(profile)
+
+
+def check_record(line: str, profile: str, report: Report) -> None:
+    """Decode the record the guest copied from ERRQ_WINDOW with the device's own parser."""
+    import struct
+    from device_facts import expected_record
+    from hugepfn.device.cper import parse_record
+
+    words = [int(word, 16) for word in line.split()]
+    raw = struct.pack(f"<{len(words)}I", *words)
+    try:
+        record = parse_record(raw)
+    except Exception as exc:  # a malformed record is the failure being reported
+        report.record(False, "record-decode", f"{len(raw)} bytes from the guest do not parse: {exc}")
+        return
+    want = expected_record(profile)
+    got = (record.bar, record.bar_offset, record.length, record.physical_addr, record.granularity)
+    expected = (want.bar, want.bar_offset, want.length, want.physical_addr, want.granularity)
+    names = ("bar", "bar_offset", "length", "physical_addr", "granularity")
+    detail = ", ".join(f"{n}={v:#x}" for n, v in zip(names, got))
+    wrong = [f"{n}={g:#x} (want {w:#x})" for n, g, w in zip(names, got, expected) if g != w]
+    report.record(not wrong, "record-decode",
+                  f"CPER memory error, sequence {record.sequence}: {detail}" if not wrong
+                  else "; ".join(wrong))
 
 
 def qemu_argv(kernel: str, initrd: str, accel: str, memory_mb: int, socket: str | None) -> list[str]:
@@ -237,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         seen_done = False
         for line in guest.lines(deadline):
             match = CHECK_LINE.search(line)
-            if match:
+            record = RECORD_LINE.search(line)
+            if record:
+                check_record(record[1], args.profile, report)
+            elif match:
                 report.record(match[1] == "PASS", match[2], match[3])
             elif "READY-FOR-INJECT" in line:
                 inject(args, facts, socket_host, report, logs)
@@ -254,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report.record(status == 0 and seen_done, "guest-exit",
                           f"QEMU exited with status {status}" + ("" if seen_done else " before the guest finished"))
+        if not args.no_device and "record-decode" not in report.results:
+            report.record(False, "record-decode", "the guest never printed the error record")
         for name in expected:
             if name not in report.results:
                 report.record(False, name, "never reported by the guest")
@@ -275,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def inject(args: argparse.Namespace, facts: dict[str, str], socket: Path, report: Report, logs: Path) -> None:
-    command = [hugepfn_program(), "inject", "--socket", str(socket),
-               "--bar", facts.get("POISON_BAR", "2"), "--offset", facts.get("POISON_OFFSET", "0")]
+    command = [hugepfn_program(), "inject", "--socket", str(socket), "--bar", facts["POISON_BAR"],
+               "--offset", facts["POISON_OFFSET"], "--granularity", facts["POISON_GRANULARITY"]]
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:

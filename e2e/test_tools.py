@@ -115,3 +115,32 @@ def test_initramfs_bad_key_is_one_line(tmp_path, capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "upper-case shell name" in err
+
+
+def test_guest_facts_match_the_device_model():
+    import struct
+
+    import device_facts
+    from hugepfn.device.cper import build_record
+    from hugepfn.device.gpu import GpuDevice
+
+    facts = device_facts.guest_facts("gpu-8g")
+    # identity register: what the device itself returns at ID_OFFSET of its register BAR
+    with GpuDevice.from_profile("gpu-8g") as dev:
+        raw = dev.region_read(int(facts["REG_BAR"]), int(facts["ID_OFFSET"], 16), 4)
+        assert struct.unpack("<I", raw)[0] == int(facts["ID_VALUE"], 16)
+        count = dev.region_read(0, int(facts["ERRQ_COUNT_OFFSET"], 16), 4)
+        assert struct.unpack("<I", count)[0] == 0
+        event = dev.poison.inject(bar=int(facts["POISON_BAR"]), offset=int(facts["POISON_OFFSET"], 16),
+                                  granularity=int(facts["POISON_GRANULARITY"]))
+        assert struct.unpack("<I", dev.region_read(0, int(facts["ERRQ_COUNT_OFFSET"], 16), 4))[0] == 1
+        window = dev.region_read(0, int(facts["ERRQ_WINDOW_OFFSET"], 16), int(facts["RECORD_SIZE"]))
+    # the guest reads these two fields by offset; they must be where the record keeps them
+    assert struct.unpack_from("<I", window, int(facts["RECORD_BAR_FIELD"]))[0] == event.bar
+    assert struct.unpack_from("<Q", window, int(facts["RECORD_OFFSET_FIELD"]))[0] == event.offset
+    want = device_facts.expected_record("gpu-8g")
+    assert (want.bar, want.bar_offset, want.length, want.physical_addr) == \
+        (event.bar, event.offset, event.length, event.dpa)
+    record = build_record(sequence=1, bar=2, bar_offset=0x5000, length=4096, dpa=0x5000, granularity=4096)
+    assert struct.unpack_from("<Q", record, int(facts["RECORD_OFFSET_FIELD"]))[0] == 0x5000
+    assert facts["VENDOR_ID"] == "0x10de" and facts["DEVICE_ID"] == "0x2331"
