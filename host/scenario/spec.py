@@ -114,6 +114,8 @@ def _list_of_tables(value: Any, where: str) -> list[dict]:
 
 
 def parse_scenario(data: dict, source: str = "") -> Scenario:
+    from .runner import load_extensions
+    load_extensions()           # optional models may add step kinds or fields: load them before checking
     top = convert_fields(MACHINE_FIELDS, data, "scenario")
     sysctl = {}
     for name, value in _table(top["sysctl"], "sysctl").items():
