@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .constants import PAGE_MASK, PAGE_SHIFT, PMD_ORDER, PMD_SHIFT, PUD_ORDER, PUD_SHIFT
 from .pagetable import PmdTable
 from .thp import PMD_BIT, PUD_BIT, thp_vma_allowable_orders
-from .vm_fault import VM_FAULT_FALLBACK, VM_FAULT_SIGBUS
+from .vm_fault import VM_FAULT_FALLBACK, VM_FAULT_OOM, VM_FAULT_SIGBUS
 
 if TYPE_CHECKING:
     from .vma import Vma
@@ -76,6 +76,8 @@ def handle_mm_fault(vma: "Vma", address: int, write: bool = False,
                     return ret
         if pud_idx in pt.pud_leaves:        # a driver that installed and still said FALLBACK
             return 0
+        if pt.fail_allocs and pt.alloc_fails():
+            return VM_FAULT_OOM             # pmd_alloc failed
         table = pt.pmd_tables[pud_idx] = PmdTable()     # pmd_alloc
 
     # PMD level

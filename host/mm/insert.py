@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .constants import (PAGE_SHIFT, PMD_MASK, PMD_SHIFT, PUD_MASK, PUD_SHIFT, VM_MAYWRITE, VM_MIXEDMAP,
                         VM_PFNMAP, VM_SHARED)
 from .pagetable import PmdTable
-from .vm_fault import VM_FAULT_NOPAGE, VM_FAULT_SIGBUS
+from .vm_fault import VM_FAULT_NOPAGE, VM_FAULT_OOM, VM_FAULT_SIGBUS
 
 if TYPE_CHECKING:
     from .fault import VmFaultCtx
@@ -37,14 +37,16 @@ def _check_vma(vma: "Vma") -> None:
         raise KernelBug(f"BUG: pfn insert into a private writable (COW) PFNMAP VMA: {vma!r}")
 
 
-def _pmd_table(pt, addr: int) -> PmdTable | None:
-    """The PMD table under ``addr`` (allocated if the PUD slot is empty), or None when the
-    walk stops at a huge PUD leaf."""
+def _pmd_table(pt, addr: int) -> PmdTable | int:
+    """The PMD table under ``addr`` (allocated if the PUD slot is empty), or the result to
+    return: NOPAGE when the walk stops at a huge PUD leaf, OOM when the allocation fails."""
     pud_idx = addr >> PUD_SHIFT
     table = pt.pmd_tables.get(pud_idx)
     if table is None:
         if pud_idx in pt.pud_leaves:
-            return None
+            return VM_FAULT_NOPAGE
+        if pt.fail_allocs and pt.alloc_fails():
+            return VM_FAULT_OOM
         table = pt.pmd_tables[pud_idx] = PmdTable()
     return table
 
@@ -57,14 +59,17 @@ def vmf_insert_pfn(vma: "Vma", addr: int, pfn: int) -> int:
         _check_vma(vma)
     if addr < vma.vm_start or addr >= vma.vm_end:
         return VM_FAULT_SIGBUS
-    table = _pmd_table(vma.vm_mm.pgtable, addr)
-    if table is None:
-        return VM_FAULT_NOPAGE          # walk stops at a huge leaf: nothing to do
+    pt = vma.vm_mm.pgtable
+    table = _pmd_table(pt, addr)
+    if type(table) is int:
+        return table                    # a huge leaf stops the walk (nothing to do), or OOM
     pmd_idx = addr >> PMD_SHIFT
     ptes = table.pte_tables.get(pmd_idx)
     if ptes is None:
         if pmd_idx in table.leaves:
             return VM_FAULT_NOPAGE
+        if pt.fail_allocs and pt.alloc_fails():
+            return VM_FAULT_OOM         # get_locked_pte could not allocate the PTE table
         ptes = table.pte_tables[pmd_idx] = {}
     page_idx = addr >> PAGE_SHIFT
     if page_idx not in ptes:
@@ -82,8 +87,8 @@ def vmf_insert_pfn_pmd(vmf: "VmFaultCtx", pfn: int, write: bool = False) -> int:
     if addr < vma.vm_start or addr >= vma.vm_end:
         return VM_FAULT_SIGBUS
     table = _pmd_table(vma.vm_mm.pgtable, addr)
-    if table is None:
-        return VM_FAULT_NOPAGE
+    if type(table) is int:
+        return table
     pmd_idx = addr >> PMD_SHIFT
     if pmd_idx not in table.leaves and pmd_idx not in table.pte_tables:
         table.leaves[pmd_idx] = pfn

@@ -101,12 +101,24 @@ class PmdTable:
 
 
 class PageTable:
-    """Sparse page table.  Public fields are read by the fault hot path directly."""
-    __slots__ = ("pud_leaves", "pmd_tables")
+    """Sparse page table.  Public fields are read by the fault hot path directly.
+
+    ``fail_allocs`` is fault injection: while it is N > 0, the next N page-table allocations of
+    the fault path fail (the fault returns VM_FAULT_OOM), as pmd_alloc / pte_alloc can.
+    """
+    __slots__ = ("pud_leaves", "pmd_tables", "fail_allocs")
 
     def __init__(self) -> None:
         self.pud_leaves: dict[int, int] = {}         # pud index -> pfn
         self.pmd_tables: dict[int, PmdTable] = {}    # pud index -> PMD table
+        self.fail_allocs = 0
+
+    def alloc_fails(self) -> bool:
+        """Consume one injected allocation failure, if any is pending."""
+        if self.fail_allocs > 0:
+            self.fail_allocs -= 1
+            return True
+        return False
 
     # -- queries ---------------------------------------------------------------------------
     def lookup(self, addr: int) -> Leaf | None:

@@ -155,3 +155,26 @@ def test_region_offset_is_part_of_the_pfn():
     r = m.access(PID, VA + 0x10)
     assert r.leaf == Leaf("pud", VA, 0x3840000)
     assert m.klog.lines() == [dbg(18, 0, NOPAGE)]
+
+
+def test_row4_page_table_allocation_failure_is_oom_without_a_signal():
+    m, dev, vma = setup()
+    pt = m.tasks.process(PID).mm.pgtable
+    m.madvise(PID, VA, PMD_SIZE, 15)                     # PTE-only 2 MiB at VA
+    vma = m.find_vma(PID, VA)
+    pt.pmd_alloc(VA)                                     # the PMD table exists, the PTE table not
+    pt.fail_allocs = 1
+    r = m.access(PID, VA + 0x1000)
+    assert calls_named(r) == [(0, "VM_FAULT_OOM")] and r.signals == [] and r.leaf is None
+    assert m.klog.lines() == [dbg(0, 1, 0x1)]
+    assert pt.slot_state(VA, "pmd") == "none"
+    assert calls_named(m.access(PID, VA + 0x1000)) == [(0, "VM_FAULT_NOPAGE")]
+
+
+def test_pmd_table_allocation_failure_in_the_cascade_is_oom_before_any_pmd_call():
+    m, dev, vma = setup(va=VA + PMD_SIZE, length=PUD_SIZE)      # PUD attempt falls back
+    pt = m.tasks.process(PID).mm.pgtable
+    pt.fail_allocs = 1
+    r = m.access(PID, VA + PMD_SIZE)
+    assert calls_named(r) == [(18, "VM_FAULT_FALLBACK")] and r.ret_name == "VM_FAULT_OOM"
+    assert pt.slot_state(VA, "pud") == "none" and pt.fail_allocs == 0
