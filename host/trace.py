@@ -60,13 +60,18 @@ class Trace:
     arch: str
     policy: str
     thp: str = "always"
+    description: str = ""
     steps: list[StepRecord] = field(default_factory=list)
     summary: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"hugepfn_trace": TRACE_VERSION, "kernel": self.kernel, "arch": self.arch,
-                "policy": self.policy, "thp": self.thp,
-                "steps": [s.to_json() for s in self.steps], "summary": self.summary}
+        out = {"hugepfn_trace": TRACE_VERSION, "kernel": self.kernel, "arch": self.arch,
+               "policy": self.policy, "thp": self.thp}
+        if self.description:
+            out["description"] = self.description
+        out["steps"] = [s.to_json() for s in self.steps]
+        out["summary"] = self.summary
+        return out
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1) + "\n"
@@ -99,7 +104,10 @@ def _plain(v: Any) -> str:
 def render_table(data: dict) -> str:
     """The human form of a JSON trace: one block per step, details indented under it."""
     lines = [f"hugepfn trace: kernel {data['kernel']}, arch {data['arch']}, "
-             f"thp {data.get('thp', '?')}, policy {data['policy']}", ""]
+             f"thp {data.get('thp', '?')}, policy {data['policy']}"]
+    if data.get("description"):
+        lines.append(data["description"])
+    lines.append("")
     rows = []
     for s in data["steps"]:
         args = " ".join(f"{k}={_plain(v)}" for k, v in s.items()

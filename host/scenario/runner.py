@@ -52,7 +52,7 @@ class ScenarioRun:
         load_extensions()
         self.scenario = scenario
         self.machine = machine or build_machine(scenario)
-        self.trace = Trace(scenario.kernel, scenario.arch, scenario.policy, scenario.thp)
+        self.trace = Trace(scenario.kernel, scenario.arch, scenario.policy, scenario.thp, scenario.description)
         self.record: StepRecord | None = None
 
     def run_step(self, step: Step) -> StepRecord:
