@@ -275,13 +275,20 @@ def main(argv: list[str] | None = None) -> int:
                 inject(args, facts, socket_host, report, logs)
             elif "E2E DONE" in line:
                 seen_done = True
+            elif "Unrecoverable error detected" in line:
+                # QEMU's answer to the vfio ERR irq: the VM is stopped for good, stop waiting.
+                report.record(False, "vm-running", f"QEMU stopped the VM: {line.strip()}")
+                break
             elif "qemu-system" in line or "vfio-user" in line or "Kernel panic" in line:
                 say(f"console: {line}")
         try:
-            status = guest.process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            status = None if "vm-running" in report.results else \
+                guest.process.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             status = None
-        if status is None:
+        if "vm-running" in report.results:
+            report.record(False, "guest-exit", "QEMU killed after it stopped the VM")
+        elif status is None:
             report.record(False, "guest-exit", f"guest still running after {args.timeout:.0f} s; killed")
         else:
             report.record(status == 0 and seen_done, "guest-exit",
