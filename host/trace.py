@@ -98,6 +98,8 @@ def _signal_text(s: dict) -> str:
 
 
 def _plain(v: Any) -> str:
+    if v is None:
+        return "-"
     return ("true" if v else "false") if isinstance(v, bool) else str(v)
 
 

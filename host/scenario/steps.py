@@ -146,6 +146,18 @@ def do_access(run: "ScenarioRun", step: "Step") -> str:
     return fault_name(res.ret)
 
 
+def do_touch(run: "ScenarioRun", step: "Step") -> int:
+    f = step.fields
+    res = run.machine.touch_range(f["tid"], f["addr"], f["addr"] + f["length"], f["stride"], f["write"])
+    run.record.extra.update({"accesses": res.accesses, "faults": res.faults,
+                             "stopped_at": None if res.stopped_at is None else f"{res.stopped_at:#x}"})
+    return 0
+
+
+def _stride(value: int) -> str | None:
+    return None if value > 0 and value % 4096 == 0 else f"must be a positive multiple of 4K, got {value:#x}"
+
+
 def do_config_write(run: "ScenarioRun", step: "Step") -> int:
     f = step.fields
     return run.machine.device(f["device"]).config_write(f["offset"], f["size"], f["value"])
@@ -249,6 +261,11 @@ register_step_kind("madvise", (Field("pid", "int"), Field("addr"), Field("length
 register_step_kind("access", (Field("tid", "int"), Field("addr"), Field("write", "bool", required=False,
                                                                           default=False)),
                    do_access, thread_field="tid", doc="one CPU load/store; faults if unmapped")
+register_step_kind("touch", (Field("tid", "int"), Field("addr"), Field("length"),
+                             Field("stride", required=False, default=4096, check=_stride),
+                             Field("write", "bool", required=False, default=False)),
+                   do_touch, thread_field="tid",
+                   doc="extension: a loop of accesses addr, addr+stride, ... < addr+length; stops at a signal")
 register_step_kind("config_write", (_device(), Field("offset", hex_in_trace=True),
                                     Field("size", "int", check=_size_1_2_4), Field("value")), do_config_write)
 register_step_kind("reset", (_device(),), do_reset, doc="VFIO_DEVICE_RESET")

@@ -121,6 +121,8 @@ def scenario_with(step=None, **top):
      "vm.memory_failure_recovery)"),
     (scenario_with({"do": "poison", "device": "D", "region": 0}), "step 1 (poison): offset: missing"),
     (scenario_with({"tid": 10}), "step 1: do: missing"),
+    (scenario_with({"do": "touch", "tid": 10, "addr": 0, "length": "1G", "stride": 100}),
+     "step 1 (touch): stride: must be a positive multiple of 4K, got 0x64"),
     (scenario_with(None, kernel="6.1"), "scenario: kernel: must be one of 6.12, 6.15, 6.19, 7.0, got '6.1'"),
     (scenario_with(None, thp="sometimes"), "scenario: thp: must be one of always, madvise, never, got 'sometimes'"),
     (scenario_with(None, colour=1), "scenario: unknown field 'colour' (expected arch, description, device, dyndbg, "
