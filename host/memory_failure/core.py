@@ -64,6 +64,7 @@ class MemoryFailure:
         self.node_stats = {"total": 0, "ignored": 0, "failed": 0, "delayed": 0, "recovered": 0}
         self.panicked: KernelPanic | None = None
         self.outcomes: list[MfOutcome] = []
+        self.repaired_at: dict[int, int] = {}  # pfn -> len(outcomes) when the device reported it repaired
         self.listeners: list[Callable[[MfOutcome], None]] = []
         self.drivers: dict[int, object] = {}    # id(device) -> policies.driver_state.DriverPoison
         self.hardware = HardwarePoison(self)

@@ -33,6 +33,7 @@ def repair_pfn(mf: "MemoryFailure", pfn: int) -> bool:
     for state in mf.drivers.values():
         known = state.forget(pfn) or known
     mf.guard.forget(pfn)
+    mf.repaired_at[pfn] = len(mf.outcomes)          # earlier reports of it no longer count as poison
     return known
 
 

@@ -1,0 +1,164 @@
+"""A PNG of what each policy left mapped: one row per policy, showing the BAR (device region)
+holding the first poisoned page as a band coloured by mapping level (PUD / PMD / PTE /
+unmapped) with the poisoned pages marked, at four scales: the whole region, the 1 GiB, the
+2 MiB and the 16 pages around the first poisoned page.  matplotlib with the Agg backend (no display)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..mm.constants import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PUD_SIZE, VFIO_PCI_PGOFF_MASK, VFIO_PCI_PGOFF_SHIFT
+from .summary import format_bytes
+
+if TYPE_CHECKING:
+    from .compare import PolicyRun
+
+COLOURS = {"pud": "#3b6fb6", "pmd": "#49a35b", "pte": "#f0a030", "unmapped": "#e4e4e4", "poison": "#d62728"}
+LABELS = {"pud": "PUD leaf (1 GiB)", "pmd": "PMD leaf (2 MiB)", "pte": "PTE leaf (4 KiB)", "unmapped": "not mapped",
+          "poison": "poisoned page"}
+
+
+@dataclass
+class RegionView:
+    """Leaves of one process over one device region, as (level, offset, length) runs."""
+    title: str
+    size: int
+    runs: list[tuple[str, int, int]] = field(default_factory=list)
+    poisoned: list[int] = field(default_factory=list)       # byte offsets in the region
+
+
+def _region_base(device, index: int) -> tuple[int, int] | None:
+    memregion = getattr(device, "memregion", None)
+    mem = memregion(index) if memregion is not None else None
+    if mem is not None:
+        return mem.start_pfn, mem.memlength
+    bar = device.pdev.bars.get(index)
+    return None if bar is None else (bar.phys >> PAGE_SHIFT, bar.size)
+
+
+def _poisoned_pfns(machine) -> list[int]:
+    from . import memory_failure_of
+    mf = memory_failure_of(machine)
+    pfns = set(mf.hardware.pfns)
+    for state in mf.drivers.values():
+        pfns.update(state.poison)
+    repaired = getattr(mf, "repaired_at", {})
+    pfns.update(out.pfn for i, out in enumerate(mf.outcomes) if i >= repaired.get(out.pfn, -1))
+    return sorted(pfns)
+
+
+def region_view(machine) -> RegionView | None:
+    poisoned = _poisoned_pfns(machine)
+    candidates = []
+    for proc in machine.tasks:
+        for vma in proc.mm:
+            dev = vma.vm_private_data
+            if dev is None or getattr(dev, "pdev", None) is None:
+                continue
+            index = vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT
+            base = _region_base(dev, index)
+            if base is None:
+                continue
+            hit = any(base[0] <= p < base[0] + (base[1] >> PAGE_SHIFT) for p in poisoned)
+            candidates.append((not hit, proc, dev, index, base))
+    if not candidates:
+        return None
+    candidates.sort(key=lambda c: c[0])         # stable: first VMA that covers poison, else first VMA
+    _, proc, dev, index, (base_pfn, size) = candidates[0]
+    view = RegionView(f"{dev.name} region {index}, pid {proc.pid} ({proc.comm})", size)
+    ptes: list[int] = []
+    for vma in proc.mm:
+        if vma.vm_private_data is not dev or vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT != index:
+            continue
+        first = (vma.vm_pgoff & VFIO_PCI_PGOFF_MASK) << PAGE_SHIFT
+        for leaf in proc.mm.pgtable.leaves(vma.vm_start, vma.vm_end):
+            off = first + leaf.va - vma.vm_start
+            if leaf.level == "pte":
+                ptes.append(off)
+            else:
+                view.runs.append((leaf.level, off, leaf.size))
+    ptes.sort()
+    start = prev = None
+    for off in ptes:
+        if prev is not None and off == prev + PAGE_SIZE:
+            prev = off
+            continue
+        if start is not None:
+            view.runs.append(("pte", start, prev + PAGE_SIZE - start))
+        start = prev = off
+    if start is not None:
+        view.runs.append(("pte", start, prev + PAGE_SIZE - start))
+    view.poisoned = [(p - base_pfn) << PAGE_SHIFT for p in poisoned if base_pfn <= p < base_pfn + (size >> PAGE_SHIFT)]
+    return view
+
+
+def _axis_label(n: int) -> str:
+    if n and n % (1 << 30) == 0:
+        return f"{n >> 30}G"
+    if n and n % (1 << 20) == 0:
+        return f"{n >> 20}M"
+    if n and n % (1 << 10) == 0:
+        return f"{n >> 10}K"
+    return str(n)
+
+
+def _draw(ax, view: RegionView, lo: int, hi: int, label: str, relative: bool = False) -> None:
+    ax.broken_barh([(lo, hi - lo)], (0, 1), facecolors=COLOURS["unmapped"])
+    thin = (hi - lo) / 600          # runs narrower than about a pixel are widened to stay visible
+    for level in ("pud", "pmd", "pte"):
+        bars = [(max(o, lo), max(min(o + n, hi) - max(o, lo), thin)) for lv, o, n in view.runs
+                if lv == level and o < hi and o + n > lo]
+        if bars:
+            ax.broken_barh(bars, (0, 1), facecolors=COLOURS[level], linewidth=0)
+    marks = [p for p in view.poisoned if lo <= p < hi]
+    width = max((hi - lo) / 400, PAGE_SIZE)
+    if marks:
+        ax.broken_barh([(p, width) for p in marks], (-0.35, 0.3), facecolors=COLOURS["poison"])
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(-0.45, 1.05)
+    ax.set_yticks([])
+    ticks = [lo + (hi - lo) * i // 4 for i in range(5)]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([("+" + _axis_label(t - lo) if t > lo else "+0") if relative else _axis_label(t)
+                        for t in ticks], fontsize=7)
+    ax.set_title(label, fontsize=8)
+
+
+def write_png(runs: list["PolicyRun"], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    views = [region_view(r.run.machine) for r in runs]
+    fig, axes = plt.subplots(len(runs), 4, figsize=(16, 1.9 * len(runs) + 1.0), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2, 2, 2]})
+    for row, (r, view) in enumerate(zip(runs, views)):
+        s = r.summary
+        axes[row][0].set_ylabel(r.policy, fontsize=10, rotation=0, ha="right", va="center")
+        if view is None:
+            for ax in axes[row]:
+                ax.axis("off")
+            axes[row][0].text(0.5, 0.5, "no device mapping", ha="center", va="center", transform=axes[row][0].transAxes)
+            continue
+        focus = view.poisoned[0] if view.poisoned else 0
+        g0 = focus - focus % PUD_SIZE
+        m0 = focus - focus % PMD_SIZE
+        k0 = max(focus - focus % PAGE_SIZE - 8 * PAGE_SIZE, 0)
+        _draw(axes[row][0], view, 0, view.size,
+              f"{view.title}: PUD {s['pud']}, PMD {s['pmd']}, PTE {s['pte']}, faults {s['faults']}, "
+              f"signals {s['signals']}, blast radius {format_bytes(s['unreachable_bytes'])}")
+        _draw(axes[row][1], view, g0, min(g0 + PUD_SIZE, max(view.size, g0 + PMD_SIZE)),
+              f"1 GiB at offset {g0:#x}", relative=True)
+        _draw(axes[row][2], view, m0, m0 + PMD_SIZE, f"2 MiB at offset {m0:#x}", relative=True)
+        _draw(axes[row][3], view, k0, k0 + 16 * PAGE_SIZE, f"16 pages at offset {k0:#x}", relative=True)
+    handles = [Patch(facecolor=COLOURS[k], label=LABELS[k]) for k in ("pud", "pmd", "pte", "unmapped", "poison")]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0.04, 0.06, 1, 0.95 if title else 1))
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
