@@ -191,10 +191,11 @@ class Machine:
     # -- memory accesses ------------------------------------------------------------------------------
     def access(self, tid: int, addr: int, write: bool = False) -> AccessResult:
         """One load/store by thread ``tid`` at ``addr`` (the fault hot path: keep it lean)."""
-        thread = self.tasks.threads.get(tid)
+        tasks = self.tasks
+        thread = tasks.threads.get(tid)
         if thread is None:
             raise KeyError(f"no thread with tid {tid}")
-        journal = self.tasks.journal
+        journal = tasks.journal
         mark = len(journal)
         mm = thread.process.mm
         calls: list[tuple[int, int]] = []

@@ -58,7 +58,7 @@ def handle_mm_fault(vma: "Vma", address: int, write: bool = False,
     pt = mm.pgtable
     ops = vma.vm_ops
     huge_fault = ops.huge_fault if ops is not None else None
-    allowed = thp_vma_allowable_orders(vma, machine.thp, machine.thp_sysfs_gates_pfnmap, machine.thp_hw)
+    allowed = -1        # the gate is evaluated only when a huge slot is empty (-1: not yet)
 
     # PUD level
     pud_idx = addr >> PUD_SHIFT
@@ -66,6 +66,7 @@ def handle_mm_fault(vma: "Vma", address: int, write: bool = False,
         return 0                            # huge leaf present: refresh accessed bit only
     table = pt.pmd_tables.get(pud_idx)
     if table is None:
+        allowed = thp_vma_allowable_orders(vma, machine.thp, machine.thp_sysfs_gates_pfnmap, machine.thp_hw)
         if allowed & PUD_BIT:
             # create_huge_pud: only arches with THP-PUD reach the driver
             if huge_fault is not None and machine.arch.pud_pfnmap:
@@ -86,6 +87,8 @@ def handle_mm_fault(vma: "Vma", address: int, write: bool = False,
         return 0
     ptes = table.pte_tables.get(pmd_idx)
     if ptes is None:
+        if allowed < 0:
+            allowed = thp_vma_allowable_orders(vma, machine.thp, machine.thp_sysfs_gates_pfnmap, machine.thp_hw)
         if allowed & PMD_BIT and huge_fault is not None:
             ret = huge_fault(vmf, PMD_ORDER)
             if calls is not None:
