@@ -83,28 +83,58 @@ def vma_address(vma: "Vma", pgoff: int) -> int | None:
     return addr if addr < vma.vm_end else None
 
 
-def collect_procs_pfn(space: "PfnAddressSpace", pfn: int, current: Thread | None, early_kill_sysctl: int,
-                      order: ProcessOrder, klog: "KernelLog", tokill: list[ToKill]) -> None:
-    """Append a ToKill for every (selected thread, VMA of the space's mapping in that thread's mm)
-    for which the driver's pfn_to_vma_pgoff succeeds; no de-duplication."""
+def _by_mapping(space: "PfnAddressSpace", order: ProcessOrder) -> list[list]:
+    """[process, vma, vma, ...] groups: the mapping's VMAs once, in tree order, bucketed by mm;
+    groups in process-list order.  Cost O(VMAs of the mapping)."""
     by_mm: dict[int, list] = {}
     for vma in space.mapping:                       # i_mmap tree order
         bucket = by_mm.get(id(vma.vm_mm))
         if bucket is None:
             by_mm[id(vma.vm_mm)] = bucket = [vma.vm_mm.owner]
         bucket.append(vma)
-    if not by_mm:
-        return
     groups = list(by_mm.values())
     if len(groups) > 1:
         groups.sort(key=lambda g: order.position(g[0]))
+    return groups
+
+
+def _vmas_of(proc: Process, space: "PfnAddressSpace", rank: dict) -> list:
+    """The VMAs of ``proc`` that map the space's file, in i_mmap tree order: by vm_pgoff, and by
+    link order among equal vm_pgoff (taken from one walk of the mapping, only if needed)."""
+    mapping = space.mapping
+    vmas = [v for v in proc.mm if v.vm_file is not None and v.vm_file.f_mapping is mapping]
+    if len(vmas) > 1:
+        pgoffs = [v.vm_pgoff for v in vmas]
+        if len(set(pgoffs)) == len(pgoffs):
+            vmas.sort(key=lambda v: v.vm_pgoff)
+        else:
+            if not rank:
+                rank.update((id(v), i) for i, v in enumerate(mapping))
+            vmas.sort(key=lambda v: rank[id(v)])
+    return vmas
+
+
+def collect_procs_pfn(space: "PfnAddressSpace", pfn: int, current: Thread | None, early_kill_sysctl: int,
+                      order: ProcessOrder, klog: "KernelLog", tokill: list[ToKill]) -> None:
+    """Append a ToKill for every (selected thread, VMA of the space's mapping in that thread's mm)
+    for which the driver's pfn_to_vma_pgoff succeeds; no de-duplication.
+
+    Two equivalent walks, whichever is shorter: the mapping's VMAs bucketed by mm (when the
+    mapping has fewer VMAs than there are processes), or the processes with their own VMAs of
+    the mapping (when many VMAs map the device).  Neither is processes x VMAs."""
     callback = space.pfn_to_vma_pgoff
-    for group in groups:
-        proc = group[0]
+    if len(space.mapping) <= len(order.tasks.processes):
+        groups = ((g[0], g[1:]) for g in _by_mapping(space, order))
+    else:
+        rank: dict = {}
+        groups = ((proc, None) for proc in order.tasks)
+    for proc, vmas in groups:
         t = task_early_kill(proc, current, early_kill_sysctl)
         if t is None:
             continue
-        for vma in group[1:]:
+        if vmas is None:
+            vmas = _vmas_of(proc, space, rank)
+        for vma in vmas:
             ret, pgoff = callback(vma, pfn)
             if ret:
                 continue
