@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..mm.constants import PAGE_SHIFT, VFIO_PCI_PGOFF_MASK, VFIO_PCI_PGOFF_SHIFT
 from ..mm.pfn_space import PfnAddressSpace
+from .regions import region_extent
 
 if TYPE_CHECKING:
     from ..mm.vma import Vma
@@ -25,15 +26,9 @@ VARIANTS = ("literal", "fixed")
 
 
 def _region_pages(device, index: int) -> tuple[int, int] | None:
-    """(first pfn, pages) of region ``index``: an nvgrace memregion or a BAR."""
-    memregion = getattr(device, "memregion", None)
-    region = memregion(index) if memregion is not None else None
-    if region is not None:
-        return region.start_pfn, region.nr_pages
-    bar = device.pdev.bars.get(index)
-    if bar is None or bar.io or bar.size == 0:
-        return None
-    return bar.phys >> PAGE_SHIFT, max(bar.size >> PAGE_SHIFT, 1)
+    """(first pfn, pages) of region ``index``."""
+    extent = region_extent(device, index)
+    return None if extent is None else (extent[0], max(extent[1] >> PAGE_SHIFT, 1))
 
 
 def make_callback(device, ops_attr: str, fixed: bool) -> Callback:

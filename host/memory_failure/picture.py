@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..mm.constants import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PUD_SIZE, VFIO_PCI_PGOFF_MASK, VFIO_PCI_PGOFF_SHIFT
+from .regions import region_extent
 from .summary import format_bytes
 
 if TYPE_CHECKING:
@@ -26,15 +27,6 @@ class RegionView:
     size: int
     runs: list[tuple[str, int, int]] = field(default_factory=list)
     poisoned: list[int] = field(default_factory=list)       # byte offsets in the region
-
-
-def _region_base(device, index: int) -> tuple[int, int] | None:
-    memregion = getattr(device, "memregion", None)
-    mem = memregion(index) if memregion is not None else None
-    if mem is not None:
-        return mem.start_pfn, mem.memlength
-    bar = device.pdev.bars.get(index)
-    return None if bar is None else (bar.phys >> PAGE_SHIFT, bar.size)
 
 
 def _poisoned_pfns(machine) -> list[int]:
@@ -57,7 +49,7 @@ def region_view(machine) -> RegionView | None:
             if dev is None or getattr(dev, "pdev", None) is None:
                 continue
             index = vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT
-            base = _region_base(dev, index)
+            base = region_extent(dev, index)
             if base is None:
                 continue
             hit = any(base[0] <= p < base[0] + (base[1] >> PAGE_SHIFT) for p in poisoned)

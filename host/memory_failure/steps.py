@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any
 
-from ..mm.constants import PAGE_SHIFT
 from ..scenario.errors import ScenarioError
 from ..scenario.fields import Field
 from ..scenario.steps import STEP_KINDS, register_step_kind, set_step_handler
@@ -22,6 +21,7 @@ from .callbacks import region_space
 from .flags import KernelPanic, parse_mf_flags
 from .inject import corrupt_pfn, hard_offline_page, madvise_hwpoison, unpoison_pfn
 from .policies.repair import collapse, repair_pfn
+from .regions import region_pfn
 
 if TYPE_CHECKING:
     from ..scenario.runner import ScenarioRun
@@ -34,18 +34,6 @@ def _mf(run: "ScenarioRun") -> "MemoryFailure":
     return memory_failure_of(run.machine)
 
 
-def region_pfn(device, region: int, offset: int) -> int | None:
-    """pfn of byte ``offset`` in region ``region`` of ``device`` (nvgrace memregion or BAR)."""
-    memregion = getattr(device, "memregion", None)
-    mem = memregion(region) if memregion is not None else None
-    if mem is not None:
-        return mem.start_pfn + (offset >> PAGE_SHIFT) if offset < mem.memlength else None
-    bar = device.pdev.bars.get(region)
-    if bar is None or bar.io or offset >= bar.size:
-        return None
-    return (bar.phys >> PAGE_SHIFT) + (offset >> PAGE_SHIFT)
-
-
 def kernel_errno(ret: int) -> int | str:
     """Spell -95 as the kernel does ("-EOPNOTSUPP"; Python's errno table says ENOTSUP)."""
     return "-EOPNOTSUPP" if ret == -errno.EOPNOTSUPP else ret
@@ -56,12 +44,19 @@ def _current(run: "ScenarioRun", value: Any):
 
 
 # -- declared kinds ------------------------------------------------------------------------------
-def do_poison(run: "ScenarioRun", step: "Step") -> int:
+def _step_pfn(run: "ScenarioRun", step: "Step") -> int | None:
+    """The pfn a (device, region, offset) step names, recorded in the trace; None if outside."""
     f = step.fields
     pfn = region_pfn(run.machine.device(f["device"]), f["region"], f["offset"])
+    if pfn is not None:
+        run.record.extra["pfn"] = f"{pfn:#x}"
+    return pfn
+
+
+def do_poison(run: "ScenarioRun", step: "Step") -> int:
+    pfn = _step_pfn(run, step)
     if pfn is None:
         return -errno.EINVAL
-    run.record.extra["pfn"] = f"{pfn:#x}"
     _mf(run).hardware.poison(pfn)
     return 0
 
@@ -118,11 +113,9 @@ def do_unregister(run: "ScenarioRun", step: "Step") -> int:
 
 # -- extension kinds -----------------------------------------------------------------------------------
 def do_repair(run: "ScenarioRun", step: "Step") -> int:
-    f = step.fields
-    pfn = region_pfn(run.machine.device(f["device"]), f["region"], f["offset"])
+    pfn = _step_pfn(run, step)
     if pfn is None:
         return -errno.EINVAL
-    run.record.extra["pfn"] = f"{pfn:#x}"
     run.record.extra["was_poisoned"] = repair_pfn(_mf(run), pfn)
     return 0
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...mm.constants import PAGE_SHIFT, PAGE_SIZE, VFIO_PCI_PGOFF_MASK, VFIO_PCI_PGOFF_SHIFT
+from ...mm.constants import PAGE_SHIFT, PAGE_SIZE, VFIO_PCI_PGOFF_SHIFT
 from ...mm.vm_fault import VM_FAULT_FALLBACK, VM_FAULT_HWPOISON
 from ...mm.vma import VmOperations
 from ..poison_set import PoisonSet
+from ..regions import vma_base_pfn
 
 if TYPE_CHECKING:
     from ...mm.fault import VmFaultCtx
@@ -28,19 +29,6 @@ if TYPE_CHECKING:
 
 ULONG_MASK = (1 << 64) - 1
 OPS_ATTRIBUTES = ("nv_vm_ops", "vm_ops")        # nvgrace-gpu's own table first, then the core's
-
-
-def vma_base_pfn(device, vma: "Vma") -> int | None:
-    """pfn mapped at vma.vm_start, computed as the driver does (nvgrace memregion or BAR)."""
-    index = vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT
-    memregion = getattr(device, "memregion", None)
-    region = memregion(index) if memregion is not None else None
-    if region is not None:
-        return region.start_pfn + (vma.vm_pgoff & VFIO_PCI_PGOFF_MASK)
-    bar = device.pdev.bars.get(index)
-    if bar is None:
-        return None
-    return (bar.phys >> PAGE_SHIFT) + (vma.vm_pgoff & VFIO_PCI_PGOFF_MASK)
 
 
 class DriverPoison:

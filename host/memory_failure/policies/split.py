@@ -18,7 +18,6 @@ from .base import PoisonPolicy, space_pgoff
 
 if TYPE_CHECKING:
     from ...mm.pfn_space import PfnAddressSpace
-    from ...mm.vma import Vma
     from ..core import MemoryFailure
 
 PTRS = 1 << PMD_ORDER
