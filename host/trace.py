@@ -63,6 +63,7 @@ class Trace:
     description: str = ""
     steps: list[StepRecord] = field(default_factory=list)
     summary: dict[str, dict[str, int]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)     # top-level facts optional models add
 
     def to_json(self) -> dict:
         out = {"hugepfn_trace": TRACE_VERSION, "kernel": self.kernel, "arch": self.arch,
@@ -71,6 +72,7 @@ class Trace:
             out["description"] = self.description
         out["steps"] = [s.to_json() for s in self.steps]
         out["summary"] = self.summary
+        out.update(self.extra)
         return out
 
     def dumps(self) -> str:

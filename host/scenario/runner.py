@@ -12,6 +12,9 @@ from .errors import ScenarioError
 from .spec import Scenario, Step, load_scenario
 from .steps import STEP_KINDS
 
+# Called with the ScenarioRun after its last step (optional models add trace facts here).
+RUN_FINISHERS: list = []
+
 # Optional packages that add step handlers / machine extensions when imported.
 OPTIONAL_EXTENSIONS = ("hugepfn.host.memory_failure",)
 
@@ -82,6 +85,8 @@ class ScenarioRun:
         for step in self.scenario.steps:
             self.run_step(step)
         self.trace.summary = self.machine.summary()
+        for finish in RUN_FINISHERS:
+            finish(self)
         return self.trace
 
 
