@@ -52,7 +52,28 @@ def memory_failure_of(machine: Machine) -> MemoryFailure:
 if attach not in MACHINE_EXTENSIONS:
     MACHINE_EXTENSIONS.append(attach)
 
+
+def _poison_summary(run) -> None:
+    """Trace finisher: the per-policy summary, for runs that handled poison."""
+    from .summary import policy_summary
+
+    mf = memory_failure_of(run.machine)
+    if mf.outcomes or len(mf.hardware.pfns) or mf.drivers:
+        summary = policy_summary(run.machine)
+        del summary["policy"]                   # the trace header says it
+        run.trace.extra["poison_summary"] = summary
+
+
+def _install_finisher() -> None:
+    from ..scenario import runner
+
+    finishers = getattr(runner, "RUN_FINISHERS", None)
+    if finishers is not None and _poison_summary not in finishers:
+        finishers.append(_poison_summary)
+
 from . import steps as _steps  # noqa: E402,F401  (registers the scenario step handlers)
+
+_install_finisher()
 
 __all__ = [
     "ConsumptionGuard", "ConsumptionLoop", "KernelPanic", "MF_ACTION_REQUIRED", "MF_COUNT_INCREASED",
