@@ -3,8 +3,9 @@ pfn_address_space registry, injection interfaces, hardware poison consumption, a
 poison policies (upstream / hard-offline / split) — ref sections 4-6.
 
 Importing the package attaches a MemoryFailure to every new Machine (machine.extensions
-["memory_failure"]), routes the machine's register/unregister_pfn_address_space and its
-hw_poison hook to it, and gives the scenario runner handlers for the poison step kinds.
+["memory_failure"]), routes the machine's register/unregister_pfn_address_space to it (its
+hardware-poison model becomes the machine's hw_poison hook when a first pfn is poisoned), gives
+the scenario runner handlers for the poison step kinds, and adds ``poison_summary`` to traces.
 
     from hugepfn.host.machine import Machine
     from hugepfn.host.memory_failure import memory_failure_of, MF_ACTION_REQUIRED
@@ -38,7 +39,7 @@ def attach(machine: Machine, config_memory_failure: bool = True, nvgrace_callbac
     machine.extensions[EXTENSION_KEY] = mf
     machine.register_pfn_address_space = mf.register_pfn_address_space
     machine.unregister_pfn_address_space = mf.unregister_pfn_address_space
-    machine.hw_poison = mf.hardware
+    machine.hw_poison = None            # mf.hardware installs itself with the first poisoned pfn
     return mf
 
 

@@ -36,6 +36,8 @@ class HardwarePoison:
         self.consumptions = 0
 
     def poison(self, pfn: int) -> bool:
+        # the machine consults the hook on every access only once something is poisoned
+        self.mf.machine.hw_poison = self
         return self.pfns.add(pfn)
 
     def clear(self, pfn: int) -> bool:
