@@ -23,7 +23,7 @@ from .flags import (MF_ACTION_REQUIRED, MF_COUNT_INCREASED, MF_FLAG_NAMES, MF_ME
                     MF_MUST_KILL, MF_NO_RETRY, MF_SOFT_OFFLINE, MF_SW_SIMULATED, MF_UNPOISON, KernelPanic,
                     MfResult, parse_mf_flags)
 from .guard import ConsumptionGuard, ConsumptionLoop
-from .inject import corrupt_pfn, hard_offline_page, madvise_hwpoison, unpoison_pfn
+from .inject import corrupt_pfn, hard_offline_page, madvise_hwpoison, soft_offline_page, unpoison_pfn
 from .policies import POLICY_CLASSES, make_policy
 from .policies.repair import collapse, repair_pfn
 from .poison_set import PoisonSet
@@ -82,5 +82,5 @@ __all__ = [
     "MF_SW_SIMULATED", "MF_UNPOISON", "MemoryFailure", "MfOutcome", "MfResult", "POLICY_CLASSES", "PfnSpaceRegistry",
     "PoisonSet", "RegistryCorruption", "ToKill", "attach", "collapse", "collect_procs_pfn", "corrupt_pfn",
     "hard_offline_page", "madvise_hwpoison", "make_callback", "make_policy", "memory_failure_of", "parse_mf_flags",
-    "region_space", "repair_pfn", "task_early_kill", "unpoison_pfn",
+    "region_space", "repair_pfn", "soft_offline_page", "task_early_kill", "unpoison_pfn",
 ]

@@ -2,6 +2,7 @@
 
 * hard_offline_page (sysfs): a physical address; works on pfnmap memory; memory_failure(pfn,
   MF_SW_SIMULATED) with the writer as ``current``; -EOPNOTSUPP becomes success.
+* soft_offline_page (sysfs): refused with -ENXIO (nothing to migrate without struct page).
 * hwpoison/corrupt-pfn (debugfs): refused with -ENXIO for a pfn without struct page.
 * MADV_HWPOISON: refused with -EFAULT (GUP does not take VM_IO|VM_PFNMAP pages).
 * hwpoison/unpoison-pfn (debugfs): -EIO (no online page behind the pfn).
@@ -51,6 +52,18 @@ def hard_offline_page(mf: "MemoryFailure", value: str | int, current: "Thread",
         ret = 0
     count = len(value) if isinstance(value, str) else len(f"{value:#x}\n")
     return ret if ret else count
+
+
+def soft_offline_page(mf: "MemoryFailure", value: str | int, cap_sys_admin: bool = True) -> int:
+    """write(2) to /sys/devices/system/memory/soft_offline_page: a physical address; soft offline
+    only migrates struct pages, so !pfn_valid() -> -ENXIO."""
+    if not mf.config_memory_failure:
+        return -errno.ENOENT
+    if not cap_sys_admin:
+        return -errno.EPERM
+    if parse_kernel_ull(value) is None:
+        return -errno.EINVAL
+    return -errno.ENXIO
 
 
 def corrupt_pfn(mf: "MemoryFailure", pfn: int, cap_sys_admin: bool = True) -> int:

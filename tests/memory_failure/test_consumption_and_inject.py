@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from hugepfn.host.memory_failure import (corrupt_pfn, hard_offline_page, madvise_hwpoison, memory_failure_of,
-                                         unpoison_pfn)
+                                         soft_offline_page, unpoison_pfn)
 
 from .conftest import GiB, USEMEM_PFN, VA, nvgrace_machine, sigs
 
@@ -162,4 +162,7 @@ def test_struct_page_injectors_refuse_device_memory():
     assert madvise_hwpoison(mfo, m.tasks.thread(4242), VA, 0x1000) == -errno.EFAULT
     assert madvise_hwpoison(mfo, m.tasks.thread(4242), VA + 1, 0x1000) == -errno.EINVAL
     assert madvise_hwpoison(mfo, m.tasks.thread(4242), VA, 0x1000, cap_sys_admin=False) == -errno.EPERM
+    assert soft_offline_page(mfo, f"{PFN << 12:#x}") == -errno.ENXIO
+    assert soft_offline_page(mfo, "nope") == -errno.EINVAL
+    assert soft_offline_page(mfo, "0x1000", cap_sys_admin=False) == -errno.EPERM
     assert m.tasks.journal == [] and mfo.outcomes == []
