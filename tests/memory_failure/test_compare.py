@@ -52,3 +52,13 @@ def test_cli_user_errors():
 def test_format_bytes():
     assert [format_bytes(n) for n in (0, 4096, 1 << 30, (1 << 30) + 8192, 3 << 20)] == [
         "0 B", "4 KiB", "1 GiB", "1.00 GiB", "3 MiB"]
+
+
+def test_cli_json():
+    import json
+    out = hugepfn("compare", str(SPLIT), "--json")
+    assert out.returncode == 0 and out.stderr == ""
+    data = json.loads(out.stdout)
+    assert list(data) == ["upstream", "hard-offline", "split"]
+    assert data["split"]["unreachable_bytes"] == 8192 and data["split"]["faults"] == 2
+    assert data["hard-offline"]["signal_kinds"] == {"SIGBUS BUS_MCEERR_AR": 3}
