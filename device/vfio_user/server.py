@@ -20,7 +20,7 @@ from pathlib import Path
 from ..interface import ServedDevice
 from .engine import ServerEngine, State
 from .events import CommandFailed, Disconnected, Negotiated
-from .transport import TooManyFds, listen_unix, recv_with_fds, send_with_fds
+from .transport import TooManyFds, listen_unix, recv_with_fds, send_with_fds, set_io_timeout
 
 log = logging.getLogger("hugepfn.vfio_user")
 
@@ -123,7 +123,8 @@ class VfioUserServer:
         self.engine = engine
         self.clients_served += 1
         self.device.set_interrupt_sink(engine.interrupt_sink)
-        conn.settimeout(SEND_TIMEOUT)
+        conn.setblocking(True)
+        set_io_timeout(conn, SEND_TIMEOUT)
         poller = select.poll()
         poller.register(conn, select.POLLIN)
         poller.register(self._listener, select.POLLIN)

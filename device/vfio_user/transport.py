@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 import time
 from pathlib import Path
 
@@ -96,9 +97,10 @@ def connect_unix(path: str | os.PathLike, timeout: float | None = None) -> socke
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            sock.settimeout(timeout)
             with _addressable(Path(path)) as name:
                 sock.connect(name)
+            if timeout is not None:
+                set_io_timeout(sock, timeout)
             return sock
         except BlockingIOError:
             sock.close()
@@ -108,6 +110,18 @@ def connect_unix(path: str | os.PathLike, timeout: float | None = None) -> socke
         except BaseException:
             sock.close()
             raise
+
+
+def set_io_timeout(sock: socket.socket, seconds: float) -> None:
+    """Kernel-side send/receive timeouts (SO_SNDTIMEO/SO_RCVTIMEO) on a blocking socket.
+
+    Unlike ``settimeout()``, which makes Python poll() before every call, this keeps
+    one syscall per send/recv on the hot path; an expired timeout raises
+    BlockingIOError (EAGAIN).
+    """
+    tv = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
 
 
 def send_with_fds(sock: socket.socket, data: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
