@@ -252,7 +252,8 @@ class Server:
         self._dma_lock = threading.Lock()
         self._irq_queue: collections.deque[tuple[int, int]] = collections.deque()
         self._jobs: collections.deque[tuple[Callable[[], object], Future]] = collections.deque()
-        self._pending_irqs: set[tuple[int, int]] = set()
+        self._pending_irqs: set[tuple[int, int]] = set()   # raised while undeliverable
+        self._masked_irqs: set[tuple[int, int]] = set()    # masked by SET_IRQS MASK
         self._stop = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -420,12 +421,19 @@ class Server:
     def _make_irq_state(self, index: int):
         def on_state(_ctx, start, count, mask):
             try:
+                vectors = [(index, vector) for vector in range(start, start + count)]
+                # vfu_irq_trigger ignores masks, so the backend holds masked vectors
+                # pending itself, as the python engine (and a PBA) does.
+                if mask:
+                    self._masked_irqs.update(vectors)
+                else:
+                    self._masked_irqs.difference_update(vectors)
                 self.device.irq_state_changed(index, start, count, bool(mask))
-                if not mask:  # unmasked: deliver what was raised while it could not be
-                    for vector in range(start, start + count):
-                        if (index, vector) in self._pending_irqs:
-                            self._pending_irqs.discard((index, vector))
-                            self._deliver(index, vector)
+                if not mask:  # deliver what was raised while it could not be
+                    for key in vectors:
+                        if key in self._pending_irqs:
+                            self._pending_irqs.discard(key)
+                            self._deliver(*key)
             except BaseException as exc:
                 self._fail(exc, f"irq state of index {index}")
         return on_state
@@ -437,6 +445,7 @@ class Server:
                     # Device state is kept across clients; the library has already
                     # dropped DMA maps and is about to close the IRQ eventfds.
                     self._pending_irqs.clear()
+                    self._masked_irqs.clear()
                     self.stats["disconnects"] += 1
                 else:
                     self.device.reset()
@@ -492,6 +501,10 @@ class Server:
         if index in (vfio.VFIO_PCI_ERR_IRQ_INDEX, vfio.VFIO_PCI_REQ_IRQ_INDEX):
             # libvfio-user has no public call that signals the ERR/REQ eventfds.
             self.stats["irqs_unsupported"] += 1
+            return
+        if (index, vector) in self._masked_irqs:
+            self._pending_irqs.add((index, vector))
+            self.stats["irqs_pending"] += 1
             return
         # INTx, MSI and MSI-X share one eventfd table in libvfio-user (only one of
         # them is enabled at a time, as in VFIO), indexed by vector.

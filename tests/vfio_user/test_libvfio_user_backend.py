@@ -792,3 +792,16 @@ def test_quick_reconnects_are_served_not_refused(server):
     assert last.region_read(2, 0, 4) == struct.pack("<I", 49)
     last.close()
     assert server.stats["refused_clients"] == 0 and server.stats["connections"] == 51
+
+
+@needs_library
+def test_masked_vector_is_held_pending_until_unmask(client, device, eventfds):
+    efds = eventfds(4)
+    assert client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 0, efds) == 0
+    assert client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 2, [], flags=0x1 | 0x8, count=1) == 0
+    assert client.region_write(0, DOORBELL, b"\x02") == 0
+    assert client.region_write(0, DOORBELL, b"\x03") == 0
+    assert eventfd_fired(efds[3]) == 1                  # not masked: delivered
+    assert eventfd_fired(efds[2], 0.1) == 0             # masked: held
+    assert client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 2, [], flags=0x1 | 0x10, count=1) == 0
+    assert eventfd_fired(efds[2]) == 1                  # delivered by the unmask
