@@ -17,10 +17,14 @@ if TYPE_CHECKING:
     from .collect import ToKill
 
 
+def _sending_line(pfn: int, comm: str, tid: int) -> str:
+    return f"{PR_PREFIX}{pfn:#x}: Sending SIGBUS to {comm}:{tid} due to hardware memory corruption"
+
+
 def kill_proc(tasks: TaskList, klog: "KernelLog", tk: "ToKill", pfn: int, flags: int,
               current: Thread | None) -> Signal:
     t = tk.tsk
-    klog.printk(f"{PR_PREFIX}{pfn:#x}: Sending SIGBUS to {t.comm}:{t.tid} due to hardware memory corruption")
+    klog.lazy(_sending_line, pfn, t.comm, t.tid)       # formatted when the log is read
     if flags & MF_ACTION_REQUIRED and t is current:
         return tasks.force_sig_mceerr(t, BUS_MCEERR_AR, tk.addr, tk.size_shift)
     return tasks.send_sig_mceerr(BUS_MCEERR_AO, tk.addr, tk.size_shift, t)
