@@ -28,7 +28,7 @@ from typing import Callable
 from construct import ConstructError
 
 from ..interface import (
-    VFIO_DEVICE_FLAGS_PCI, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, ClientLimits,
+    VFIO_DEVICE_FLAGS_PCI, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, ClientLimits,
     ServedDevice,
 )
 from . import wire
@@ -357,6 +357,8 @@ class ServerEngine:
             raise einval(f"REGION_WRITE: count {count} but {len(payload) - 16} data bytes")
         self._check_access(region, offset, count, "REGION_WRITE")
         self.device.region_write(region, offset, payload[wire.REGION_ACCESS.size:])
+        if region == VFIO_PCI_CONFIG_REGION_INDEX:
+            self.refresh_regions()     # a Resizable BAR control write may resize a BAR
         return payload[:wire.REGION_ACCESS.size], ()
 
     def _device_reset(self, payload: bytes, fds: list[int]) -> Reply:

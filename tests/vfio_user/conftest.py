@@ -1,4 +1,5 @@
-"""Shared harness: a live vfio-user server on a real socket in tmp_path, per backend.
+"""Shared harness: a live vfio-user server on a real socket in tmp_path, per backend,
+serving the real GpuDevice (profile ``tiny``).
 
 ``backend`` is parametrized over every backend the project knows; one that cannot
 run here is skipped with its one-line reason (e.g. libvfio-user not installed).
@@ -12,7 +13,7 @@ import pytest
 from hugepfn.device.vfio_user import backends
 from hugepfn.host.vfio_user import VfioUserClient
 
-from .small_device import SmallDevice
+from .device_facts import DeviceFacts
 
 
 def _backend_params():
@@ -29,10 +30,17 @@ def backend(request) -> str:
 
 
 @pytest.fixture
-def device():
-    dev = SmallDevice()
+def device(tmp_path):
+    """The real emulated GPU (profile ``tiny``), state kept in tmp_path."""
+    from hugepfn.device.gpu import GpuDevice
+    dev = GpuDevice.from_profile("tiny", state_dir=tmp_path / "state")
     yield dev
     dev.close()
+
+
+@pytest.fixture
+def facts(device) -> DeviceFacts:
+    return DeviceFacts.of(device)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from hugepfn.device.vfio_user.transport import listen_unix
 from hugepfn.host.vfio_user import VfioUserClient, VfioUserProtocolError
 
 from .helpers import QEMU_CAPS, attach_after_hangup, memfd, still_answers, wait_irq
-from .small_device import DOORBELL, TRAPPED
 from .test_dma_map import GIB, device_dma
 
 
@@ -23,13 +22,13 @@ def test_socket_file_is_mode_0600(server, socket_path):
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
 
 
-def test_second_concurrent_client_is_refused_and_the_first_keeps_working(client, socket_path):
+def test_second_concurrent_client_is_refused_and_the_first_keeps_working(client, socket_path, facts):
     second = VfioUserClient.connect(socket_path, timeout=5)
     with pytest.raises(VfioUserProtocolError):
         second.negotiate(QEMU_CAPS)
     second.close()
     still_answers(client)
-    assert client.region_read(0, 0, 4) == bytes(4)
+    assert client.region_read(facts.regs, facts.ident, 4) == facts.ids.to_bytes(4, "little")
 
 
 RECONNECT_RACE = ("libvfio-user backend: a client that connects right after the previous one hung up "
@@ -37,7 +36,7 @@ RECONNECT_RACE = ("libvfio-user backend: a client that connects right after the 
 
 
 def test_disconnect_drops_dma_and_irqs_keeps_device_state_and_accepts_next_client(
-        server, socket_path, device, backend, request):
+        server, socket_path, device, facts, backend, request):
     if backend == "libvfio-user":
         request.applymarker(pytest.mark.xfail(reason=RECONNECT_RACE, strict=False))
     first = VfioUserClient.attach(socket_path)
@@ -46,41 +45,43 @@ def test_disconnect_drops_dma_and_irqs_keeps_device_state_and_accepts_next_clien
     os.set_blocking(watch, False)
     guest = memfd(1 << 20)
     first.dma_map(GIB, 1 << 20, guest)
-    [area] = first.map_region(2)
+    facts.enable_msix(first)
+    [area] = first.map_region(facts.mem)
     area.mapping[0:12] = b"kept in BAR2"
-    first.config_write(0x40, 4, 0x12345678)
+    first.region_write(facts.regs, facts.scratch, b"scratch!")
     first.close()
 
     second = VfioUserClient.attach(socket_path)
     # device state kept
-    assert second.region_read(2, TRAPPED, 12) == b"kept in BAR2"
-    assert second.config_read(0x40, 4) == 0x12345678
+    assert second.region_read(facts.mem, area.offset, 12) == b"kept in BAR2"
+    assert second.region_read(facts.regs, facts.scratch, 8) == b"scratch!"
+    assert device.msix_enabled
     # DMA state dropped: the old window is gone
     read, _ = device_dma(server, backend)
     with pytest.raises(OSError):
         read(GIB, 8)
     # IRQ state dropped: the device raising the vector no longer signals the old eventfd
-    second.region_write(0, DOORBELL, b"\x00")
+    facts.ring(second, 0)
     second.get_device_info()
     with pytest.raises(BlockingIOError):
         os.read(watch, 8)
     # and the new client's own wiring works
     second.wire_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, 1)
-    second.region_write(0, DOORBELL, b"\x00")
+    facts.ring(second, 0)
     assert wait_irq(second, VFIO_PCI_MSIX_IRQ_INDEX, 0) == 1
     second.close()
     os.close(watch)
     os.close(guest)
 
 
-def test_twenty_quick_reconnects(server, socket_path, backend, request):
+def test_twenty_quick_reconnects(server, socket_path, backend, request, facts):
     if backend == "libvfio-user":
         request.applymarker(pytest.mark.xfail(reason=RECONNECT_RACE, strict=False))
     for n in range(20):
         with VfioUserClient.attach(socket_path) as c:
-            c.region_write(0, 0x30, n.to_bytes(4, "little"))
+            c.region_write(facts.regs, facts.scratch, n.to_bytes(4, "little"))
     with VfioUserClient.attach(socket_path) as c:
-        assert c.region_read(0, 0x30, 4) == (19).to_bytes(4, "little")
+        assert c.region_read(facts.regs, facts.scratch, 4) == (19).to_bytes(4, "little")
 
 
 def test_client_vanishing_mid_message_does_not_wedge_the_server(server, socket_path, backend):

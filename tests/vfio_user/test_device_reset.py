@@ -1,21 +1,25 @@
-"""DEVICE_RESET: the device resets; DMA and IRQ wiring survive (as vfio-pci's reset)."""
+"""DEVICE_RESET: the device resets (registers, MSI-X); memory and IRQ wiring survive."""
 from __future__ import annotations
 
 from hugepfn.device.interface import VFIO_PCI_MSIX_IRQ_INDEX
 
 from .helpers import wait_irq
-from .small_device import DOORBELL
 
 
-def test_reset_reaches_the_device(client, device):
-    client.region_write(0, 0x40, b"dirty!!!")
+def test_reset_reaches_the_device(client, device, facts):
+    client.region_write(facts.regs, facts.scratch, b"dirty!!!")
+    facts.enable_msix(client)
+    [area] = client.map_region(facts.mem)
+    area.mapping[0:4] = b"kept"
     client.reset()
-    assert device.resets >= 1
-    assert client.region_read(0, 0x40, 8) == bytes(8)
+    assert client.region_read(facts.regs, facts.scratch, 8) == bytes(8)
+    assert not device.msix_enabled
+    assert client.region_read(facts.mem, area.offset, 4) == b"kept"
 
 
-def test_irq_wiring_survives_reset(client):
-    client.wire_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, 4)
+def test_irq_wiring_survives_reset(client, facts):
+    client.wire_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, facts.msix_vectors)
     client.reset()
-    client.region_write(0, DOORBELL, b"\x01")
+    facts.enable_msix(client)
+    facts.ring(client, 1)
     assert wait_irq(client, VFIO_PCI_MSIX_IRQ_INDEX, 1) == 1

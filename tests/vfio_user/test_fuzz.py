@@ -30,7 +30,8 @@ from hugepfn.device.vfio_user.wire import Command
 from hugepfn.host.vfio_user import VfioUserClient, VfioUserProtocolError
 
 from .helpers import QEMU_CAPS, attach_after_hangup, still_answers
-from .small_device import MEM_SIZE, REGS_SIZE
+
+REGS_SIZE, MEM_SIZE = 0x10000, 64 << 20      # GpuDevice profile "tiny" (checked below)
 
 TARGET_MESSAGES = 100_000
 BATCH_MAX = 400
@@ -202,7 +203,8 @@ def _negotiated(socket_path) -> VfioUserClient:
     return client
 
 
-def test_fuzz_100k_messages_then_the_server_still_answers(server, socket_path, device, backend):
+def test_fuzz_100k_messages_then_the_server_still_answers(server, socket_path, device, facts, backend):
+    assert (facts.regs_size, facts.mem_size) == (REGS_SIZE, MEM_SIZE)
     python = backend == "python"
     state = {"client": _negotiated(socket_path), "sent": 0, "errors": 0, "ok": 0, "disconnects": 0}
 
@@ -252,12 +254,12 @@ def test_fuzz_100k_messages_then_the_server_still_answers(server, socket_path, d
     client = state["client"]
     client.sock.setblocking(True)
     still_answers(client)
-    client.region_write(0, 0x40, b"after fuzz")
-    assert client.region_read(0, 0x40, 10) == b"after fuzz"
+    client.region_write(facts.regs, facts.scratch, b"after fuzz..")
+    assert client.region_read(facts.regs, facts.scratch, 12) == b"after fuzz.."
     client.close()
     with attach_after_hangup(socket_path, backend) as fresh:
-        assert fresh.regions[2].fd is not None and fresh.regions[2].size == MEM_SIZE
-        assert fresh.config_read(0, 2) == 0x1234
+        assert fresh.regions[facts.mem].fd is not None and fresh.regions[facts.mem].size == MEM_SIZE
+        assert fresh.config_read(0, 4) == facts.ids
     print(f"fuzz[{backend}]: {state['sent']} messages, {state['ok']} ok, {state['errors']} errors, "
           f"{state['disconnects']} disconnects")
 
