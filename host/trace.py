@@ -19,11 +19,18 @@ def hexs(n: int) -> str:
     return f"{n:#x}"
 
 
+# Where two names share a number, the kernel's own spelling wins (Python's errorcode
+# says ENOTSUP for 95; Linux code and logs say EOPNOTSUPP).
+_KERNEL_ERRNO_NAMES = {errno.EOPNOTSUPP: "EOPNOTSUPP", errno.EWOULDBLOCK: "EAGAIN",
+                       errno.EDEADLOCK: "EDEADLK"}
+
+
 def errno_name(ret: int) -> int | str:
     """0 -> 0; -22 -> "-EINVAL" (the trace's spelling of a syscall result)."""
     if ret == 0:
         return 0
-    return f"-{errno.errorcode.get(-ret, f'E{-ret}')}"
+    code = -ret
+    return f"-{_KERNEL_ERRNO_NAMES.get(code) or errno.errorcode.get(code, f'E{code}')}"
 
 
 @dataclass

@@ -34,11 +34,6 @@ def _mf(run: "ScenarioRun") -> "MemoryFailure":
     return memory_failure_of(run.machine)
 
 
-def kernel_errno(ret: int) -> int | str:
-    """Spell -95 as the kernel does ("-EOPNOTSUPP"; Python's errno table says ENOTSUP)."""
-    return "-EOPNOTSUPP" if ret == -errno.EOPNOTSUPP else ret
-
-
 def _current(run: "ScenarioRun", value: Any):
     return None if value == "kworker" else run.machine.tasks.thread(value)
 
@@ -63,13 +58,13 @@ def do_poison(run: "ScenarioRun", step: "Step") -> int:
 
 def do_memory_failure(run: "ScenarioRun", step: "Step") -> int:
     f = step.fields
-    return kernel_errno(_mf(run).memory_failure(f["pfn"], parse_mf_flags(f["flags"]), _current(run, f["current"])))
+    return _mf(run).memory_failure(f["pfn"], parse_mf_flags(f["flags"]), _current(run, f["current"]))
 
 
 def do_hard_offline_page(run: "ScenarioRun", step: "Step") -> int:
     f = step.fields
     ret = hard_offline_page(_mf(run), f["phys"], run.machine.tasks.thread(f["current"]))
-    return kernel_errno(ret) if ret < 0 else 0     # the write returns the byte count on success
+    return ret if ret < 0 else 0     # the write returns the byte count on success
 
 
 def _spaces(run: "ScenarioRun") -> dict:
@@ -85,7 +80,7 @@ def do_register(run: "ScenarioRun", step: "Step") -> int:
     ret = run.machine.register_pfn_address_space(space)
     if ret == 0:
         _spaces(run)[(f["device"], f["region"])] = space
-    return kernel_errno(ret)
+    return ret
 
 
 def do_unregister(run: "ScenarioRun", step: "Step") -> int:
