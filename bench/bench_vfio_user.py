@@ -1,0 +1,131 @@
+"""vfio-user figures, every available backend side by side in one run.
+
+* trapped 8-byte REGION_READ round trips (latency and ops/s) through each backend;
+  target: the python backend within 1.5x of libvfio-user's latency;
+* bulk bytes/s written through the client's mmap of the memory BAR vs a plain
+  memcpy of the same size; target: >= 80 % of memcpy.
+
+Each server runs in its own process (`hugepfn serve`), as it would for QEMU, so the
+client and the server do not share an interpreter lock.  Figures only, no asserts.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hugepfn.device.registers import REG_SCRATCH
+from hugepfn.device.vfio_user import backends
+from hugepfn.device.vfio_user.wire import REGION_ACCESS, Command
+from hugepfn.host.vfio_user import VfioUserClient
+
+ROUND_TRIPS = 5000
+WARMUP = 500
+BULK_BYTES = 32 << 20
+BULK_PASSES = 5
+
+
+def _start_server(backend: str, socket_path: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "hugepfn.cli.main", "serve", "--profile", "tiny",
+                             "--socket", str(socket_path), "--backend", backend],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not socket_path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{backend} server did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _round_trips(client: VfioUserClient) -> list[float]:
+    """Latency of each 8-byte REGION_READ of a trapped register (BAR0 scratch)."""
+    request = REGION_ACCESS.pack(REG_SCRATCH, 0, 8)
+    times = []
+    clock = time.perf_counter
+    for n in range(WARMUP + ROUND_TRIPS):
+        start = clock()
+        reply = client.request(Command.REGION_READ, request)
+        end = clock()
+        if n >= WARMUP:
+            times.append(end - start)
+    assert len(reply.payload) == 24
+    return times
+
+
+def _bulk(client: VfioUserClient) -> tuple[float, float]:
+    """(mmap path bytes/s, memcpy bytes/s), best of BULK_PASSES after a warm-up pass."""
+    [area] = client.map_region(2)[:1]
+    size = min(BULK_BYTES, area.size)
+    source = os.urandom(1 << 20) * (size >> 20)
+    target = mmap.mmap(-1, size)                       # plain anonymous memory for memcpy
+
+    def rate(dest) -> float:
+        dest[0:size] = source                          # warm-up: fault the pages in
+        best = float("inf")
+        for _ in range(BULK_PASSES):
+            start = time.perf_counter()
+            dest[0:size] = source
+            best = min(best, time.perf_counter() - start)
+        return size / best
+
+    mmap_rate = rate(area.mapping)
+    memcpy_rate = rate(target)
+    target.close()
+    assert client.region_read(2, area.offset + size - 8, 8) == source[size - 8:size]   # same bytes
+    return mmap_rate, memcpy_rate
+
+
+def main() -> None:
+    results = {}
+    bulk = None
+    with tempfile.TemporaryDirectory(prefix="hugepfn-bench-") as tmp:
+        os.chmod(tmp, 0o700)
+        for name, choice in backends.available_backends().items():
+            if not choice.available:
+                print(f"{name:13s} skipped: {choice.reason}")
+                continue
+            path = Path(tmp) / f"{name}.sock"
+            proc = _start_server(name, path)
+            try:
+                with VfioUserClient.attach(path) as client:
+                    results[name] = _round_trips(client)
+                    if bulk is None:
+                        bulk = _bulk(client)
+            finally:
+                _stop(proc)
+
+    print(f"trapped 8-byte REGION_READ round trips ({ROUND_TRIPS} each, server in its own process):")
+    for name, times in results.items():
+        med = statistics.median(times)
+        p99 = sorted(times)[int(len(times) * 0.99)]
+        print(f"  {name:13s} median {med * 1e6:7.1f} us   p99 {p99 * 1e6:7.1f} us   "
+              f"{1 / statistics.mean(times):9.0f} round trips/s")
+    if "python" in results and "libvfio-user" in results:
+        ratio = statistics.median(results["python"]) / statistics.median(results["libvfio-user"])
+        verdict = "meets" if ratio <= 1.5 else "misses"
+        print(f"  python / libvfio-user latency: {ratio:.2f}x  ({verdict} the 1.5x target)")
+    if bulk is not None:
+        mmap_rate, memcpy_rate = bulk
+        ratio = mmap_rate / memcpy_rate
+        verdict = "meets" if ratio >= 0.8 else "misses"
+        print(f"bulk write of {BULK_BYTES >> 20} MiB: mmap of the BAR {mmap_rate / 1e9:6.2f} GB/s, "
+              f"memcpy {memcpy_rate / 1e9:6.2f} GB/s -> {ratio * 100:.0f} % ({verdict} the 80 % target)")
+
+
+if __name__ == "__main__":
+    main()
