@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             elif match:
                 report.record(match[1] == "PASS", match[2], match[3])
             elif "READY-FOR-INJECT" in line:
-                inject(args, facts, socket_host, report, logs)
+                if not inject(args, facts, socket_host, report, logs):
+                    break   # nothing left for the guest to see; do not wait out its poll
             elif "E2E DONE" in line:
                 seen_done = True
             elif "Unrecoverable error detected" in line:
@@ -282,12 +283,14 @@ def main(argv: list[str] | None = None) -> int:
             elif "qemu-system" in line or "vfio-user" in line or "Kernel panic" in line:
                 say(f"console: {line}")
         try:
-            status = None if "vm-running" in report.results else \
+            status = None if "vm-running" in report.results or report.results.get("inject") is False else \
                 guest.process.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             status = None
         if "vm-running" in report.results:
             report.record(False, "guest-exit", "QEMU killed after it stopped the VM")
+        elif report.results.get("inject") is False:
+            report.record(False, "guest-exit", "QEMU killed: no poison was injected")
         elif status is None:
             report.record(False, "guest-exit", f"guest still running after {args.timeout:.0f} s; killed")
         else:
@@ -315,17 +318,21 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def inject(args: argparse.Namespace, facts: dict[str, str], socket: Path, report: Report, logs: Path) -> None:
+def inject(args: argparse.Namespace, facts: dict[str, str], socket: Path, report: Report, logs: Path) -> bool:
     command = [hugepfn_program(), "inject", "--socket", str(socket), "--bar", facts["POISON_BAR"],
                "--offset", facts["POISON_OFFSET"], "--granularity", facts["POISON_GRANULARITY"]]
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
-        report.record(False, "inject", f"{' '.join(command[1:])} did not finish in 60 s")
-        return
+        report.record(False, "inject", f"hugepfn {' '.join(command[1:])} did not finish in 60 s")
+        return False
     (logs / "inject.log").write_text(done.stdout + done.stderr)
-    first = (done.stdout.strip() or done.stderr.strip() or "no output").splitlines()[0]
-    report.record(done.returncode == 0, "inject", f"hugepfn {' '.join(command[2:])} -> exit {done.returncode}: {first}")
+    ok = done.returncode == 0
+    # success: what inject says first; failure: its last line, where the error is
+    said = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()] or ["no output"]
+    report.record(ok, "inject", f"hugepfn {' '.join(command[1:])} -> exit {done.returncode}: "
+                                f"{said[0] if ok else said[-1]}")
+    return ok
 
 
 if __name__ == "__main__":
