@@ -15,6 +15,7 @@ import errno
 import mmap
 import os
 import stat
+import threading
 from dataclasses import dataclass
 
 from .errors import CommandError, einval
@@ -42,6 +43,9 @@ class DmaTable:
 
     def __init__(self, max_maps: int = 65535):
         self.max_maps = max_maps
+        # map/unmap run in the server thread, device DMA in any thread: one lock so an
+        # access never touches a mapping that UNMAP is closing.
+        self._lock = threading.RLock()
         self._starts: list[int] = []
         self._regions: list[DmaRegion] = []
 
@@ -54,6 +58,10 @@ class DmaTable:
     def map(self, address: int, size: int, flags: int, offset: int, fd: int | None) -> DmaRegion:
         """Add a window; with ``fd`` the server mmaps it.  Takes ownership of ``fd``
         only for the duration of the call (the mapping keeps the memory alive)."""
+        with self._lock:
+            return self._map(address, size, flags, offset, fd)
+
+    def _map(self, address, size, flags, offset, fd) -> DmaRegion:
         if flags & ~(DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE):
             raise einval(f"DMA_MAP: unknown flags {flags:#x}")
         if size == 0 or address + size > IOVA_LIMIT:
@@ -99,6 +107,10 @@ class DmaTable:
 
     def unmap(self, address: int, size: int) -> DmaRegion:
         """Remove the window that matches [address, address+size) exactly."""
+        with self._lock:
+            return self._unmap(address, size)
+
+    def _unmap(self, address: int, size: int) -> DmaRegion:
         i = bisect.bisect_left(self._starts, address)
         if i == len(self._regions) or self._regions[i].address != address or self._regions[i].size != size:
             raise CommandError(errno.ENOENT, f"DMA_UNMAP: no window {address:#x}+{size:#x}")
@@ -108,6 +120,10 @@ class DmaTable:
         return region
 
     def unmap_all(self) -> int:
+        with self._lock:
+            return self._unmap_all()
+
+    def _unmap_all(self) -> int:
         count = len(self._regions)
         for region in self._regions:
             self._release(region)
@@ -123,6 +139,10 @@ class DmaTable:
 
     def lookup(self, address: int, count: int) -> tuple[DmaRegion, int]:
         """The window holding all of [address, address+count) and the offset in it."""
+        with self._lock:
+            return self._lookup(address, count)
+
+    def _lookup(self, address: int, count: int) -> tuple[DmaRegion, int]:
         i = bisect.bisect_right(self._starts, address) - 1
         if i < 0 or count < 0 or address + count > self._regions[i].end:
             raise CommandError(errno.EFAULT, f"DMA: {address:#x}+{count:#x} is not inside one window")
@@ -131,17 +151,19 @@ class DmaTable:
 
     def read(self, address: int, count: int) -> bytes:
         """Device reads guest memory through an mmap'ed window (a copy)."""
-        region, off = self.lookup(address, count)
-        if region.mapping is None:
-            raise CommandError(errno.EREMOTE, "DMA window has no fd: use a DMA_READ message")
-        if not region.flags & DMA_MAP_FLAG_READ:
-            raise CommandError(errno.EACCES, "DMA window is not readable")
-        return region.mapping[off:off + count]
+        with self._lock:
+            region, off = self.lookup(address, count)
+            if region.mapping is None:
+                raise CommandError(errno.EREMOTE, "DMA window has no fd: use a DMA_READ message")
+            if not region.flags & DMA_MAP_FLAG_READ:
+                raise CommandError(errno.EACCES, "DMA window is not readable")
+            return region.mapping[off:off + count]
 
     def write(self, address: int, data: bytes) -> None:
-        region, off = self.lookup(address, len(data))
-        if region.mapping is None:
-            raise CommandError(errno.EREMOTE, "DMA window has no fd: use a DMA_WRITE message")
-        if not region.flags & DMA_MAP_FLAG_WRITE:
-            raise CommandError(errno.EACCES, "DMA window is not writable")
-        region.mapping[off:off + len(data)] = data
+        with self._lock:
+            region, off = self.lookup(address, len(data))
+            if region.mapping is None:
+                raise CommandError(errno.EREMOTE, "DMA window has no fd: use a DMA_WRITE message")
+            if not region.flags & DMA_MAP_FLAG_WRITE:
+                raise CommandError(errno.EACCES, "DMA window is not writable")
+            region.mapping[off:off + len(data)] = data

@@ -8,6 +8,7 @@ device keeps its state, and the next client is accepted.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -15,11 +16,13 @@ import signal
 import socket
 import threading
 from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 
 from ..interface import ServedDevice
 from .engine import ServerEngine, State
-from .events import CommandFailed, Disconnected, Negotiated
+from .events import CommandFailed, Disconnected, Negotiated, PeerReply
+from .wire import DMA_ACCESS
 from .transport import TooManyFds, listen_unix, recv_with_fds, send_with_fds, set_io_timeout
 
 log = logging.getLogger("hugepfn.vfio_user")
@@ -41,6 +44,8 @@ class VfioUserServer:
         self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stop = threading.Event()
+        self._jobs: deque = deque()                  # callables the server thread runs for others
+        self._waiting: dict[int, Future] = {}        # our DMA_READ/WRITE msg_id -> its result
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -111,7 +116,9 @@ class VfioUserServer:
         while not self._stop.is_set():
             ready = {fd for fd, _ in poller.poll()}
             if self._wake_r in ready:
-                break
+                self._drain_wake()
+                self._run_jobs(None, None)
+                continue
             try:
                 conn, _ = self._listener.accept()
             except OSError:
@@ -136,6 +143,9 @@ class VfioUserServer:
                 ready = {fd for fd, _ in poller.poll()}
                 if self._stop.is_set():
                     break
+                if self._wake_r in ready:
+                    self._drain_wake()
+                    self._run_jobs(conn, engine)
                 # The current client first: if it just hung up, the connection
                 # waiting on the listener is the next client, not a second one.
                 if cfd in ready:
@@ -147,6 +157,7 @@ class VfioUserServer:
         finally:
             engine.connection_lost(reason)
             self._record(engine.events())
+            self._fail_waiting(ConnectionResetError(errno.ENOTCONN, "client disconnected"))
             self.device.set_interrupt_sink(None)
             conn.close()
 
@@ -173,6 +184,73 @@ class VfioUserServer:
             self._receive(conn, engine)
         return engine.state is State.CLOSED
 
+    # ------------------------------------------------- device-side DMA (any thread)
+    def dma_read(self, iova: int, size: int, timeout: float = 10.0) -> bytes:
+        """The device reads guest memory: straight from an mmap'ed window, or with a
+        DMA_READ message to the client for a window mapped without an fd."""
+        engine = self._current_engine()
+        region, _ = engine.dma.lookup(iova, size)
+        if region.mapping is not None:
+            return engine.dma.read(iova, size)
+        reply = self._ask_client(lambda e: e.send_dma_read(iova, size), timeout)
+        data = reply.payload[DMA_ACCESS.size:]
+        if len(data) != size:
+            raise OSError(errno.EIO, f"DMA_READ reply carried {len(data)} of {size} bytes")
+        return data
+
+    def dma_write(self, iova: int, data: bytes, timeout: float = 10.0) -> None:
+        engine = self._current_engine()
+        region, _ = engine.dma.lookup(iova, len(data))
+        if region.mapping is not None:
+            engine.dma.write(iova, data)
+            return
+        self._ask_client(lambda e: e.send_dma_write(iova, data), timeout)
+
+    def _current_engine(self) -> ServerEngine:
+        engine = self.engine
+        if engine is None or engine.state is not State.READY:
+            raise OSError(errno.ENOTCONN, "no client attached")
+        return engine
+
+    def _ask_client(self, make_request, timeout: float) -> PeerReply:
+        future: Future = Future()
+
+        def job(conn, engine):
+            if engine is None or engine.state is not State.READY:
+                future.set_exception(OSError(errno.ENOTCONN, "no client attached"))
+                return
+            try:
+                msg_id = make_request(engine)
+            except Exception as exc:
+                future.set_exception(OSError(errno.EINVAL, str(exc)))
+                return
+            self._waiting[msg_id] = future
+            for out, out_fds in engine.data_to_send():
+                send_with_fds(conn, out, out_fds)
+
+        self._jobs.append(job)
+        os.write(self._wake_w, b"j")
+        reply = future.result(timeout)
+        if reply.error_no:
+            raise OSError(reply.error_no, f"client answered DMA with {os.strerror(reply.error_no)}")
+        return reply
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _run_jobs(self, conn, engine) -> None:
+        while self._jobs:
+            self._jobs.popleft()(conn, engine)
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            future.set_exception(exc)
+
     def _refuse(self) -> None:
         """A second client while one is attached: accept and close it at once."""
         try:
@@ -186,6 +264,10 @@ class VfioUserServer:
     def _record(self, events: list) -> None:
         for event in events:
             self.event_log.append(event)
+            if isinstance(event, PeerReply):
+                future = self._waiting.pop(event.msg_id, None)
+                if future is not None:
+                    future.set_result(event)
             if isinstance(event, Negotiated):
                 log.info("vfio-user: client negotiated %d.%d caps=%s", event.major, event.minor,
                          event.reply_capabilities)

@@ -351,12 +351,13 @@ class VfioUserClient:
 
     # ------------------------------------------------------------------ DMA
     def dma_map(self, address: int, size: int, fd: int | None = None, offset: int = 0,
-                flags: int = wire.DMA_MAP_FLAG_READ | wire.DMA_MAP_FLAG_WRITE) -> None:
-        """Map a window at IOVA ``address``; with ``fd`` the server may mmap it (the
-        client keeps its own mapping to answer DMA_READ/WRITE)."""
+                flags: int = wire.DMA_MAP_FLAG_READ | wire.DMA_MAP_FLAG_WRITE, send_fd: bool = True) -> None:
+        """Map a window at IOVA ``address`` backed by ``fd`` (our memory).  With
+        ``send_fd`` the server may mmap it; without, the server must use DMA_READ/WRITE
+        messages, which this client answers from its own mapping (QEMU without share=on)."""
         payload = wire.DmaMap.build({"argsz": 32, "flags": flags, "offset": offset,
                                      "address": address, "size": size})
-        self.request(Command.DMA_MAP, payload, (fd,) if fd is not None else ())
+        self.request(Command.DMA_MAP, payload, (fd,) if fd is not None and send_fd else ())
         mapping = None
         own_fd = None
         if fd is not None:

@@ -31,14 +31,8 @@ def test_second_concurrent_client_is_refused_and_the_first_keeps_working(client,
     assert client.region_read(facts.regs, facts.ident, 4) == facts.ids.to_bytes(4, "little")
 
 
-RECONNECT_RACE = ("libvfio-user backend: a client that connects right after the previous one hung up "
-                  "is sometimes reset (the backend refuses it before it has seen the hang-up)")
-
-
 def test_disconnect_drops_dma_and_irqs_keeps_device_state_and_accepts_next_client(
-        server, socket_path, device, facts, backend, request):
-    if backend == "libvfio-user":
-        request.applymarker(pytest.mark.xfail(reason=RECONNECT_RACE, strict=False))
+        server, socket_path, device, facts, backend):
     first = VfioUserClient.attach(socket_path)
     [efd] = first.wire_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, 1)
     watch = os.dup(efd)
@@ -51,7 +45,7 @@ def test_disconnect_drops_dma_and_irqs_keeps_device_state_and_accepts_next_clien
     first.region_write(facts.regs, facts.scratch, b"scratch!")
     first.close()
 
-    second = VfioUserClient.attach(socket_path)
+    second = attach_after_hangup(socket_path, backend)
     # device state kept
     assert second.region_read(facts.mem, area.offset, 12) == b"kept in BAR2"
     assert second.region_read(facts.regs, facts.scratch, 8) == b"scratch!"
@@ -74,13 +68,11 @@ def test_disconnect_drops_dma_and_irqs_keeps_device_state_and_accepts_next_clien
     os.close(guest)
 
 
-def test_twenty_quick_reconnects(server, socket_path, backend, request, facts):
-    if backend == "libvfio-user":
-        request.applymarker(pytest.mark.xfail(reason=RECONNECT_RACE, strict=False))
+def test_twenty_quick_reconnects(server, socket_path, backend, facts):
     for n in range(20):
-        with VfioUserClient.attach(socket_path) as c:
+        with attach_after_hangup(socket_path, backend) as c:
             c.region_write(facts.regs, facts.scratch, n.to_bytes(4, "little"))
-    with VfioUserClient.attach(socket_path) as c:
+    with attach_after_hangup(socket_path, backend) as c:
         assert c.region_read(facts.regs, facts.scratch, 4) == (19).to_bytes(4, "little")
 
 
