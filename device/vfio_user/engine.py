@@ -278,7 +278,7 @@ class ServerEngine:
         return payload[:size], ()
 
     def _device_get_info(self, payload: bytes, fds: list[int]) -> Reply:
-        req = self._fixed(wire.DeviceInfo, payload, "DEVICE_GET_INFO")
+        self._fixed(wire.DeviceInfo, payload, "DEVICE_GET_INFO")
         dev = self.device
         return wire.DeviceInfo.build({"argsz": wire.DeviceInfo.sizeof(), "flags": dev.device_flags,
                                       "num_regions": dev.num_regions, "num_irqs": dev.num_irqs}), ()

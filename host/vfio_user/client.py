@@ -12,7 +12,7 @@ import errno
 import mmap
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hugepfn.device.interface import VFIO_PCI_CONFIG_REGION_INDEX
 from hugepfn.device.vfio_user import wire

@@ -1,7 +1,6 @@
 """`hugepfn serve` in a real process: says which backend, serves, stops on SIGTERM."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -16,7 +16,6 @@ with its fd).
 from __future__ import annotations
 
 import json
-import os
 import selectors
 import socket
 import struct
@@ -27,7 +26,7 @@ from hypothesis import strategies as st
 
 from hugepfn.device.vfio_user import wire
 from hugepfn.device.vfio_user.wire import Command
-from hugepfn.host.vfio_user import VfioUserClient, VfioUserProtocolError
+from hugepfn.host.vfio_user import VfioUserClient
 
 from .helpers import QEMU_CAPS, attach_after_hangup, still_answers
 

@@ -11,7 +11,7 @@ from hugepfn.device.vfio_user import wire
 from hugepfn.device.vfio_user.transport import send_with_fds
 from hugepfn.host.vfio_user import VfioUserClient, VfioUserProtocolError
 
-from .helpers import QEMU_CAPS, Command, attach_after_hangup, error_of, read_request, still_answers
+from .helpers import Command, attach_after_hangup, error_of, read_request, still_answers
 
 
 def open_fds() -> int:
