@@ -266,9 +266,9 @@ class Server:
         self._attached = False
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
 
-        _prepare_socket_path(self.socket_path)
         self._ctx = ffi.NULL
         try:
+            _prepare_socket_path(self.socket_path)
             self._ctx = self._create_context()
             self._listen_fd = lib.vfu_get_poll_fd(self._ctx)
             self._setup_log()

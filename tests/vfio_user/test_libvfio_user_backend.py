@@ -805,3 +805,14 @@ def test_masked_vector_is_held_pending_until_unmask(client, device, eventfds):
     assert eventfd_fired(efds[2], 0.1) == 0             # masked: held
     assert client.set_irqs(vfio.VFIO_PCI_MSIX_IRQ_INDEX, 2, [], flags=0x1 | 0x10, count=1) == 0
     assert eventfd_fired(efds[2]) == 1                  # delivered by the unmask
+
+
+@needs_library
+def test_refused_construction_leaks_no_fd(device, tmp_path):
+    regular = tmp_path / "regular"
+    regular.write_text("keep me")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(FileExistsError):
+            lvu.Server(device, regular)
+    assert len(os.listdir("/proc/self/fd")) == before
