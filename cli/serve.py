@@ -43,14 +43,21 @@ def run(args) -> int:
         server = choice.Server(device, args.socket)
         stop = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        control = None
         try:
             server.start()
+            # `hugepfn inject` / `hugepfn status` talk to the device on SOCKET.ctl
+            from hugepfn.device.control import ControlServer, control_path
+            control = ControlServer(device, control_path(args.socket), server=server).start()
             print(f"hugepfn serve: backend {choice.name}: {why}", flush=True)
             print(f"hugepfn serve: profile {device.profile.name} on {args.socket} "
                   f"(Ctrl-C or SIGTERM to stop)", flush=True)
+            print(f"hugepfn serve: control socket {control.path} (hugepfn inject / status)", flush=True)
             while not stop.wait(1.0):
                 pass
         finally:
+            if control is not None:
+                control.close()
             server.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
