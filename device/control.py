@@ -1,0 +1,359 @@
+"""The control channel of a served device: what `hugepfn inject` and `hugepfn status` talk to.
+
+A unix stream socket next to the vfio-user socket (``control_path(sock)`` = sock + ".ctl"),
+mode 0600 in a directory the user owns, carrying JSON lines: one request object per line,
+one reply object per line.
+
+    {"op": "inject", "bar": 2, "offset": "0x123000", "granularity": "4K"}
+    {"op": "inject", "dpa": 4780593152, "granularity": 64, "error_type": "multi-ecc"}
+    {"op": "repair", "bar": 2, "offset": 0x123000, "length": 4096}
+    {"op": "status"}
+
+Replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": "<one line>"}``.  Numbers may be
+JSON integers or strings ("0x1000", "4K", "2MiB").  Anything malformed (not JSON, not an
+object, unknown op or field, wrong type, an over-long line) gets an error reply and the
+connection stays usable; the server never dies of its input.  Injection goes through
+``GpuDevice.inject_poison``, so it does exactly what the device does for any other caller:
+poison set, persisted, CPER record queued, error interrupt raised to whoever is attached.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import socketserver
+import threading
+from pathlib import Path
+from typing import Any
+
+from hugepfn.device.cper import MEMORY_ERROR_TYPES
+from hugepfn.device.profiles import format_size, parse_size
+from hugepfn.device.vfio_user.transport import check_socket_directory
+
+CONTROL_SUFFIX = ".ctl"
+MAX_LINE = 64 * 1024          # a request longer than this is refused, not buffered forever
+_ERROR_TYPE_NAMES = {v: k for k, v in MEMORY_ERROR_TYPES.items()}
+
+
+def control_path(socket_path: str | os.PathLike) -> str:
+    """The control socket that belongs to a vfio-user socket."""
+    return os.fspath(socket_path) + CONTROL_SUFFIX
+
+
+class ControlError(ValueError):
+    """A request the device refused (the server's one-line reason)."""
+
+
+# -- request parsing ---------------------------------------------------------------------------
+def _number(request: dict, key: str, default: Any = None, required: bool = False) -> int | None:
+    value = request.get(key, default)
+    if value is None:
+        if required:
+            raise ControlError(f"{key}: missing")
+        return None
+    if isinstance(value, bool):
+        raise ControlError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            number = int(text, 0) if text[:2].lower() in ("0x", "0o", "0b") else parse_size(text, key)
+        except ValueError:
+            raise ControlError(f"{key}: {value!r} is not a number (use e.g. 4096, 0x1000, 4K, 2MiB)") from None
+    else:
+        raise ControlError(f"{key}: expected a number, got {value!r}")
+    if number < 0 or number >= 1 << 64:
+        raise ControlError(f"{key}: {value!r} is out of range")
+    return number
+
+
+def _error_type(request: dict) -> int:
+    value = request.get("error_type", "multi-ecc")
+    if isinstance(value, str) and value in MEMORY_ERROR_TYPES:
+        return MEMORY_ERROR_TYPES[value]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
+        return value
+    raise ControlError(f"error_type: expected 0..255 or one of {', '.join(MEMORY_ERROR_TYPES)}, got {value!r}")
+
+
+def _only(request: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(request) - allowed - {"op"})
+    if unknown:
+        raise ControlError(f"unknown field(s) {', '.join(unknown)} (expected {', '.join(sorted(allowed)) or 'none'})")
+
+
+# -- the server --------------------------------------------------------------------------------
+class ControlServer:
+    """Serves the control protocol for ``device`` on ``path`` in a background thread.
+
+    ``server`` (optional) is the vfio-user server of the same device, so status can say
+    which backend serves it and whether a client is attached."""
+
+    def __init__(self, device, path: str | os.PathLike, server=None):
+        self.device = device
+        self.path = Path(path)
+        self.server = server
+        self.requests = 0
+        self.errors = 0
+        self._listener = _listen(self.path)
+        control = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                control._serve_connection(self.connection)
+
+        self._socketserver = _Server(self._listener, Handler)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "ControlServer":
+        self._thread = threading.Thread(target=self._socketserver.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name=f"hugepfn control {self.path.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._socketserver.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._socketserver.server_close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "ControlServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- one connection ------------------------------------------------------------------------
+    def _serve_connection(self, conn: socket.socket) -> None:
+        conn.settimeout(None)
+        buf = b""
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.strip() and not self._reply(conn, self.handle_line(line)):
+                    return
+            if len(buf) > MAX_LINE:
+                self._reply(conn, self._error(f"request longer than {MAX_LINE} bytes"))
+                return
+
+    def _reply(self, conn: socket.socket, reply: dict) -> bool:
+        try:
+            conn.sendall(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
+            return True
+        except OSError:
+            return False
+
+    def _error(self, message: str) -> dict:
+        self.errors += 1
+        return {"ok": False, "error": " ".join(str(message).split())}
+
+    def handle_line(self, line: bytes | str) -> dict:
+        """One request line -> its reply (never raises for anything the peer sent)."""
+        self.requests += 1
+        if len(line) > MAX_LINE:
+            return self._error(f"request longer than {MAX_LINE} bytes")
+        try:
+            request = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            return self._error(f"not JSON: {exc}")
+        return self.handle(request)
+
+    def handle(self, request: Any) -> dict:
+        if not isinstance(request, dict):
+            return self._error("a request is a JSON object with an \"op\"")
+        op = request.get("op")
+        handler = {"inject": self._inject, "repair": self._repair, "status": self._status}.get(op) \
+            if isinstance(op, str) else None
+        if handler is None:
+            return self._error(f"op: expected inject, repair or status, got {op!r}")
+        try:
+            return {"ok": True, "op": op, **handler(request)}
+        except (ValueError, OSError) as exc:       # PoisonError is a ValueError
+            return self._error(exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
+
+    # -- operations ----------------------------------------------------------------------------
+    def _inject(self, request: dict) -> dict:
+        _only(request, {"bar", "offset", "dpa", "granularity", "error_type"})
+        bar, offset, dpa = request.get("bar"), _number(request, "offset"), _number(request, "dpa")
+        if bar is not None and (isinstance(bar, bool) or not isinstance(bar, int)):
+            raise ControlError(f"bar: expected a BAR index, got {bar!r}")
+        granularity = _number(request, "granularity", default=4096)
+        error_type = _error_type(request)
+        device = self.device
+        # The device lock spans the injection and the sequence read, so the number reported
+        # is this record's even while another client injects.
+        with device.poison.lock:
+            event = device.inject_poison(bar=bar, offset=offset, dpa=dpa, granularity=granularity,
+                                         error_type=error_type)
+            sequence = device_sequence(device)
+        return {"bar": event.bar, "offset": event.offset, "length": event.length, "dpa": event.dpa,
+                "granularity": event.granularity, "error_type": _ERROR_TYPE_NAMES.get(event.error_type,
+                                                                                      event.error_type),
+                "sequence": sequence}
+
+    def _repair(self, request: dict) -> dict:
+        _only(request, {"bar", "offset", "length"})
+        bar = request.get("bar")
+        if isinstance(bar, bool) or not isinstance(bar, int):
+            raise ControlError(f"bar: expected a BAR index, got {bar!r}")
+        offset = _number(request, "offset", required=True)
+        length = _number(request, "length", default=4096)
+        if length == 0:
+            raise ControlError("length: must be positive")
+        cleared = self.device.poison.repair(bar, offset, length)
+        return {"bar": bar, "offset": offset, "length": length, "cleared": cleared}
+
+    def _status(self, request: dict) -> dict:
+        _only(request, set())
+        return device_status(self.device, self.server)
+
+
+def device_sequence(device) -> int:
+    """Sequence number of the newest error record the device built (0: none yet)."""
+    return int(getattr(device, "_sequence", 0))
+
+
+def _client_state(server) -> dict:
+    if server is None:
+        return {"backend": None, "attached": None, "clients_served": None}
+    attached = getattr(server, "attached", None)
+    if attached is None:                    # the python server: the current engine's state
+        engine = getattr(server, "engine", None)
+        attached = engine is not None and getattr(engine.state, "value", "") == "ready"
+    elif callable(attached):
+        attached = attached()
+    return {"backend": getattr(server, "backend_name", None), "attached": bool(attached),
+            "clients_served": getattr(server, "clients_served", None)}
+
+
+def device_status(device, server=None) -> dict:
+    """What a served device holds: BARs, client, poisoned memory, error queue."""
+    bars = []
+    for spec in device.profile.bars:
+        info = device.region_info(spec.index)
+        entry = {"index": spec.index, "kind": spec.kind, "size": info.size,
+                 "access": "fd" if info.fd is not None else "trapped"}
+        if spec.kind == "memory":
+            entry.update(memory_size=spec.memory_size, dpa_base=spec.dpa_base)
+        bars.append(entry)
+    with device.poison.lock:
+        ranges = [{"bar": r.bar, "offset": r.offset, "length": r.length, "dpa": r.dpa} for r in device.poison]
+        pages = sum(sum(1 for _ in device.poison.poisoned_pages(bar)) for bar in device.poison.bars)
+        queue = device.registers.queue
+        errq = {"count": len(queue.records), "capacity": queue.capacity, "lost": queue.lost,
+                "head": queue.head, "sequence": device_sequence(device)}
+    return {"profile": device.profile.name, **_client_state(server), "bars": bars,
+            "poisoned": ranges, "poisoned_pages": pages, "error_queue": errq}
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, listener: socket.socket, handler):
+        # The listening socket is made by _listen (mode 0600, checked directory): hand it over.
+        super().__init__(listener.getsockname(), handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = listener
+
+
+def _listen(path: Path) -> socket.socket:
+    """A listening unix socket at ``path``, mode 0600; a stale socket file is replaced."""
+    check_socket_directory(path)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot reuse {path}: {exc.strerror}", str(path)) from None
+        else:
+            raise OSError(errno.EADDRINUSE, "a control server is already listening there", str(path))
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)                   # born 0600: no window with a wider mode
+    try:
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(8)
+    return sock
+
+
+# -- the client --------------------------------------------------------------------------------
+class ControlClient:
+    """Talks to a ControlServer: ``inject``, ``repair`` and ``status`` return the reply's
+    fields; an error reply raises ControlError with the server's message."""
+
+    def __init__(self, path: str | os.PathLike, timeout: float | None = 10.0):
+        self.path = os.fspath(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(self.path)
+        except OSError as exc:
+            self.sock.close()
+            raise OSError(exc.errno, f"cannot connect to the control socket ({exc.strerror}); "
+                                     f"is `hugepfn serve` running?", self.path) from None
+        self._file = self.sock.makefile("rb")
+
+    def close(self) -> None:
+        self._file.close()
+        self.sock.close()
+
+    def __enter__(self) -> "ControlClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def request(self, request: dict) -> dict:
+        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        line = self._file.readline(MAX_LINE + 1)
+        if not line:
+            raise ConnectionError(errno.ECONNRESET, "the control server closed the connection")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise ControlError(reply.get("error", "request failed"))
+        return reply
+
+    def inject(self, *, bar: int | None = None, offset: int | str | None = None, dpa: int | str | None = None,
+               granularity: int | str = 4096, error_type: int | str | None = None) -> dict:
+        request = {"op": "inject", "granularity": granularity}
+        for key, value in (("bar", bar), ("offset", offset), ("dpa", dpa), ("error_type", error_type)):
+            if value is not None:
+                request[key] = value
+        return self.request(request)
+
+    def repair(self, *, bar: int, offset: int | str, length: int | str = 4096) -> dict:
+        return self.request({"op": "repair", "bar": bar, "offset": offset, "length": length})
+
+    def status(self) -> dict:
+        return self.request({"op": "status"})
+
+
+def describe_injection(reply: dict) -> str:
+    """One line for people: what was poisoned."""
+    return (f"poisoned BAR{reply['bar']} offset {reply['offset']:#x} length {format_size(reply['length'])} "
+            f"(dpa {reply['dpa']:#x}, granularity {format_size(reply['granularity'])}, "
+            f"{reply['error_type']}), error record #{reply['sequence']}")
