@@ -76,6 +76,15 @@ F_TYPE_MASK, F_REPLY, F_NO_REPLY, F_ERROR = 0xF, 0x1, 0x10, 0x20
 
 ffi = FFI()
 ffi.cdef(C.CDEF)
+# Copying guest memory with process_vm_readv/writev on ourselves turns a bad page
+# (past the end of the client's file: SIGBUS; read-only: SIGSEGV) into EFAULT.
+ffi.cdef("""
+ssize_t process_vm_readv(int pid, const struct iovec *local, unsigned long nlocal,
+                         const struct iovec *remote, unsigned long nremote, unsigned long flags);
+ssize_t process_vm_writev(int pid, const struct iovec *local, unsigned long nlocal,
+                          const struct iovec *remote, unsigned long nremote, unsigned long flags);
+""")
+_libc = ffi.dlopen(None)
 
 
 class LibvfioUserUnavailable(OSError):
@@ -531,22 +540,36 @@ class Server:
         with self._dma_lock:
             return sorted((region for region, _ in self._dma.values()), key=lambda r: r.iova)
 
-    def _dma_pointer(self, iova: int, size: int):
+    def _dma_address(self, iova: int, size: int) -> int:
         with self._dma_lock:
             for region, vaddr in self._dma.values():
                 if region.iova <= iova and iova + size <= region.iova + region.size:
                     if not region.mapped:
                         raise OSError(errno.EFAULT, f"DMA window at {region.iova:#x} has no fd to access")
-                    return ffi.cast("char *", vaddr + (iova - region.iova))
+                    return vaddr + (iova - region.iova)
         raise OSError(errno.EFAULT, f"no DMA window covers {iova:#x}+{size:#x}")
+
+    @staticmethod
+    def _copy(call, what: str, address: int, buffer, size: int) -> None:
+        local = ffi.new("struct iovec *", {"iov_base": buffer, "iov_len": size})
+        remote = ffi.new("struct iovec *", {"iov_base": ffi.cast("void *", address), "iov_len": size})
+        if size and call(os.getpid(), local, 1, remote, 1, 0) != size:
+            raise OSError(errno.EFAULT, f"DMA {what} of {size:#x} bytes at host address {address:#x} "
+                                        "failed (the client's file is short or the window read-only)")
 
     def dma_read(self, iova: int, size: int) -> bytes:
         """Read client memory of a DMA_MAP made with an fd (runs in the owner thread)."""
-        return self.call_in_owner(lambda: ffi.unpack(self._dma_pointer(iova, size), size))
+        def read():
+            buffer = ffi.new("char[]", size)
+            self._copy(_libc.process_vm_readv, "read", self._dma_address(iova, size), buffer, size)
+            return ffi.unpack(buffer, size)
+        return self.call_in_owner(read)
 
     def dma_write(self, iova: int, data: bytes) -> None:
         def write():
-            ffi.memmove(self._dma_pointer(iova, len(data)), data, len(data))
+            buffer = ffi.from_buffer(data)
+            self._copy(_libc.process_vm_writev, "write", self._dma_address(iova, len(data)), buffer,
+                       len(data))
         self.call_in_owner(write)
 
     # -- the owner loop --------------------------------------------------------------

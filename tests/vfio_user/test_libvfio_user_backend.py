@@ -816,3 +816,25 @@ def test_refused_construction_leaks_no_fd(device, tmp_path):
         with pytest.raises(FileExistsError):
             lvu.Server(device, regular)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@needs_library
+def test_dma_access_past_a_short_file_or_into_a_read_only_window_is_efault(client, server):
+    short = os.memfd_create("short-ram", os.MFD_CLOEXEC)
+    os.ftruncate(short, 4096)                           # the window claims 1 MiB
+    try:
+        os.pwrite(short, b"first page", 0)
+        assert client.dma_map(0x200000, MiB, fd=short) == 0
+        assert server.dma_read(0x200000, 10) == b"first page"
+        with pytest.raises(OSError) as exc:
+            server.dma_read(0x200000 + 8192, 8)          # SIGBUS if touched directly
+        assert exc.value.errno == errno.EFAULT
+        read_only = struct.pack("<IIQQQ", 32, 1, 0, 0x400000, 4096)
+        assert client.call(DMA_MAP, read_only, (short,))[0] == 0
+        with pytest.raises(OSError) as exc:
+            server.dma_write(0x400000, b"nope")          # SIGSEGV if touched directly
+        assert exc.value.errno == errno.EFAULT
+        assert os.pread(short, 4, 0) == b"firs"
+        assert client.region_read(2, 0, 4) == bytes(4)  # still serving
+    finally:
+        os.close(short)
