@@ -1,1 +1,47 @@
-"""pytest plugin registered through the `pytest11` entry point (fixtures are added as the parts land)."""
+"""The hugepfn pytest plugin, registered through the `pytest11` entry point (any suite with
+hugepfn installed gets it; `-p hugepfn.testing.plugin` loads it explicitly).
+
+Fixtures (testing/fixtures.py): hugepfn_served_device, hugepfn_host, hugepfn_kernel,
+hugepfn_backend, hugepfn_workdir, hugepfn_events_dir, hugepfn_netns.
+Helpers (import from hugepfn.testing): assert_signal, assert_no_signal, assert_mapping,
+run_scenario.  Option: --hugepfn-backend.  Marker: hugepfn_kernel("6.19", "7.0").
+See docs/fault-injection.md.
+"""
+from __future__ import annotations
+
+import pytest
+
+from hugepfn.device.vfio_user.backends import CHOICES
+
+from .fixtures import (hugepfn_backend, hugepfn_events_dir, hugepfn_host, hugepfn_kernel,  # noqa: F401
+                       hugepfn_netns, hugepfn_served_device, hugepfn_workdir, kernel_params)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hugepfn", "hugepfn fault injection")
+    group.addoption("--hugepfn-backend", dest="hugepfn_backend", default="auto", choices=CHOICES,
+                    help="vfio-user backend for hugepfn_served_device: auto (libvfio-user when "
+                         "present, else python), python or libvfio-user (default: auto)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "hugepfn_kernel(*versions): run the test once per kernel profile "
+                   "(6.12, 6.15, 6.19, 7.0; none named: all); hugepfn_host uses it")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("hugepfn_kernel")
+    if marker is None or "hugepfn_kernel" not in metafunc.fixturenames:
+        return
+    try:
+        versions = kernel_params(marker)
+    except ValueError as exc:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: hugepfn_kernel: {exc}") from None
+    metafunc.parametrize("hugepfn_kernel", versions, indirect=True, ids=[f"kernel-{v}" for v in versions])
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from .wiring import PIPELINE
+
+    return f"hugepfn: backend={config.getoption('hugepfn_backend')}, poison pipeline: {PIPELINE}"

@@ -1,0 +1,281 @@
+"""A host for tests: a Machine with served devices attached over vfio-user, processes that
+mmap their BARs, and poison injected through the device and handled by the host.
+
+    host = Host(Machine(kernel="7.0", policy="hard-offline"))
+    gpu = host.attach(served)                    # a ServedDevice
+    proc = host.spawn(4242, "qemu", [4242, 4243])
+    bar = proc.mmap_bar(gpu, 2)                  # the whole BAR, 1 GiB aligned
+    bar.access(0x200000)                         # AccessResult: ret, calls, leaf, signals
+    result = host.poison(gpu, bar=2, offset=0x201000)
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from hugepfn.host.machine import AccessResult, Machine, TouchResult
+from hugepfn.host.memory_failure import memory_failure_of, region_space
+from hugepfn.host.mm.constants import PAGE_SIZE, PUD_SIZE
+
+from . import wiring
+from .wiring import BoundDevice
+
+if TYPE_CHECKING:
+    from hugepfn.host.tasks import Process, Signal
+
+    from .served import ServedDevice
+
+# User mappings go to 1 GiB-aligned slots from here, so every level can map them.
+MMAP_BASE = 0x7F00_0000_0000
+
+
+class HostError(OSError):
+    """A host operation failed with an errno (the message says which call and why)."""
+
+
+@dataclass
+class PoisonResult:
+    """One ``Host.poison``: what the device poisoned (``injected``: bar, offset, length, dpa,
+    granularity, as the control channel reports it) and what the host's error source made
+    of the records it read (``records``: pfns and memory_failure outcomes)."""
+    injected: dict
+    records: list = field(default_factory=list)
+
+    @property
+    def pfns(self) -> list[int]:
+        """The pfn of each record's address (what memory_failure is called with)."""
+        return [rec.pfn for rec in self.records]
+
+    @property
+    def poisoned_pfns(self) -> list[int]:
+        """Every host pfn the records cover (the hardware poison)."""
+        return [pfn for rec in self.records for pfn in rec.pfns]
+
+    @property
+    def rets(self) -> list[int | None]:
+        """memory_failure's return per record (None: not called)."""
+        return [rec.ret for rec in self.records]
+
+    @property
+    def signals(self) -> list["Signal"]:
+        return [s for rec in self.records for s in rec.signals]
+
+
+@dataclass
+class BarMapping:
+    """``length`` bytes of BAR ``bar`` from ``offset``, mapped at ``addr`` in ``proc``."""
+    proc: "Proc"
+    device: BoundDevice
+    bar: int
+    offset: int
+    addr: int
+    length: int
+
+    def va(self, bar_offset: int) -> int:
+        """The user address of BAR offset ``bar_offset`` (must lie inside this mapping)."""
+        if not self.offset <= bar_offset < self.offset + self.length:
+            raise ValueError(f"BAR offset {bar_offset:#x} is outside this mapping "
+                             f"[{self.offset:#x}, {self.offset + self.length:#x})")
+        return self.addr + bar_offset - self.offset
+
+    def access(self, bar_offset: int = 0, write: bool = False, tid: int | None = None) -> AccessResult:
+        return self.proc.access(self.va(bar_offset), write, tid)
+
+    def touch(self, start: int = 0, length: int | None = None, stride: int = PAGE_SIZE,
+              write: bool = False, tid: int | None = None) -> TouchResult:
+        """Access every ``stride`` bytes of [start, start + length) (BAR offsets; default: all)."""
+        if length is None:
+            length = self.offset + self.length - start
+        return self.proc.touch(self.va(start), length, stride, write, tid)
+
+    def write(self, bar_offset: int, data: bytes) -> None:
+        """Store bytes through the host's real mmap of the BAR (see BoundDevice.host_write)."""
+        self.va(bar_offset)
+        self.device.host_write(self.bar, bar_offset, data)
+
+    def read(self, bar_offset: int, count: int) -> bytes:
+        self.va(bar_offset)
+        return self.device.host_read(self.bar, bar_offset, count)
+
+
+class Proc:
+    """A process of the host: ``pid``, ``tids`` (the first is the main thread)."""
+
+    def __init__(self, host: "Host", process: "Process") -> None:
+        self.host = host
+        self.process = process
+        self.pid = process.pid
+        self.comm = process.comm
+        self.tids = [t.tid for t in process.threads]
+        self._next_addr = MMAP_BASE
+        self.mappings: list[BarMapping] = []
+
+    def __repr__(self) -> str:
+        return f"<Proc {self.comm}:{self.pid} threads={self.tids}>"
+
+    @property
+    def mm(self):
+        return self.process.mm
+
+    def mmap_bar(self, device: BoundDevice | str, bar: int, length: int | None = None, addr: int | None = None,
+                 offset: int = 0) -> BarMapping:
+        """mmap(addr, length, RW, MAP_SHARED|MAP_FIXED, devfd, bar << 40 | offset).  ``length``
+        defaults to the rest of the BAR, ``addr`` to the next free 1 GiB-aligned slot.
+        Raises HostError with the errno the kernel model returned."""
+        dev = self.host.device(device)
+        size = dev.host_device.region_size(bar)
+        if length is None:
+            length = size - offset
+        if addr is None:
+            addr = self._next_addr
+        ret = self.host.machine.mmap(self.pid, dev.name, bar, offset, length, addr)
+        if ret:
+            raise HostError(-ret, f"mmap of {dev.name} BAR {bar} [{offset:#x}, +{length:#x}) at {addr:#x} "
+                                  f"by pid {self.pid}: {errno.errorcode.get(-ret, ret)}")
+        end = addr + length
+        self._next_addr = max(self._next_addr, -(-end // PUD_SIZE) * PUD_SIZE)
+        mapping = BarMapping(self, dev, bar, offset, addr, length)
+        self.mappings.append(mapping)
+        return mapping
+
+    def access(self, addr: int, write: bool = False, tid: int | None = None) -> AccessResult:
+        """One load (or store) at ``addr`` by thread ``tid`` (default: the main thread)."""
+        return self.host.machine.access(self.pid if tid is None else tid, addr, write)
+
+    def touch(self, addr: int, length: int, stride: int = PAGE_SIZE, write: bool = False,
+              tid: int | None = None) -> TouchResult:
+        return self.host.machine.touch_range(self.pid if tid is None else tid, addr, addr + length, stride, write)
+
+    def set_early_kill(self, tid: int | None = None, early: bool = True) -> None:
+        """prctl(PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY or _LATE) on thread ``tid``."""
+        from hugepfn.host.scenario.steps import (PR_MCE_KILL, PR_MCE_KILL_EARLY, PR_MCE_KILL_LATE,
+                                                 PR_MCE_KILL_SET, prctl)
+
+        thread = self.host.machine.tasks.thread(self.pid if tid is None else tid)
+        ret = prctl(thread, PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY if early else PR_MCE_KILL_LATE)
+        if ret:
+            raise HostError(-ret, f"prctl(PR_MCE_KILL) on tid {thread.tid}: {errno.errorcode.get(-ret, ret)}")
+
+    def leaf(self, addr: int):
+        """What maps ``addr`` in this process now (a Leaf with level/va/pfn), or None."""
+        return self.mm.pgtable.lookup(addr)
+
+    @property
+    def signals(self) -> list["Signal"]:
+        """Every signal sent to a thread of this process, in order."""
+        tids = set(self.tids)
+        return [s for s in self.host.machine.tasks.journal if s.tid in tids]
+
+
+class Host:
+    """A Machine plus the served devices bound to it and the processes tests spawn."""
+
+    def __init__(self, machine: Machine, publisher=None, events: str | None = None,
+                 events_dir: str | os.PathLike | None = None, netns: str | None = None) -> None:
+        self.machine = machine
+        self.mf = memory_failure_of(machine)
+        self.publisher = publisher
+        self.events, self.events_dir, self.netns = events, events_dir, netns
+        if publisher is not None:
+            self.mf.publisher = publisher
+        self.devices: dict[str, BoundDevice] = {}
+        self.procs: dict[int, Proc] = {}
+        self.registrations: dict[tuple[str, int], int] = {}
+
+    def __repr__(self) -> str:
+        return (f"<Host kernel={self.machine.profile.name} arch={self.machine.arch.name} "
+                f"policy={self.machine.policy} devices={list(self.devices)}>")
+
+    # -- devices ----------------------------------------------------------------------------------
+    def attach(self, served: "ServedDevice", name: str = "gpu", driver: str = "vfio-pci",
+               bdf: str = "0000:01:00.0", register: bool = True) -> BoundDevice:
+        """Attach ``served`` over vfio-user and bind ``driver`` to it as device ``name``.
+
+        ``register`` registers each memory BAR's pfns for memory_failure (what a variant
+        driver does; plain upstream vfio-pci registers nothing, so its pfns are Ignored).
+        The return of each registration is kept in ``registrations[(name, bar)]`` (0, or
+        -EOPNOTSUPP on kernels before 6.19)."""
+        bound = wiring.bind(self.machine, served, name, driver, bdf)
+        self.devices[name] = bound
+        if register:
+            for bar in served.device.memory:
+                space = region_space(bound.host_device, bar)
+                self.registrations[(name, bar)] = self.machine.register_pfn_address_space(space)
+        bound.error_source = wiring.error_source(self.machine, bound, self.publisher)
+        return bound
+
+    def device(self, device: BoundDevice | str) -> BoundDevice:
+        if isinstance(device, BoundDevice):
+            return device
+        try:
+            return self.devices[device]
+        except KeyError:
+            raise ValueError(f"no attached device {device!r} (attached: {', '.join(self.devices) or 'none'})") from None
+
+    # -- processes ----------------------------------------------------------------------------------
+    def spawn(self, pid: int, comm: str = "app", threads: list[int] | None = None) -> Proc:
+        """A user process with threads ``threads`` (default: just ``pid``)."""
+        proc = Proc(self, self.machine.create_process(pid, comm, threads))
+        self.procs[pid] = proc
+        return proc
+
+    # -- poison ----------------------------------------------------------------------------------------
+    def poison(self, device: BoundDevice | str = "gpu", bar: int = 2, offset: int = 0, granularity: int = 64,
+               process: bool = True) -> PoisonResult:
+        """Poison the naturally aligned ``granularity`` block at BAR ``bar`` + ``offset`` of the
+        served device through its control socket (what `hugepfn inject` does); with
+        ``process`` the host's error source then reads the error queue over vfio-user and
+        runs memory_failure for every pfn the record covers."""
+        dev = self.device(device)
+        with dev.served.control() as control:
+            injected = control.inject(bar=bar, offset=offset, granularity=granularity)
+        result = PoisonResult(injected)
+        if process:
+            result.records = self.process_errors(dev)
+        return result
+
+    def process_errors(self, device: BoundDevice | str = "gpu") -> list:
+        """Let the host's error source handle every pending record of ``device``."""
+        return self.device(device).error_source.process_pending()
+
+    def pfn(self, device: BoundDevice | str, bar: int, offset: int = 0) -> int:
+        return self.device(device).bar_pfn(bar, offset)
+
+    def subscribe(self):
+        """A subscriber on the transport this host publishes to (its events dir / netns);
+        create it before the poison so it hears the event."""
+        from hugepfn.host.events import subscriber
+
+        if self.events is None:
+            raise ValueError("this host publishes no events: create it with events='unix' or 'netlink'")
+        return subscriber(self.events, netns=self.netns, events_dir=self.events_dir)
+
+    # -- views ----------------------------------------------------------------------------------------
+    @property
+    def signals(self) -> list["Signal"]:
+        """Every signal the machine sent, in order."""
+        return list(self.machine.tasks.journal)
+
+    def log(self, since: int = 0) -> list[str]:
+        """Kernel log lines from index ``since``."""
+        return self.machine.klog.lines(since)
+
+    def close(self) -> None:
+        for dev in self.devices.values():
+            dev.close()
+        self.devices.clear()
+        if self.publisher is not None:
+            self.publisher.close()
+            self.publisher = None
+
+
+def short_dir(preferred: str | os.PathLike, limit: int = 80) -> tuple[str, bool]:
+    """A directory for unix sockets: ``preferred`` when its paths stay well under the 108-byte
+    sun_path limit, else a fresh short one under /tmp (second item: caller must remove it)."""
+    import tempfile
+
+    if len(os.fspath(preferred)) <= limit:
+        return os.fspath(preferred), False
+    return tempfile.mkdtemp(prefix="hpfn-"), True
