@@ -16,7 +16,11 @@ from .steps import STEP_KINDS
 RUN_FINISHERS: list = []
 
 # Optional packages that add step handlers / machine extensions when imported.
-OPTIONAL_EXTENSIONS = ("hugepfn.host.memory_failure",)
+OPTIONAL_EXTENSIONS = ("hugepfn.host.memory_failure", "hugepfn.host.scenario.served")
+
+# prepare(machine, device_spec) -> PciDevice | None, asked before a device is bound: an optional
+# model may supply the PCI device itself (a served device, its BARs placed as firmware does).
+DEVICE_PREPARERS: list = []
 
 
 def load_extensions() -> None:
@@ -34,7 +38,8 @@ def build_machine(scenario: Scenario) -> Machine:
     for p in scenario.processes:
         machine.create_process(p.pid, p.comm, p.threads)
     for d in scenario.devices:
-        pdev = PciDevice(bdf=d.bdf, bars={b["index"]: PciBar(b["index"], b["phys"], b["size"], b["io"])
+        pdev = next((p for p in (prepare(machine, d) for prepare in DEVICE_PREPARERS) if p is not None), None) \
+            or PciDevice(bdf=d.bdf, bars={b["index"]: PciBar(b["index"], b["phys"], b["size"], b["io"])
                                           for b in d.bars},
                          is_virtfn=d.virtfn, reset_works=d.reset_works, ready_after_ms=d.ready_after_ms)
         args = {}

@@ -40,6 +40,11 @@ PROCESS_FIELDS = (Field("comm", "str"), Field("pid", "int", check=lambda v: None
                   Field("threads", "any", required=False, default=None))
 
 
+# Extra [[device]] fields declared by optional models (e.g. `serve`, hugepfn.host.scenario.served);
+# their converted values land in DeviceSpec.extra.
+DEVICE_EXTENSION_FIELDS: list[Field] = []
+
+
 def _device_fields() -> tuple[Field, ...]:
     return (Field("name", "str"), Field("driver", "str", required=False, default="vfio-pci", choices=tuple(DRIVERS)),
             Field("bdf", "str", required=False, default=None,
@@ -49,7 +54,7 @@ def _device_fields() -> tuple[Field, ...]:
             Field("resmem", "any", required=False, default=None),
             Field("virtfn", "bool", required=False, default=False),
             Field("reset_works", "bool", required=False, default=True),
-            Field("ready_after_ms", "int", required=False, default=0))
+            Field("ready_after_ms", "int", required=False, default=0)) + tuple(DEVICE_EXTENSION_FIELDS)
 
 
 @dataclass
@@ -63,6 +68,7 @@ class DeviceSpec:
     virtfn: bool
     reset_works: bool
     ready_after_ms: int
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -146,7 +152,8 @@ def parse_scenario(data: dict, source: str = "") -> Scenario:
         if any(x.bdf == bdf for x in devices):
             raise ScenarioError(f"{where}: bdf: duplicate PCI address {bdf}")
         devices.append(DeviceSpec(d["name"], d["driver"], bdf, bars, mems.get("usemem"), mems.get("resmem"),
-                                  d["virtfn"], d["reset_works"], d["ready_after_ms"]))
+                                  d["virtfn"], d["reset_works"], d["ready_after_ms"],
+                                  {f.name: d[f.name] for f in DEVICE_EXTENSION_FIELDS}))
 
     processes: list[ProcessSpec] = []
     tids: set[int] = set()
