@@ -172,7 +172,16 @@ if [ $MSIX_OK = 1 ]; then
     if [ "$(dmesg | grep -cE "$NOISE")" != "$SEEN_BEFORE" ]; then
         pass interrupt "MSI-X vector $ERROR_VECTOR arrived as APIC vector $APIC_VECTOR: ${LINE#*] }"
     else
-        fail interrupt "no interrupt on APIC vector $APIC_VECTOR within 10 s of the record"
+        # QEMU reads the PBA from the device (its own copy of the table is what the
+        # guest programs), so a set bit here means the device held the vector back.
+        PBA_REG=$(cfg_read $((CAP + 8)) 4)
+        PBA=$(devmem $(hex $(( $(bar_start $((PBA_REG & 7))) + (PBA_REG & ~7) ))) 64)
+        if [ $(( (PBA >> ERROR_VECTOR) & 1 )) = 1 ]; then
+            WHY="pending bit $ERROR_VECTOR set: the device held the vector back as masked"
+        else
+            WHY="pending bit $ERROR_VECTOR clear: the device sent it or never raised it"
+        fi
+        fail interrupt "no interrupt on APIC vector $APIC_VECTOR within 10 s of the record; device PBA $PBA, $WHY"
     fi
 fi
 
