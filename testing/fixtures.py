@@ -94,7 +94,7 @@ def hugepfn_served_device(hugepfn_workdir: Path, hugepfn_backend: str):
 def hugepfn_host(hugepfn_served_device, hugepfn_kernel: str, hugepfn_events_dir: Path):
     """Factory: ``hugepfn_host(kernel=None, arch="x86_64", thp="always", policy="upstream",
     sysctl=None, profile="tiny", backend=None, driver="vfio-pci", register=True, attach=True,
-    events=None, netns=None)`` -> Host with a served device attached as "gpu".
+    events=None, netns=None, ghes="async")`` -> Host with a served device attached as "gpu".
 
     ``kernel`` None takes the test's hugepfn_kernel.  ``attach=False`` gives a bare host
     (call host.attach(served) yourself).  ``events="unix"`` publishes memory-failure events
@@ -107,7 +107,8 @@ def hugepfn_host(hugepfn_served_device, hugepfn_kernel: str, hugepfn_events_dir:
     def factory(kernel: str | None = None, arch: str = "x86_64", thp: str = "always",
                 policy: str = "upstream", sysctl: dict | None = None, profile: str = "tiny",
                 backend: str | None = None, driver: str = "vfio-pci", register: bool = True,
-                attach: bool = True, events: str | None = None, netns: str | None = None) -> Host:
+                attach: bool = True, events: str | None = None, netns: str | None = None,
+                ghes: str = "async") -> Host:
         machine = Machine(kernel=kernel or hugepfn_kernel, arch=arch, thp=thp, policy=policy, sysctl=sysctl)
         publisher = None
         if events is not None:
@@ -116,7 +117,7 @@ def hugepfn_host(hugepfn_served_device, hugepfn_kernel: str, hugepfn_events_dir:
         host = Host(machine, publisher=publisher, events=events, events_dir=hugepfn_events_dir, netns=netns)
         hosts.append(host)
         if attach:
-            host.attach(hugepfn_served_device(profile, backend), driver=driver, register=register)
+            host.attach(hugepfn_served_device(profile, backend), driver=driver, register=register, ghes=ghes)
         return host
 
     yield factory

@@ -42,6 +42,7 @@ class PoisonResult:
     of the records it read (``records``: pfns and memory_failure outcomes)."""
     injected: dict
     records: list = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def pfns(self) -> list[int]:
@@ -178,8 +179,6 @@ class Host:
         self.mf = memory_failure_of(machine)
         self.publisher = publisher
         self.events, self.events_dir, self.netns = events, events_dir, netns
-        if publisher is not None:
-            self.mf.publisher = publisher
         self.devices: dict[str, BoundDevice] = {}
         self.procs: dict[int, Proc] = {}
         self.registrations: dict[tuple[str, int], int] = {}
@@ -190,20 +189,21 @@ class Host:
 
     # -- devices ----------------------------------------------------------------------------------
     def attach(self, served: "ServedDevice", name: str = "gpu", driver: str = "vfio-pci",
-               bdf: str = "0000:01:00.0", register: bool = True) -> BoundDevice:
+               bdf: str = "0000:01:00.0", register: bool = True, ghes: str = "async") -> BoundDevice:
         """Attach ``served`` over vfio-user and bind ``driver`` to it as device ``name``.
 
         ``register`` registers each memory BAR's pfns for memory_failure (what a variant
         driver does; plain upstream vfio-pci registers nothing, so its pfns are Ignored).
         The return of each registration is kept in ``registrations[(name, bar)]`` (0, or
-        -EOPNOTSUPP on kernels before 6.19)."""
+        -EOPNOTSUPP on kernels before 6.19).  ``ghes`` is the error source's mode: "async"
+        (memory_failure from a kworker) or "sync" (arm64 SEA: task work on the consumer)."""
         bound = wiring.bind(self.machine, served, name, driver, bdf)
         self.devices[name] = bound
         if register:
             for bar in served.device.memory:
                 space = region_space(bound.host_device, bar)
                 self.registrations[(name, bar)] = self.machine.register_pfn_address_space(space)
-        bound.error_source = wiring.error_source(self.machine, bound, self.publisher)
+        bound.error_source = wiring.error_source(self.machine, bound, self.publisher, ghes)
         return bound
 
     def device(self, device: BoundDevice | str) -> BoundDevice:
@@ -223,22 +223,27 @@ class Host:
 
     # -- poison ----------------------------------------------------------------------------------------
     def poison(self, device: BoundDevice | str = "gpu", bar: int = 2, offset: int = 0, granularity: int = 64,
-               process: bool = True) -> PoisonResult:
+               process: bool = True, current: int | None = None, interrupt_timeout: float = 5.0) -> PoisonResult:
         """Poison the naturally aligned ``granularity`` block at BAR ``bar`` + ``offset`` of the
         served device through its control socket (what `hugepfn inject` does); with
         ``process`` the host's error source then reads the error queue over vfio-user and
-        runs memory_failure for every pfn the record covers."""
+        runs memory_failure for the record's pfn.  ``current`` (a tid) is the consuming
+        thread for a "sync" error source.  ``interrupted`` in the result says whether the
+        device's error interrupt reached the host within ``interrupt_timeout`` seconds."""
         dev = self.device(device)
         with dev.served.control() as control:
             injected = control.inject(bar=bar, offset=offset, granularity=granularity)
         result = PoisonResult(injected)
         if process:
-            result.records = self.process_errors(dev)
+            result.interrupted = dev.error_source.wait(interrupt_timeout)
+            result.records = self.process_errors(dev, current)
         return result
 
-    def process_errors(self, device: BoundDevice | str = "gpu") -> list:
-        """Let the host's error source handle every pending record of ``device``."""
-        return self.device(device).error_source.process_pending()
+    def process_errors(self, device: BoundDevice | str = "gpu", current: int | None = None) -> list:
+        """Let the host's error source handle every pending record of ``device`` (records
+        queued while nothing processed them, or by `hugepfn inject` from outside)."""
+        source = self.device(device).error_source
+        return source.process_pending() if current is None else source.process_pending(current)
 
     def pfn(self, device: BoundDevice | str, bar: int, offset: int = 0) -> int:
         return self.device(device).bar_pfn(bar, offset)

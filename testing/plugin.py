@@ -13,8 +13,12 @@ import pytest
 
 from hugepfn.device.vfio_user.backends import CHOICES
 
-from .fixtures import (hugepfn_backend, hugepfn_events_dir, hugepfn_host, hugepfn_kernel,  # noqa: F401
-                       hugepfn_netns, hugepfn_served_device, hugepfn_workdir, kernel_params)
+from .fixtures import (hugepfn_backend, hugepfn_events_dir, hugepfn_host, hugepfn_kernel, hugepfn_netns,
+                       hugepfn_served_device, hugepfn_workdir, kernel_params)
+
+# pytest registers the fixtures it finds in this module's namespace
+__all__ = ["hugepfn_backend", "hugepfn_events_dir", "hugepfn_host", "hugepfn_kernel", "hugepfn_netns",
+           "hugepfn_served_device", "hugepfn_workdir"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,4 +48,4 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     from .wiring import PIPELINE
 
-    return f"hugepfn: backend={config.getoption('hugepfn_backend')}, poison pipeline: {PIPELINE}"
+    return f"hugepfn: backend={config.getoption('hugepfn_backend')}, pipeline: {PIPELINE}"

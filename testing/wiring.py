@@ -1,57 +1,33 @@
 """The one place where the plugin joins a served device to the host model.
 
-Two joins:
+Two joins, both built from the project's own pieces:
 
-* binding — a vfio-user client attaches to the served device, firmware places its BARs,
-  and the host's vfio-pci core gets a PCI device whose BAR resources are those bus
-  addresses (so host pfns are the device's) and whose BAR0 reads go over vfio-user;
-* the poison pipeline — the device queues an error record and raises its error vector;
-  a firmware-first (GHES-like) error source on the host reads the record over vfio-user,
-  turns the device physical address into a host pfn and calls memory_failure.
+* binding — a vfio-user client attaches to the served device; hugepfn.host.attach has
+  firmware place the BARs and binds the host's driver to a PCI device whose BAR resources
+  are those bus addresses (host pfns are the device's) and whose BAR0 reads go over vfio-user;
+* the poison pipeline — the device queues a CPER record and raises its MSI-X error vector;
+  hugepfn.host.ghes.GhesErrorSource reads the record over vfio-user, translates the address
+  and calls memory_failure as a firmware-first (GHES) report would.
 
-Both prefer the project's own modules when they are installed (``hugepfn.host.vfio_user``
-binding, ``hugepfn.device.control`` + ``hugepfn.host.ghes``) and otherwise use the small
-local equivalents below; fixtures never know which.  ``PIPELINE`` says which is in use.
+A fixture that needs another binding or error source changes only this module.
 """
 from __future__ import annotations
 
-import importlib
-import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hugepfn.device.cper import parse_record
-from hugepfn.device.registers import REG_ERRQ_COUNT, REG_ERRQ_HEAD, REG_ERRQ_WINDOW
-from hugepfn.host.drivers.pci import PciBar, PciDevice
+from hugepfn.host.attach import attach_vfio_user
+from hugepfn.host.ghes import GhesErrorSource
 from hugepfn.host.mm.constants import PAGE_SHIFT
 from hugepfn.host.vfio_user.client import VfioUserClient
-from hugepfn.host.vfio_user.firmware import BarPlacement, assign_bar_addresses
+from hugepfn.host.vfio_user.firmware import BarPlacement
 
 if TYPE_CHECKING:
-    from hugepfn.device.cper import MemoryErrorRecord
     from hugepfn.host.machine import Machine
-    from hugepfn.host.memory_failure.core import MfOutcome
 
     from .served import ServedDevice
 
-_U32 = struct.Struct("<I")
-REGISTER_BAR = 0
-
-
-def _optional(module: str):
-    """The module if this checkout has it, else None (a broken module still raises)."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module.startswith(exc.name):
-            return None
-        raise
-
-
-_ghes = _optional("hugepfn.host.ghes")
-_attach = _optional("hugepfn.host.attach")
-PIPELINE = ("hugepfn.host.ghes" if _ghes is not None else "plugin-local GHES reader") + ", binding: " + \
-    ("hugepfn.host.attach" if _attach is not None else "plugin-local")
+PIPELINE = "hugepfn.host.attach + hugepfn.host.ghes (MSI-X error vector)"
 
 
 @dataclass
@@ -114,79 +90,16 @@ def bind(machine: "Machine", served: "ServedDevice", name: str = "gpu", driver: 
     """Attach to ``served`` over vfio-user and add it to ``machine`` as device ``name``."""
     client = VfioUserClient.attach(served.socket_path)
     try:
-        if _attach is not None:
-            host_device, placements = _attach.attach_vfio_user(machine, name, client, driver, bdf)
-        else:
-            placements = {p.index: p for p in assign_bar_addresses(client)}
-            pdev = PciDevice(bdf=bdf, bars={i: PciBar(i, p.address, p.size) for i, p in placements.items()},
-                             vendor=served.device.profile.vendor_id, device=served.device.profile.device_id,
-                             bar0_read32=lambda off: _U32.unpack(client.region_read(REGISTER_BAR, off, 4))[0])
-            host_device = machine.add_device(name, driver, bdf, pdev=pdev)
+        host_device, placements = attach_vfio_user(machine, name, client, driver, bdf)
     except BaseException:
         client.close()
         raise
     return BoundDevice(name, served, client, host_device, placements)
 
 
-# -- the poison pipeline --------------------------------------------------------------------------
-@dataclass
-class RecordOutcome:
-    """What the host did with one error record (the fields of hugepfn.host.ghes.ErrorOutcome
-    the plugin reads): ``pfn`` of the record's address, ``pfns`` the record covers, ``ret`` of
-    memory_failure (None: not called), ``signals``."""
-    record: "MemoryErrorRecord"
-    pfn: int | None = None
-    pfns: range = range(0)
-    ret: int | None = None
-    signals: list = field(default_factory=list)
-
-
-class LocalGhesReader:
-    """Stand-in for hugepfn.host.ghes.GhesErrorSource (async mode) while that is not installed:
-    drain BAR0's error queue over vfio-user; mark every page of the record bad in the hardware;
-    before 6.19 GHES drops the !pfn_valid address; else memory_failure(pfn, 0) for the pfn of
-    the record's address, from a kworker (early-kill threads get BUS_MCEERR_AO, nobody AR)."""
-
-    def __init__(self, machine: "Machine", bound: BoundDevice) -> None:
-        from hugepfn.host.memory_failure import memory_failure_of
-
-        self.machine = machine
-        self.bound = bound
-        self.mf = memory_failure_of(machine)
-
-    def read_records(self) -> list["MemoryErrorRecord"]:
-        client = self.bound.client
-        head = _U32.unpack(client.region_read(REGISTER_BAR, REG_ERRQ_HEAD, 4))[0]
-        records = []
-        for _ in range(_U32.unpack(client.region_read(REGISTER_BAR, REG_ERRQ_COUNT, 4))[0]):
-            records.append(parse_record(client.region_read(REGISTER_BAR, REG_ERRQ_WINDOW, 256)))
-            head = (head + 1) & 0xFFFFFFFF
-            client.region_write(REGISTER_BAR, REG_ERRQ_HEAD, _U32.pack(head))
-        return records
-
-    def process_pending(self) -> list[RecordOutcome]:
-        done = []
-        journal = self.machine.tasks.journal
-        for record in self.read_records():
-            first = self.bound.bar_pfn(record.bar, record.bar_offset)
-            out = RecordOutcome(record, pfns=range(first, self.bound.bar_pfn(record.bar, record.bar_offset
-                                                                              + record.length - 1) + 1))
-            for pfn in out.pfns:
-                self.mf.hardware.poison(pfn)
-            out.pfn = first
-            if not self.mf.profile.pfnmap_memory_failure:
-                phys = self.bound.bar_address(record.bar) + record.bar_offset
-                self.machine.klog.printk(f"[Firmware Warn]: GHES: Invalid address in generic error data: {phys:#x}")
-            else:
-                mark = len(journal)
-                out.ret = self.mf.memory_failure(first, 0, None)
-                out.signals = journal[mark:]
-            done.append(out)
-        return done
-
-
-def error_source(machine: "Machine", bound: BoundDevice, publisher=None):
-    """The host's error source for ``bound`` (H8's GhesErrorSource when present)."""
-    if _ghes is not None:
-        return _ghes.GhesErrorSource(machine, bound.name, bound.client, publisher=publisher)
-    return LocalGhesReader(machine, bound)
+def error_source(machine: "Machine", bound: BoundDevice, publisher=None, mode: str = "async") -> GhesErrorSource:
+    """The host's firmware-first error source for ``bound``, listening on the device's MSI-X
+    error vector: ``mode`` "async" (memory_failure from a kworker) or "sync" (task work on the
+    consuming thread); ``publisher`` gets one MemoryFailureEvent per record."""
+    return GhesErrorSource(machine, bound.name, bound.client, mode=mode, publisher=publisher,
+                           irq="msix", error_vector=bound.served.device.profile.error_vector)
