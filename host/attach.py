@@ -23,13 +23,21 @@ REGISTER_BAR = 0
 PCI_VENDOR_ID = 0x00
 
 
+def host_pci_device(client: "VfioUserClient", placements: dict[int, BarPlacement], bdf: str = "0000:01:00.0",
+                    **pci_args: Any) -> PciDevice:
+    """The host's view of the attached function: BAR resources at the placed bus addresses,
+    vendor/device from its config space, BAR0 register reads over vfio-user."""
+    ids = client.config_read(PCI_VENDOR_ID, 4)
+    return PciDevice(bdf=bdf, bars={i: PciBar(i, p.address, p.size) for i, p in placements.items()},
+                     vendor=ids & 0xFFFF, device=ids >> 16,
+                     bar0_read32=lambda offset: _U32.unpack(client.region_read(REGISTER_BAR, offset, 4))[0],
+                     **pci_args)
+
+
 def attach_vfio_user(machine: "Machine", name: str, client: "VfioUserClient", driver: str = "vfio-pci",
                      bdf: str = "0000:01:00.0", **driver_args: Any
                      ) -> tuple["VfioPciCoreDevice", dict[int, BarPlacement]]:
     """Place the BARs of the attached device and open it in ``machine`` as device ``name``."""
     placements = {p.index: p for p in assign_bar_addresses(client)}
-    ids = client.config_read(PCI_VENDOR_ID, 4)
-    pdev = PciDevice(bdf=bdf, bars={i: PciBar(i, p.address, p.size) for i, p in placements.items()},
-                     vendor=ids & 0xFFFF, device=ids >> 16,
-                     bar0_read32=lambda offset: _U32.unpack(client.region_read(REGISTER_BAR, offset, 4))[0])
+    pdev = host_pci_device(client, placements, bdf)
     return machine.add_device(name, driver, bdf, pdev=pdev, **driver_args), placements

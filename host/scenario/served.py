@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..drivers.pci import PciBar, PciDevice
+from ..drivers.pci import PciDevice
 from .errors import ScenarioError
 from .fields import Field, convert_fields
 from .runner import DEVICE_PREPARERS, RUN_FINISHERS
@@ -118,7 +118,12 @@ def start_served(machine: "Machine", spec: "DeviceSpec", options: dict) -> Serve
         server.start()
         control = ControlServer(device, control_path(socket_path), server=server).start()
         client = VfioUserClient.attach(socket_path)
-        placements = {p.index: p for p in assign_bar_addresses(client)}
+        # one firmware pass per device, each starting where the previous device's BARs end
+        cursor = machine.extensions.setdefault("served_mmio_cursor", {})
+        placements = {p.index: p for p in assign_bar_addresses(client, **cursor)}
+        for p in placements.values():
+            key = "mmio64_base" if p.is_64bit else "mmio32_base"
+            cursor[key] = max(cursor.get(key, 0), p.address + p.size)
     except BaseException:
         for part in (client, control, server, device):
             if part is not None:
@@ -145,12 +150,9 @@ def prepare_device(machine: "Machine", spec: "DeviceSpec") -> PciDevice | None:
         served = start_served(machine, spec, options)
     except (ValueError, OSError) as exc:
         raise ScenarioError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
-    client = served.client
-    profile = served.device.profile
-    return PciDevice(bdf=spec.bdf, bars={i: PciBar(i, p.address, p.size) for i, p in served.placements.items()},
-                     vendor=profile.vendor_id, device=profile.device_id, is_virtfn=spec.virtfn,
-                     reset_works=spec.reset_works,
-                     bar0_read32=lambda offset: int.from_bytes(client.region_read(0, offset, 4), "little"))
+    from ..attach import host_pci_device
+    return host_pci_device(served.client, served.placements, spec.bdf, is_virtfn=spec.virtfn,
+                           reset_works=spec.reset_works)
 
 
 def _error_source(run: "ScenarioRun", served: ServedDevice):
