@@ -1,10 +1,19 @@
 """MSI-X table and Pending Bit Array (PCI Local Bus spec, MSI-X chapter).
 
 The table (16 bytes per vector: message address low/high, data, vector control) and the
-PBA live in the profile's MSI-X BAR.  A vector is masked when its vector-control bit 0
-is set, when the function mask of the capability is set, or when the vfio-user client
-masked it with SET_IRQS (irq_state_changed).  Raising a masked vector sets its pending
-bit; unmasking delivers it and clears the bit, as the spec requires.
+PBA live in the profile's MSI-X BAR.  A vector is masked when the function mask of the
+capability is set, when the vfio-user client masked it with SET_IRQS (irq_state_changed),
+or when its vector-control bit 0 is set *and a client drives the table*.  Raising a masked
+vector sets its pending bit; unmasking delivers it and clears the bit, as the spec requires.
+
+Why the table mask counts only once the table is written: under vfio the guest-visible
+table belongs to the VMM (QEMU's vfio-user-pci emulates it and never forwards table
+accesses, only PBA reads); the device's own table is programmed by whoever plays the host
+kernel, which unmasks a vector when it hands the vector an eventfd.  A vfio-user server
+cannot always see that hand-over (libvfio-user reports only SET_IRQS MASK/UNMASK), so until
+a client writes the table through the BAR, the SET_IRQS state alone decides — as
+libvfio-user's vfu_irq_trigger does.  A client that programs the table (a guest driver
+through REGION_WRITE, our own host client) gets the spec's per-vector masking.
 """
 from __future__ import annotations
 
@@ -57,6 +66,7 @@ class MsixState:
         for v in range(n):      # every vector comes out of reset masked
             self.table[v * ENTRY_SIZE + VECTOR_CONTROL] = VECTOR_MASKED
         self.pending = 0
+        self.table_driven = False      # has a client written the table since reset?
         # client_masked is the vfio-user client's SET_IRQS state, not the function's: kept.
         self.enabled = False
         self.function_masked = False
@@ -66,7 +76,8 @@ class MsixState:
         return bool(self.table[vector * ENTRY_SIZE + VECTOR_CONTROL] & VECTOR_MASKED)
 
     def is_masked(self, vector: int) -> bool:
-        return self.function_masked or vector in self.client_masked or self.vector_masked(vector)
+        return (self.function_masked or vector in self.client_masked
+                or (self.table_driven and self.vector_masked(vector)))
 
     def is_pending(self, vector: int) -> bool:
         return bool(self.pending >> vector & 1)
@@ -132,4 +143,5 @@ class MsixState:
                                             "is not dword aligned")
             lo, hi = max(offset, lay.table_offset), min(end, table_end)
             self.table[lo - lay.table_offset:hi - lay.table_offset] = data[lo - offset:hi - offset]
+            self.table_driven = True
             self.deliver_unmasked_pending()
