@@ -29,3 +29,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# make e2e: QEMU guest against a served gpu-8g (docs/e2e.md); not part of make test.
+include e2e/Makefile.inc
