@@ -108,7 +108,7 @@ class ControlServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> "ControlServer":
-        self._thread = threading.Thread(target=self._socketserver.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=self._socketserver.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"hugepfn control {self.path.name}", daemon=True)
         self._thread.start()
         return self

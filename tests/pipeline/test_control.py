@@ -1,0 +1,185 @@
+"""The control channel of a served device: JSON lines on SOCKET.ctl, exact replies, hostile input."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import stat
+
+import pytest
+
+from hugepfn.device.control import (MAX_LINE, ControlClient, ControlError, ControlServer, control_path,
+                                    describe_injection)
+from hugepfn.device.cper import CPER_MEM_ERR_PARITY
+
+
+def test_control_path_is_the_vfio_user_socket_plus_ctl():
+    assert control_path("/run/user/1000/gpu0.sock") == "/run/user/1000/gpu0.sock.ctl"
+
+
+def test_socket_is_mode_0600(serve):
+    served = serve()
+    assert stat.S_IMODE(os.stat(control_path(served.socket)).st_mode) == 0o600
+
+
+def test_inject_by_bar_offset_reports_the_record(serve):
+    served = serve()
+    with served.control() as c:
+        first = c.inject(bar=2, offset="0x123456", granularity="4K")
+        second = c.inject(bar=2, offset=0x2040, granularity=64, error_type="parity")
+    assert first == {"ok": True, "op": "inject", "bar": 2, "offset": 0x123000, "length": 0x1000,
+                     "dpa": 0x123000, "granularity": 0x1000, "error_type": "multi-ecc", "sequence": 1}
+    assert second == {"ok": True, "op": "inject", "bar": 2, "offset": 0x2040, "length": 64, "dpa": 0x2040,
+                      "granularity": 64, "error_type": "parity", "sequence": 2}
+    records = served.device.queued_errors()
+    assert [(r.sequence, r.bar, r.bar_offset, r.length, r.physical_addr, r.granularity, r.error_type)
+            for r in records] == [(1, 2, 0x123000, 0x1000, 0x123000, 0x1000, 3),
+                                  (2, 2, 0x2040, 64, 0x2040, 64, CPER_MEM_ERR_PARITY)]
+    assert served.device.poison.is_poisoned(2, 0x123000, 0x1000)
+    assert describe_injection(first) == ("poisoned BAR2 offset 0x123000 length 4KiB (dpa 0x123000, "
+                                         "granularity 4KiB, multi-ecc), error record #1")
+
+
+def test_inject_by_dpa_on_a_profile_with_a_dpa_base(serve):
+    served = serve("nvgrace")
+    base = served.device.profile.bar(2).dpa_base
+    with served.control() as c:
+        reply = c.inject(dpa=base + 0x10_0000_0123, granularity="2M")
+    assert (reply["bar"], reply["offset"], reply["length"], reply["dpa"]) == (2, 0x10_0000_0000, 2 << 20,
+                                                                          base + 0x10_0000_0000)
+
+
+def test_status_says_what_the_device_holds(serve):
+    served = serve()
+    with served.control() as c:
+        c.inject(bar=2, offset=0x10000, granularity="8K")
+        status = c.status()
+    assert status == {
+        "ok": True, "op": "status", "profile": "tiny", "backend": "python", "attached": False, "clients_served": 0,
+        "bars": [{"index": 0, "kind": "registers", "size": 0x10000, "access": "trapped"},
+                 {"index": 2, "kind": "memory", "size": 64 << 20, "access": "fd", "memory_size": 64 << 20,
+                  "dpa_base": 0},
+                 {"index": 4, "kind": "msix", "size": 0x4000, "access": "trapped"}],
+        "poisoned": [{"bar": 2, "offset": 0x10000, "length": 0x2000, "dpa": 0x10000}], "poisoned_pages": 2,
+        "error_queue": {"count": 1, "capacity": 16, "lost": 0, "head": 0, "sequence": 1}}
+
+
+def test_status_sees_an_attached_client(serve):
+    from hugepfn.host.vfio_user.client import VfioUserClient
+
+    served = serve()
+    with VfioUserClient.attach(served.socket):
+        with served.control() as c:
+            assert (c.status()["attached"], c.status()["clients_served"]) == (True, 1)
+
+
+def test_repair_clears_whole_cachelines(serve):
+    served = serve()
+    with served.control() as c:
+        c.inject(bar=2, offset=0x3000, granularity="4K")
+        assert c.repair(bar=2, offset=0x3010, length=0x30)["cleared"] == 64
+        assert c.status()["poisoned"] == [{"bar": 2, "offset": 0x3040, "length": 0xFC0, "dpa": 0x3040}]
+
+
+HOSTILE = [
+    (b"nonsense", "not JSON"),
+    (b"[1, 2]", "a request is a JSON object"),
+    (b'"inject"', "a request is a JSON object"),
+    (b'{"bar": 2}', "op: expected inject, repair or status, got None"),
+    (b'{"op": "format-disk"}', "op: expected inject, repair or status"),
+    (b'{"op": ["inject"]}', "op: expected inject, repair or status"),
+    (b'{"op": "inject"}', "inject needs either bar= and offset=, or dpa="),
+    (b'{"op": "inject", "bar": 2}', "inject needs either bar= and offset=, or dpa="),
+    (b'{"op": "inject", "bar": 2, "offset": 0, "dpa": 0}', "inject needs either bar= and offset=, or dpa="),
+    (b'{"op": "inject", "bar": true, "offset": 0}', "bar: expected a BAR index, got True"),
+    (b'{"op": "inject", "bar": "2", "offset": 0}', "bar: expected a BAR index, got '2'"),
+    (b'{"op": "inject", "bar": 0, "offset": 0}', "BAR 0 is not a memory BAR (memory BARs: 2)"),
+    (b'{"op": "inject", "bar": 2, "offset": -1}', "offset: -1 is out of range"),
+    (b'{"op": "inject", "bar": 2, "offset": 18446744073709551616}', "offset: 18446744073709551616 is out of range"),
+    (b'{"op": "inject", "bar": 2, "offset": "lots"}', "offset: 'lots' is not a number"),
+    (b'{"op": "inject", "bar": 2, "offset": 1.5}', "offset: expected a number, got 1.5"),
+    (b'{"op": "inject", "bar": 2, "offset": "0x4000000"}', "offset 0x4000000 is outside BAR 2's 0x4000000 bytes"),
+    (b'{"op": "inject", "bar": 2, "offset": 0, "granularity": 3}', "granularity 0x3 must be a power of two"),
+    (b'{"op": "inject", "bar": 2, "offset": 0, "granularity": "2G"}', "granularity 0x80000000 must be a power of two"),
+    (b'{"op": "inject", "bar": 2, "offset": 0, "error_type": "gremlins"}', "error_type: expected 0..255 or one of"),
+    (b'{"op": "inject", "bar": 2, "offset": 0, "error_type": 256}', "error_type: expected 0..255"),
+    (b'{"op": "inject", "bar": 2, "offset": 0, "extra": 1}', "unknown field(s) extra"),
+    (b'{"op": "inject", "dpa": 1099511627776}', "device physical address 0x10000000000 is not in any memory BAR"),
+    (b'{"op": "repair", "bar": 2}', "offset: missing"),
+    (b'{"op": "repair", "bar": 2, "offset": 0, "length": 0}', "length: must be positive"),
+    (b'{"op": "status", "verbose": true}', "unknown field(s) verbose (expected none)"),
+    (b"[" * 100000, "request longer than"),
+    (b'{"op": "inject", "bar": 2, "offset": ' + b"[" * 5000 + b"]" * 5000 + b"}", "not JSON: maximum recursion depth"),
+    (b"\xff\xfe\x00garbage", "not JSON"),
+]
+
+
+@pytest.fixture(scope="module")
+def one_server(tmp_path_factory):
+    """One device + control server for the parametrized hostile lines (none may change it)."""
+    from hugepfn.device.gpu import GpuDevice
+
+    device = GpuDevice.from_profile("tiny")
+    server = ControlServer(device, tmp_path_factory.mktemp("ctl") / "gpu.sock.ctl")
+    yield server
+    server.close()
+    device.close()
+
+
+@pytest.mark.parametrize("line,error", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_request_gets_a_one_line_error_and_changes_nothing(one_server, line, error):
+    server = one_server
+    served = server
+    reply = server.handle_line(line)
+    assert reply["ok"] is False and error in reply["error"] and "\n" not in reply["error"]
+    assert len(served.device.poison) == 0 and served.device.queued_errors() == []
+
+
+def test_errors_over_the_socket_keep_the_connection_usable(serve):
+    served = serve()
+    with served.control() as c:
+        for line, error in HOSTILE:
+            if len(line) > MAX_LINE:
+                continue
+            c.sock.sendall(line.replace(b"\n", b" ") + b"\n")
+            reply = json.loads(c._file.readline())
+            assert reply["ok"] is False and error in reply["error"]
+        assert c.status()["poisoned"] == []
+    assert served.control_server.errors == len([1 for line, _ in HOSTILE if len(line) <= MAX_LINE])
+
+
+def test_an_over_long_line_is_refused_and_the_connection_closed(serve):
+    served = serve()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(control_path(served.socket))
+        s.sendall(b"x" * (MAX_LINE + 10))
+        reply = s.makefile("rb").readline()
+        assert json.loads(reply) == {"ok": False, "error": f"request longer than {MAX_LINE} bytes"}
+        assert s.recv(10) == b""
+    with served.control() as c:                       # the server is still there
+        assert c.status()["ok"] is True
+
+
+def test_client_raises_the_servers_error(serve):
+    served = serve()
+    with served.control() as c, pytest.raises(ControlError, match=r"^BAR 4 is not a memory BAR"):
+        c.inject(bar=4, offset=0)
+
+
+def test_client_without_server_says_so(tmp_path):
+    with pytest.raises(OSError, match="is `hugepfn serve` running"):
+        ControlClient(tmp_path / "none.sock.ctl")
+
+
+def test_a_live_control_socket_is_not_stolen_but_a_stale_one_is_replaced(serve, tmp_path):
+    served = serve()
+    with pytest.raises(OSError) as exc:
+        ControlServer(served.device, control_path(served.socket))
+    assert exc.value.errno == errno.EADDRINUSE
+    stale = tmp_path / "stale.sock.ctl"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(stale))
+    dead.close()
+    with ControlServer(served.device, stale) as again, ControlClient(stale) as c:
+        assert c.status()["profile"] == "tiny" and again.requests == 1
