@@ -41,7 +41,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     try:
         versions = kernel_params(marker)
     except ValueError as exc:
-        raise pytest.UsageError(f"{metafunc.definition.nodeid}: hugepfn_kernel: {exc}") from None
+        raise pytest.Collector.CollectError(f"{metafunc.definition.nodeid}: hugepfn_kernel: {exc}") from None
     metafunc.parametrize("hugepfn_kernel", versions, indirect=True, ids=[f"kernel-{v}" for v in versions])
 
 
