@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from hugepfn.testing import assert_no_signal, assert_signal
+
+from .test_serve_and_attach import BACKENDS
 POISON = 0x20_1040
 PFN = 0x100201
 
@@ -38,12 +42,17 @@ def test_event_on_netlink_in_a_private_namespace(hugepfn_host, hugepfn_netns):
         _expect_event(event, host, "hard-offline")
 
 
-def test_the_error_interrupt_reaches_the_host(hugepfn_host):
-    host = hugepfn_host()
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_error_interrupt_reaches_the_host_and_the_consumer_is_signalled(hugepfn_host, backend):
+    host = hugepfn_host(backend=backend, policy="hard-offline")
+    proc = host.spawn(4242, "qemu")
+    bar = proc.mmap_bar("gpu", 2)
+    bar.access(0x20_0000)
     result = host.poison("gpu", bar=2, offset=POISON)
-    assert result.interrupted
-    assert [r.record.sequence for r in result.records] == [1]
+    assert result.interrupted                           # MSI-X error vector -> eventfd
+    assert [(r.record.sequence, r.pfn, r.ret) for r in result.records] == [(1, PFN, 0)]
     assert host.process_errors("gpu") == []            # the queue was drained
+    assert_signal(bar.access(0x20_1040), "BUS_MCEERR_AR", addr=bar.va(0x20_1040), lsb=12, tid=4242)
 
 
 def test_sync_report_signals_the_consuming_thread(hugepfn_host):
