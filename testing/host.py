@@ -189,14 +189,19 @@ class Host:
 
     # -- devices ----------------------------------------------------------------------------------
     def attach(self, served: "ServedDevice", name: str = "gpu", driver: str = "vfio-pci",
-               bdf: str = "0000:01:00.0", register: bool = True, ghes: str = "async") -> BoundDevice:
-        """Attach ``served`` over vfio-user and bind ``driver`` to it as device ``name``.
+               bdf: str | None = None, register: bool = True, ghes: str = "async") -> BoundDevice:
+        """Attach ``served`` over vfio-user and bind ``driver`` to it as device ``name`` at ``bdf``
+        (default: bus 1 for the first device, 2 for the second, ...).  Each device's BARs are
+        placed after the previous device's, so their pfns never overlap.
 
         ``register`` registers each memory BAR's pfns for memory_failure (what a variant
         driver does; plain upstream vfio-pci registers nothing, so its pfns are Ignored).
         The return of each registration is kept in ``registrations[(name, bar)]`` (0, or
         -EOPNOTSUPP on kernels before 6.19).  ``ghes`` is the error source's mode: "async"
         (memory_failure from a kworker) or "sync" (arm64 SEA: task work on the consumer)."""
+        if name in self.devices:
+            raise ValueError(f"a device named {name!r} is already attached")
+        bdf = bdf or f"0000:{len(self.devices) + 1:02x}:00.0"
         bound = wiring.bind(self.machine, served, name, driver, bdf)
         self.devices[name] = bound
         if register:

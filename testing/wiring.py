@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hugepfn.host.attach import attach_vfio_user
+from hugepfn.host.attach import host_pci_device
 from hugepfn.host.ghes import GhesErrorSource
 from hugepfn.host.mm.constants import PAGE_SHIFT
 from hugepfn.host.vfio_user.client import VfioUserClient
-from hugepfn.host.vfio_user.firmware import BarPlacement
+from hugepfn.host.vfio_user.firmware import BarPlacement, assign_bar_addresses
 
 if TYPE_CHECKING:
     from hugepfn.host.machine import Machine
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from .served import ServedDevice
 
 PIPELINE = "hugepfn.host.attach + hugepfn.host.ghes (MSI-X error vector)"
+# shared with served devices of scenarios (hugepfn.host.scenario.served): one firmware pass per
+# device, each starting where the previous device's BARs end
+MMIO_CURSOR_KEY = "served_mmio_cursor"
 
 
 @dataclass
@@ -87,10 +90,16 @@ class BoundDevice:
 
 def bind(machine: "Machine", served: "ServedDevice", name: str = "gpu", driver: str = "vfio-pci",
          bdf: str = "0000:01:00.0") -> BoundDevice:
-    """Attach to ``served`` over vfio-user and add it to ``machine`` as device ``name``."""
+    """Attach to ``served`` over vfio-user, place its BARs after those of devices attached
+    before, and add it to ``machine`` as device ``name``."""
     client = VfioUserClient.attach(served.socket_path)
     try:
-        host_device, placements = attach_vfio_user(machine, name, client, driver, bdf)
+        cursor = machine.extensions.setdefault(MMIO_CURSOR_KEY, {})
+        placements = {p.index: p for p in assign_bar_addresses(client, **cursor)}
+        host_device = machine.add_device(name, driver, bdf, pdev=host_pci_device(client, placements, bdf))
+        for p in placements.values():
+            key = "mmio64_base" if p.is_64bit else "mmio32_base"
+            cursor[key] = max(cursor.get(key, 0), p.address + p.size)
     except BaseException:
         client.close()
         raise

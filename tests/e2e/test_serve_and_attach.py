@@ -47,3 +47,16 @@ def test_data_through_the_host_mapping_is_what_region_read_returns(hugepfn_host,
     assert bar.device.region_read(2, 0x3F_F000, len(payload)) == payload
     bar.device.client.region_write(2, 0x10, b"from the socket")
     assert bar.read(0x10, 15) == b"from the socket"
+
+
+def test_two_devices_get_disjoint_bars_and_their_own_reports(hugepfn_host, hugepfn_served_device):
+    host = hugepfn_host()
+    second = host.attach(hugepfn_served_device("tiny", "python"), name="gpu1")
+    assert second.host_device.pdev.bdf == "0000:02:00.0"
+    assert second.placements[2].address == 0x1_0400_0000          # right after gpu's 64 MiB BAR2
+    assert host.registrations == {("gpu", 2): 0, ("gpu1", 2): 0}
+    bar = host.spawn(100, "app").mmap_bar("gpu1", 2)
+    bar.access(0)
+    result = host.poison("gpu1", bar=2, offset=0x1000)
+    assert (result.pfns, result.rets) == ([0x104001], [0])
+    assert host.devices["gpu"].served.device.queued_errors() == []
