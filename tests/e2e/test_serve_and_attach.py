@@ -60,3 +60,20 @@ def test_two_devices_get_disjoint_bars_and_their_own_reports(hugepfn_host, hugep
     result = host.poison("gpu1", bar=2, offset=0x1000)
     assert (result.pfns, result.rets) == ([0x104001], [0])
     assert host.devices["gpu"].served.device.queued_errors() == []
+
+
+def test_bad_requests_fail_with_one_line_errors(hugepfn_host):
+    from hugepfn.device.control import ControlError
+    from hugepfn.testing import HostError
+
+    host = hugepfn_host()
+    proc = host.spawn(100, "app")
+    with pytest.raises(ControlError, match=r"^offset 0x4000000 is outside BAR 2's 0x4000000 bytes of memory$"):
+        host.poison("gpu", bar=2, offset=64 * MiB)
+    with pytest.raises(HostError, match=r"^\[Errno 22\] mmap of gpu BAR 2 \[0x0, \+0x8000000\) at 0x7f0000000000 "
+                                        r"by pid 100: EINVAL$"):
+        proc.mmap_bar("gpu", 2, length=128 * MiB)
+    with pytest.raises(ValueError, match=r"^no attached device 'gpu7' \(attached: gpu\)$"):
+        proc.mmap_bar("gpu7", 2)
+    with pytest.raises(ValueError, match=r"^unknown policy 'nice'"):
+        hugepfn_host(policy="nice")
