@@ -133,3 +133,43 @@ def test_demo_golden_trace_is_the_whole_path():
     consume = by_note["qemu's main thread l"]
     assert consume["consumed_poison"] is True and consume["signals"][0]["code"] == "BUS_MCEERR_AR"
     assert trace["served"]["gpu"]["bars"][1] == {"index": 2, "address": "0x200000000", "size": "0x200000000"}
+
+
+@pytest.mark.parametrize("backend", ["python", "libvfio-user"])
+def test_the_demo_does_the_same_on_every_backend(backend):
+    from hugepfn.device.vfio_user.backends import available_backends
+
+    choice = available_backends()[backend]
+    if not choice.available:
+        pytest.skip(f"{backend}: {choice.reason}")
+    text = (REPO / "fixtures" / "scenarios" / "demo.toml").read_text()
+    assert 'backend = "python"' in text
+    trace = ScenarioRun(parse_scenario(tomllib.loads(text.replace('backend = "python"', f'backend = "{backend}"'))))
+    got = trace.run().to_json()
+    golden = json.loads((REPO / "fixtures" / "traces" / "demo.json").read_text())
+    assert got["steps"] == golden["steps"] and got["summary"] == golden["summary"]
+    assert got["served"]["gpu"]["backend"] == backend
+
+
+def test_status_sees_a_client_of_the_libvfio_user_backend(tmp_path):
+    from hugepfn.device.control import ControlClient, ControlServer, control_path
+    from hugepfn.device.gpu import GpuDevice
+    from hugepfn.device.vfio_user.backends import select_backend
+    from hugepfn.host.vfio_user.client import VfioUserClient
+
+    try:
+        choice, _ = select_backend("libvfio-user")
+    except ValueError as exc:
+        pytest.skip(str(exc))
+    sock = tmp_path / "gpu.sock"
+    with GpuDevice.from_profile("tiny") as device:
+        server = choice.Server(device, sock)
+        server.start()
+        try:
+            with ControlServer(device, control_path(sock), server=server):
+                with ControlClient(control_path(sock)) as c:
+                    assert (c.status()["backend"], c.status()["attached"]) == ("libvfio-user", False)
+                    with VfioUserClient.attach(sock):
+                        assert c.status()["attached"] is True
+        finally:
+            server.close()
