@@ -14,8 +14,8 @@ from hugepfn.device.vfio_user.backends import BackendUnavailable
 from hugepfn.host import kernel as kernel_mod
 from hugepfn.host.events.constants import ENV_EVENTS_DIR
 
-from .host import Host, short_dir
-from .served import ServedDevice, serve_device
+from .host import Host
+from .served import ServedDevice, serve_device, short_dir
 
 DEFAULT_KERNEL = "7.0"
 

@@ -280,12 +280,3 @@ class Host:
             self.publisher.close()
             self.publisher = None
 
-
-def short_dir(preferred: str | os.PathLike, limit: int = 80) -> tuple[str, bool]:
-    """A directory for unix sockets: ``preferred`` when its paths stay well under the 108-byte
-    sun_path limit, else a fresh short one under /tmp (second item: caller must remove it)."""
-    import tempfile
-
-    if len(os.fspath(preferred)) <= limit:
-        return os.fspath(preferred), False
-    return tempfile.mkdtemp(prefix="hpfn-"), True

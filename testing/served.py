@@ -7,6 +7,7 @@ the plugin), so parallel workers never share a path.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,3 +94,11 @@ def serve_device(directory: str | os.PathLike, profile: str | os.PathLike = "tin
         served.close()
         raise
     return served
+
+
+def short_dir(preferred: str | os.PathLike, limit: int = 80) -> tuple[str, bool]:
+    """A directory for unix sockets: ``preferred`` when paths in it stay well under the 108-byte
+    sun_path limit, else a fresh short one under /tmp (second item: the caller removes it)."""
+    if len(os.fspath(preferred)) <= limit:
+        return os.fspath(preferred), False
+    return tempfile.mkdtemp(prefix="hpfn-"), True

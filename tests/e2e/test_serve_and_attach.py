@@ -77,3 +77,19 @@ def test_bad_requests_fail_with_one_line_errors(hugepfn_host):
         proc.mmap_bar("gpu7", 2)
     with pytest.raises(ValueError, match=r"^unknown policy 'nice'"):
         hugepfn_host(policy="nice")
+
+
+def test_a_long_test_directory_gets_a_short_socket_directory(tmp_path):
+    from hugepfn.testing.served import serve_device, short_dir
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path, temporary = short_dir(deep)
+    try:
+        assert temporary and len(path) < 40
+        with serve_device(path, "tiny", "python") as served:
+            assert served.socket_path.is_socket() and len(served.control_path) < 108
+    finally:
+        import shutil
+        shutil.rmtree(path)
+    assert short_dir(tmp_path) == (str(tmp_path), False)
