@@ -7,7 +7,7 @@ real platform splits between firmware and the kernel's GHES driver (drivers/acpi
 * firmware: on the interrupt, drain the queue through REGION_READ/REGION_WRITE, translate the
   record's device physical address into the host physical address the host gave the BAR
   (``host_pa = BAR address + (dpa - dpa_base)``) and hand it to the OS;
-* GHES: print the record (an abridged cper_estatus_print), then ghes_handle_memory_failure:
+* GHES: print the record (an abridged cper_estatus_print, numbered ``{N}`` machine-wide), then ghes_handle_memory_failure:
   a recoverable memory error with a valid address becomes memory_failure() for the pfn
   holding ``physical_addr`` — one pfn per record, as the kernel does; the granularity from
   ``physical_addr_mask`` is reported (event, outcome) and marks the hardware poison, but
@@ -270,7 +270,9 @@ class GhesErrorSource:
         klog = self.machine.klog
         out.phys = self._translate(r)
         sev = _SEVERITY.get(r.severity, "unknown")
-        pfx = f"{{{r.sequence}}}{HW_ERR}"
+        # ghes_print_estatus numbers every report it prints, machine-wide, from 1
+        seqno = self.machine.extensions["ghes_seqno"] = self.machine.extensions.get("ghes_seqno", 0) + 1
+        pfx = f"{{{seqno}}}{HW_ERR}"
         klog.printk(f"{pfx}Hardware error from APEI Generic Hardware Error Source: {GHES_SOURCE_ID}")
         klog.printk(f"{pfx}event severity: {sev}")
         klog.printk(f"{pfx} Error 0, type: {sev}")

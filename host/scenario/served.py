@@ -240,7 +240,7 @@ def install() -> None:
                                       Field("error_type", "str", required=False, default="multi-ecc",
                                             check=_check_error_type),
                                       Field("current", "int", required=False, default=None)),
-                           handler, doc="poison a served device through its control channel; the host's "
+                           handler, thread_field="current", doc="poison a served device through its control channel; the host's "
                                         "GHES-like error source handles the record in the same step (extension)")
 
 

@@ -173,3 +173,25 @@ def test_status_sees_a_client_of_the_libvfio_user_backend(tmp_path):
                         assert c.status()["attached"] is True
         finally:
             server.close()
+
+
+def test_events_of_a_served_scenario_reach_a_unix_listener(tmp_path, monkeypatch):
+    from hugepfn.host.events import subscriber
+
+    monkeypatch.setenv("HUGEPFN_EVENTS_DIR", str(tmp_path / "events"))
+    text = BASE.replace('serve = { profile = "tiny" }', 'serve = { profile = "tiny", events = "unix" }')
+    with subscriber("unix") as sub:
+        trace = ScenarioRun(parse_scenario(tomllib.loads(text + """
+[[step]]
+do = "inject"
+device = "gpu"
+bar = 2
+offset = 0x5000
+granularity = "8K"
+"""))).run().to_json()
+        event = sub.receive(2.0)
+    assert event is not None and event.seq is not None and event.timestamp_ns is not None
+    assert (event.pfn, event.bar, event.bar_offset, event.granularity, event.action, event.result,
+            event.signals_sent) == (0x100004, 2, 0x4000, 0x2000, "ignored", "Ignored", 0)
+    assert trace["steps"][0]["ghes"][0]["event"]["result"] == "Ignored"
+    assert sub.receive(0.05) is None
