@@ -21,7 +21,8 @@ the zapped ranges (policy hard-offline) and, under ``ghes``, each record's facts
 default "python"), ``ghes`` ("async" | "sync", default "async": see hugepfn.host.ghes),
 ``irq`` ("msix" | "err", default "msix": the error MSI-X vector or the vfio ERR index),
 ``events`` ("none" | "auto" | "netlink" | "unix", default "none": publish a
-MemoryFailureEvent per record, for `hugepfn monitor`).  Traces carry no socket paths, fds or
+MemoryFailureEvent per record, for `hugepfn monitor`).  A served nvgrace-gpu device without
+usemem/resmem takes its first memory BAR, where firmware placed it, as usemem (region 4).  Traces carry no socket paths, fds or
 times: the placement depends only on the profile, so they are deterministic.
 """
 from __future__ import annotations
@@ -150,6 +151,11 @@ def prepare_device(machine: "Machine", spec: "DeviceSpec") -> PciDevice | None:
         served = start_served(machine, spec, options)
     except (ValueError, OSError) as exc:
         raise ScenarioError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
+    if spec.driver == "nvgrace-gpu" and spec.usemem is None and spec.resmem is None:
+        # nvgrace-gpu exposes device memory as usemem (region 4) at the host physical address
+        # firmware reports; for a served device that is where its memory BAR was placed.
+        bar = served.device.profile.memory_bars[0]
+        spec.usemem = {"memphys": served.placements[bar.index].address, "memlength": bar.memory_size}
     from ..attach import host_pci_device
     return host_pci_device(served.client, served.placements, spec.bdf, is_virtfn=spec.virtfn,
                            reset_works=spec.reset_works)
