@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
 MEMORY_FAILURE_FIFO_SIZE = 16          # entries of the per-CPU kfifo of memory_failure_queue()
 HW_ERR = "[Hardware Error]: "
+MAX_GRANULARITY = 1 << 30
 GHES_SOURCE_ID = 0
 PCI_BASE_ADDRESS_0 = 0x10
 PCI_CAPABILITY_LIST = 0x34
@@ -258,9 +259,15 @@ class GhesErrorSource:
             return None                     # no user context: GHES queues instead
         return current
 
-    def _translate(self, record: MemoryErrorRecord) -> int:
+    def _translate(self, record: MemoryErrorRecord) -> int | None:
+        """Host physical address of the record's error, or None (a record naming no BAR, or an
+        address below the memory's dpa_base: firmware cannot say where that is)."""
+        if not 0 <= record.bar <= 5:
+            return None
         bar_base = self.bar_address(record.bar)
         if record.bar == self.mem_bar:
+            if record.physical_addr < self.mem_dpa:
+                return None
             return bar_base + (record.physical_addr - self.mem_dpa)
         return bar_base + record.bar_offset
 
@@ -277,16 +284,20 @@ class GhesErrorSource:
         klog.printk(f"{pfx}event severity: {sev}")
         klog.printk(f"{pfx} Error 0, type: {sev}")
         klog.printk(f"{pfx}  section_type: memory error")
-        if r.validation_bits & CPER_MEM_VALID_PA:
+        has_pa = bool(r.validation_bits & CPER_MEM_VALID_PA) and out.phys is not None
+        if has_pa:
             klog.printk(f"{pfx}  physical_address: 0x{out.phys:016x}")
             klog.printk(f"{pfx}  physical_address_mask: 0x{r.physical_addr_mask:016x}")
         name = _MEM_ERROR_TYPES[r.error_type] if r.error_type < len(_MEM_ERROR_TYPES) else "unknown"
         klog.printk(f"{pfx}  error_type: {r.error_type}, {name}")
-        if r.severity != CPER_SEV_RECOVERABLE or not r.validation_bits & CPER_MEM_VALID_PA:
+        if r.severity != CPER_SEV_RECOVERABLE or not has_pa:
             return False                    # corrected/fatal/no address: not a memory_failure report
         out.pfn = out.phys >> PAGE_SHIFT
-        first = (out.phys & ~(max(r.granularity, PAGE_SIZE) - 1)) >> PAGE_SHIFT
-        out.pfns = range(first, first + max(1, -(-r.length // PAGE_SIZE)))
+        # the block the error covers, never more than the largest granularity (1 GiB) whatever
+        # a (possibly hostile) record claims
+        block = min(max(r.granularity, PAGE_SIZE), MAX_GRANULARITY)
+        first = (out.phys & ~(block - 1)) >> PAGE_SHIFT
+        out.pfns = range(first, first + min(max(1, -(-r.length // PAGE_SIZE)), block >> PAGE_SHIFT))
         if self.mark_hardware:
             self._mark_hardware(out.pfns)
         mf = memory_failure_of(self.machine)

@@ -248,3 +248,21 @@ def test_bad_arguments_are_value_errors(setup):
         GhesErrorSource(host.machine, "gpu", host.client, mode="eventually")
     with pytest.raises(ValueError, match="needs the device's error_vector"):
         GhesErrorSource(host.machine, "gpu", host.client, irq="msix")
+
+
+def test_records_firmware_cannot_translate_or_that_claim_too_much_are_bounded(setup):
+    """A record is the device's word: a BAR that does not exist is reported without an address
+    (no memory_failure); a length beyond its granularity marks at most the granularity."""
+    from hugepfn.device.cper import build_record
+    from hugepfn.host.memory_failure import memory_failure_of
+
+    served, host, ghes = setup()
+    queue = served.device.registers.queue
+    queue.push(build_record(sequence=90, bar=7, bar_offset=0, length=4096, dpa=0, granularity=4096))
+    queue.push(build_record(sequence=91, bar=2, bar_offset=0x200000, length=1 << 60, dpa=0x200000,
+                            granularity=0x200000))
+    nowhere, huge = ghes.process_pending()
+    assert (nowhere.phys, nowhere.pfn, nowhere.ret) == (None, None, None)
+    assert not any("physical_address" in line for line in nowhere.log)
+    assert (huge.pfn, huge.pfns, huge.ret) == (0x100200, range(0x100200, 0x100400), 0)
+    assert len(memory_failure_of(host.machine).hardware.pfns) == 512
