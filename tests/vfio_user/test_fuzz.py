@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import json
 import selectors
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -202,7 +206,30 @@ def _negotiated(socket_path) -> VfioUserClient:
     return client
 
 
-def test_fuzz_100k_messages_then_the_server_still_answers(server, socket_path, device, facts, backend):
+@pytest.fixture
+def server_process(backend, socket_path, tmp_path):
+    """`hugepfn serve --profile tiny` in its own process: the server and this test
+    (hypothesis + the client) then run in parallel, and a crash is a dead process."""
+    log = tmp_path / "server.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "hugepfn.cli.main", "serve", "--profile", "tiny",
+                                 "--socket", str(socket_path), "--backend", backend],
+                                stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not socket_path.exists():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield proc
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    text = log.read_text()
+    assert alive, f"server process died: {text[-2000:]}"
+    assert proc.returncode == 0 and "Traceback" not in text, text[-2000:]
+
+
+def test_fuzz_100k_messages_then_the_server_still_answers(server_process, socket_path, facts, backend):
     assert (facts.regs_size, facts.mem_size) == (REGS_SIZE, MEM_SIZE)
     python = backend == "python"
     state = {"client": _negotiated(socket_path), "sent": 0, "errors": 0, "ok": 0, "disconnects": 0}
