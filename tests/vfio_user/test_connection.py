@@ -118,3 +118,30 @@ def test_long_socket_paths_work(tmp_path, device):
     with choice.Server(device, path):
         with VfioUserClient.attach(path) as c:
             still_answers(c)
+
+
+def test_serve_forever_stops_on_sigterm_and_removes_the_socket(tmp_path, backend):
+    import signal
+    import subprocess
+    import sys
+    import time
+    path = tmp_path / "s.sock"
+    code = ("import sys\n"
+            "from hugepfn.device.gpu import GpuDevice\n"
+            "from hugepfn.device.vfio_user import backends\n"
+            "choice, _ = backends.select_backend(sys.argv[2])\n"
+            "server = choice.Server(GpuDevice.from_profile('tiny'), sys.argv[1])\n"
+            "server.serve_forever()\n"
+            "print('returned')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), backend],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    with VfioUserClient.attach(path) as c:
+        still_answers(c)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert (proc.returncode, out) == (0, "returned\n"), err
+    assert not path.exists()
