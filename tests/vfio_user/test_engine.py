@@ -247,3 +247,33 @@ def test_server_to_client_dma_read_and_its_reply(engine):
     engine.receive_data(wire.message(999, Command.DMA_READ, b"", wire.MSG_TYPE_REPLY))  # unsolicited: ignored
     assert engine.events() == [PeerReply(msg_id, Command.DMA_READ, 0, payload + b"8 bytes!")]
     assert replies(engine) == []
+
+
+def test_a_full_eventfd_counter_makes_the_vector_pending_instead_of_blocking(engine, device):
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    engine.receive_data(wire.message(1, Command.DEVICE_SET_IRQS, wire.SetIrqs.build(
+        {"argsz": 20, "flags": 0x24, "index": 2, "start": 0, "count": 1, "data": b""})), [os.dup(efd)])
+    os.write(efd, (0xFFFF_FFFF_FFFF_FFFE).to_bytes(8, "little"))   # a hostile client fills it
+    engine.interrupt_sink(2, 0)                                     # must not block the server
+    vector = engine.irqs.vector(2, 0)
+    assert vector.pending and vector.fired == 0
+    os.read(efd, 8)                                                 # drained: the next one fires
+    engine.interrupt_sink(2, 0)
+    assert not vector.pending and vector.fired == 1
+    os.close(efd)
+
+
+def test_fds_belong_to_the_message_whose_bytes_they_came_with(engine):
+    memfd = os.memfd_create("guest")
+    os.ftruncate(memfd, 0x10000)
+    first = wire.message(1, Command.DMA_MAP, wire.DmaMap.build(
+        {"argsz": 32, "flags": 3, "offset": 0, "address": 0x100000, "size": 0x10000}))
+    second = wire.message(2, Command.DMA_MAP, wire.DmaMap.build(
+        {"argsz": 32, "flags": 3, "offset": 0, "address": 0x200000, "size": 0x10000}))
+    engine.receive_data(first[:16], [os.dup(memfd)])     # header first, with its fd
+    engine.receive_data(first[16:])
+    engine.receive_data(second)
+    assert [h[3] for h, _, _ in replies(engine)] == [1, 1]
+    with_fd, without_fd = engine.dma.regions()
+    assert with_fd.mapping is not None and without_fd.mapping is None
+    os.close(memfd)
