@@ -184,6 +184,35 @@ class VfioUserServer:
             self._receive(conn, engine)
         return engine.state is State.CLOSED
 
+    # ------------------------------------------------------------- status
+    @property
+    def attached(self) -> bool:
+        engine = self.engine
+        return engine is not None and engine.state is State.READY
+
+    def status(self) -> dict:
+        """What the server holds now (for `hugepfn status` and tests)."""
+        engine = self.engine if self.attached else None
+        wired = []
+        if engine is not None:
+            for index, irq in engine.irqs.indexes.items():
+                for vector, state in enumerate(irq.vectors):
+                    if state.eventfd is not None:
+                        wired.append((index, vector))
+        return {
+            "backend": self.backend_name,
+            "socket": str(self.socket_path),
+            "attached": engine is not None,
+            "clients_served": self.clients_served,
+            "clients_refused": self.clients_refused,
+            "dma_windows": [(r.address, r.size, r.mapping is not None) for r in engine.dma.regions()]
+            if engine is not None else [],
+            "irq_eventfds": wired,
+            "client_capabilities": dict(engine.client_limits.extra, max_msg_fds=engine.client_limits.max_msg_fds,
+                                        max_data_xfer_size=engine.client_limits.max_data_xfer_size)
+            if engine is not None else {},
+        }
+
     # ------------------------------------------------- device-side DMA (any thread)
     def dma_read(self, iova: int, size: int, timeout: float = 10.0) -> bytes:
         """The device reads guest memory: straight from an mmap'ed window, or with a

@@ -145,3 +145,24 @@ def test_serve_forever_stops_on_sigterm_and_removes_the_socket(tmp_path, backend
     out, err = proc.communicate(timeout=20)
     assert (proc.returncode, out) == (0, "returned\n"), err
     assert not path.exists()
+
+
+def test_python_server_status_reports_client_dma_and_irqs(tmp_path, device):
+    choice, _ = backends.select_backend("python")
+    path = tmp_path / "s.sock"
+    with choice.Server(device, path) as srv:
+        assert srv.status()["attached"] is False
+        with VfioUserClient.attach(path) as c:
+            guest = memfd(0x10000)
+            c.dma_map(GIB, 0x10000, guest)
+            c.dma_map(2 * GIB, 0x1000)
+            c.wire_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, 2)
+            status = srv.status()
+            assert status["attached"] and status["clients_served"] == 1
+            assert status["dma_windows"] == [(GIB, 0x10000, True), (2 * GIB, 0x1000, False)]
+            assert status["irq_eventfds"] == [(VFIO_PCI_MSIX_IRQ_INDEX, 0), (VFIO_PCI_MSIX_IRQ_INDEX, 1)]
+            assert status["client_capabilities"]["max_msg_fds"] == 16
+            os.close(guest)
+        c2 = attach_after_hangup(path, "python")
+        assert srv.status()["dma_windows"] == [] and srv.status()["clients_served"] == 2
+        c2.close()
