@@ -10,7 +10,8 @@ from hugepfn.host.tasks import BUS_CODE_NAMES, SEGV_CODE_NAMES, SI_KERNEL, Signa
 
 __tracebackhide__ = True
 
-_CODES = {name: code for code, name in {**BUS_CODE_NAMES, **SEGV_CODE_NAMES}.items()}
+# si_code names -> values (BUS_ADRERR and SEGV_ACCERR share the value 2: keep both names)
+_CODES = {name: code for names in (BUS_CODE_NAMES, SEGV_CODE_NAMES) for code, name in names.items()}
 _CODES["SI_KERNEL"] = SI_KERNEL
 LEVELS = ("pud", "pmd", "pte")
 
@@ -137,5 +138,6 @@ def assert_mapping(source, addr: int | None = None, level: str | None = "pmd", p
     if pfn is not None:
         got_pfn = leaf.pfn_at(addr if addr is not None else leaf.va)
         if got_pfn != pfn:
-            raise AssertionError(f"expected{at} to map pfn {pfn:#x} {where}, it maps {got_pfn:#x} ({got})")
+            where_addr = f"{addr:#x}" if addr is not None else "the access"
+            raise AssertionError(f"expected {where_addr} to map pfn {pfn:#x} {where}, it maps {got_pfn:#x} ({got})")
     return leaf

@@ -42,3 +42,18 @@ def test_pud_on_a_gib_bar(hugepfn_host):
     res = bar.access(0x1234)
     assert res.calls == [(18, VM_FAULT_NOPAGE)]
     assert_mapping(bar, bar.addr, "pud", pfn=host.pfn("gpu", 2))
+
+
+def test_memory_disable_zaps_and_the_next_access_is_sigbus(hugepfn_host):
+    from hugepfn.host.mm.vm_fault import VM_FAULT_SIGBUS
+    from hugepfn.testing import assert_signal
+
+    host = hugepfn_host()
+    bar = host.spawn(100, "app").mmap_bar("gpu", 2)
+    bar.access(0)
+    assert host.devices["gpu"].host_device.config_write(0x4, 2, 0x0004) == 0     # COMMAND: MEMORY off
+    assert_mapping(bar, bar.addr, None)
+    res = bar.access(0x1234)
+    assert res.ret == VM_FAULT_SIGBUS
+    [sig] = assert_signal(res, "BUS_ADRERR", addr=bar.addr + 0x1234, lsb=None)
+    assert sig.addr_lsb is None
