@@ -184,6 +184,8 @@ class ControlServer:
             return {"ok": True, "op": op, **handler(request)}
         except (ValueError, OSError) as exc:       # PoisonError is a ValueError
             return self._error(exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
+        except Exception as exc:                    # a bug must not take the server down with it
+            return self._error(f"internal error: {type(exc).__name__}: {exc}")
 
     # -- operations ----------------------------------------------------------------------------
     def _inject(self, request: dict) -> dict:

@@ -183,3 +183,32 @@ def test_a_live_control_socket_is_not_stolen_but_a_stale_one_is_replaced(serve, 
     dead.close()
     with ControlServer(served.device, stale) as again, ControlClient(stale) as c:
         assert c.status()["profile"] == "tiny" and again.requests == 1
+
+
+def test_fuzzed_requests_always_get_a_reply(one_server):
+    """Structured-but-hostile requests: every one gets {"ok": ...}; the device only changes
+    through a well-formed inject or repair."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
+                        st.floats(allow_nan=True), st.text(max_size=12),
+                        st.sampled_from(["0x1000", "4K", "2MiB", "1G", "-1", "0x", "multi-ecc", "parity"]))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+    keys = st.sampled_from(["op", "bar", "offset", "dpa", "granularity", "error_type", "length", "x"])
+    requests = st.dictionaries(keys, values, max_size=6).map(
+        lambda d: d if "op" not in d or not isinstance(d["op"], bool) else {**d, "op": "inject"})
+    ops = st.sampled_from(["inject", "repair", "status", "nope"])
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(op=ops, request=requests)
+    def check(op, request):
+        request = {"op": op, **{k: v for k, v in request.items() if k != "op"}}
+        reply = one_server.handle_line(json.dumps(request))
+        assert set(reply) >= {"ok"} and (reply["ok"] is True or "\n" not in reply["error"])
+        assert not reply.get("error", "").startswith("internal error")
+
+    check()
+    one_server.device.poison.clear()
+    one_server.device.registers.queue.records.clear()
