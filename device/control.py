@@ -29,7 +29,7 @@ from typing import Any
 
 from hugepfn.device.cper import MEMORY_ERROR_TYPES
 from hugepfn.device.profiles import format_size, parse_size
-from hugepfn.device.vfio_user.transport import check_socket_directory
+from hugepfn.device.vfio_user.transport import connect_unix, listen_unix
 
 CONTROL_SUFFIX = ".ctl"
 MAX_LINE = 64 * 1024          # a request longer than this is refused, not buffered forever
@@ -97,7 +97,7 @@ class ControlServer:
         self.server = server
         self.requests = 0
         self.errors = 0
-        self._listener = _listen(self.path)
+        self._listener = listen_unix(self.path, backlog=8)     # mode 0600, checked directory
         control = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -267,39 +267,10 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     block_on_close = False
 
     def __init__(self, listener: socket.socket, handler):
-        # The listening socket is made by _listen (mode 0600, checked directory): hand it over.
+        # The listening socket is made by listen_unix (mode 0600, checked directory): hand it over.
         super().__init__(listener.getsockname(), handler, bind_and_activate=False)
         self.socket.close()
         self.socket = listener
-
-
-def _listen(path: Path) -> socket.socket:
-    """A listening unix socket at ``path``, mode 0600; a stale socket file is replaced."""
-    check_socket_directory(path)
-    if path.exists() or path.is_symlink():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot reuse {path}: {exc.strerror}", str(path)) from None
-        else:
-            raise OSError(errno.EADDRINUSE, "a control server is already listening there", str(path))
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)                   # born 0600: no window with a wider mode
-    try:
-        sock.bind(str(path))
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    sock.listen(8)
-    return sock
 
 
 # -- the client --------------------------------------------------------------------------------
@@ -309,12 +280,9 @@ class ControlClient:
 
     def __init__(self, path: str | os.PathLike, timeout: float | None = 10.0):
         self.path = os.fspath(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
         try:
-            self.sock.connect(self.path)
+            self.sock = connect_unix(self.path, timeout=timeout)
         except OSError as exc:
-            self.sock.close()
             raise OSError(exc.errno, f"cannot connect to the control socket ({exc.strerror}); "
                                      f"is `hugepfn serve` running?", self.path) from None
         self._file = self.sock.makefile("rb")

@@ -212,3 +212,14 @@ def test_fuzzed_requests_always_get_a_reply(one_server):
     check()
     one_server.device.poison.clear()
     one_server.device.registers.queue.records.clear()
+
+
+def test_a_socket_path_longer_than_sun_path_works(tmp_path):
+    from hugepfn.device.gpu import GpuDevice
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = control_path(deep / "gpu.sock")
+    assert len(path) > 108
+    with GpuDevice.from_profile("tiny") as device, ControlServer(device, path), ControlClient(path) as c:
+        assert c.inject(bar=2, offset=0)["sequence"] == 1
