@@ -33,16 +33,28 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from hugepfn.device.gpu import GpuDevice
-
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="hugepfn serve: %(message)s", stream=sys.stderr)
     choice, why = select_backend(args.backend)           # BackendUnavailable is a ValueError
+    # Handlers first: a SIGTERM that arrives while the server is being set up (the
+    # libvfio-user backend creates the socket file in its constructor) still stops
+    # it cleanly instead of killing the process mid-way.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _serve(args, choice, why, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _serve(args, choice, why, stop: threading.Event) -> None:
+    from hugepfn.device.gpu import GpuDevice
+
     device = GpuDevice.from_profile(args.profile, state_dir=args.state_dir)
     try:
         server = choice.Server(device, args.socket)
-        stop = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
         control = None
         try:
             server.start()
@@ -59,9 +71,6 @@ def run(args) -> int:
             if control is not None:
                 control.close()
             server.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         print("hugepfn serve: stopped", flush=True)
     finally:
         device.close()
-    return 0
