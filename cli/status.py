@@ -25,6 +25,11 @@ def render(status: dict) -> str:
         client = "attached" if status["attached"] else "none"
     lines = [f"profile {status['profile']}, backend {status['backend'] or 'unknown'}, client {client}"
              + (f" ({status['clients_served']} served so far)" if status.get("clients_served") is not None else "")]
+    vu = status.get("vfio_user")
+    if vu is not None:
+        lines.append(f"  vfio-user: {len(vu.get('dma_windows', []))} DMA window(s), "
+                     f"{len(vu.get('irq_eventfds', []))} interrupt eventfd(s) wired, "
+                     f"{vu.get('clients_refused', 0)} client(s) refused")
     for bar in status["bars"]:
         extra = ""
         if bar["kind"] == "memory":

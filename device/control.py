@@ -258,8 +258,14 @@ def device_status(device, server=None) -> dict:
         queue = device.registers.queue
         errq = {"count": len(queue.records), "capacity": queue.capacity, "lost": queue.lost,
                 "head": queue.head, "sequence": device_sequence(device)}
-    return {"profile": device.profile.name, **_client_state(server), "bars": bars,
-            "poisoned": ranges, "poisoned_pages": pages, "error_queue": errq}
+    out = {"profile": device.profile.name, **_client_state(server), "bars": bars,
+           "poisoned": ranges, "poisoned_pages": pages, "error_queue": errq}
+    server_status = getattr(server, "status", None)
+    if callable(server_status):             # what the backend can say about its client
+        facts = server_status()
+        out["vfio_user"] = {key: facts[key] for key in ("clients_refused", "dma_windows", "irq_eventfds")
+                            if key in facts}
+    return out
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

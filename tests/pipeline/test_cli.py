@@ -60,6 +60,7 @@ def test_status_text_and_json(served):
     assert text.returncode == 0
     assert text.stdout == (
         "profile tiny, backend python, client none (0 served so far)\n"
+        "  vfio-user: 0 DMA window(s), 0 interrupt eventfd(s) wired, 0 client(s) refused\n"
         "  BAR0: registers 64KiB trapped\n"
         "  BAR2: memory 64MiB fd, memory 64MiB at dpa 0x0\n"
         "  BAR4: msix 16KiB trapped\n"

@@ -62,16 +62,19 @@ def test_status_says_what_the_device_holds(serve):
                   "dpa_base": 0},
                  {"index": 4, "kind": "msix", "size": 0x4000, "access": "trapped"}],
         "poisoned": [{"bar": 2, "offset": 0x10000, "length": 0x2000, "dpa": 0x10000}], "poisoned_pages": 2,
-        "error_queue": {"count": 1, "capacity": 16, "lost": 0, "head": 0, "sequence": 1}}
+        "error_queue": {"count": 1, "capacity": 16, "lost": 0, "head": 0, "sequence": 1},
+        "vfio_user": {"clients_refused": 0, "dma_windows": [], "irq_eventfds": []}}
 
 
 def test_status_sees_an_attached_client(serve):
     from hugepfn.host.vfio_user.client import VfioUserClient
 
     served = serve()
-    with VfioUserClient.attach(served.socket):
+    with VfioUserClient.attach(served.socket) as client:
+        client.wire_eventfds(3, 1)                      # the vfio ERR index, as GhesErrorSource does
         with served.control() as c:
-            assert (c.status()["attached"], c.status()["clients_served"]) == (True, 1)
+            status = c.status()
+    assert (status["attached"], status["clients_served"], status["vfio_user"]["irq_eventfds"]) == (True, 1, [[3, 0]])
 
 
 def test_repair_clears_whole_cachelines(serve):
