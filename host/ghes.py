@@ -29,7 +29,10 @@ Flags and context (ref 4.6):
 
 Kernels without the pfnmap memory_failure path (before 6.19) keep GHES's old filter: a
 !pfn_valid address logs "[Firmware Warn]: GHES: Invalid address in generic error data: ..."
-and nothing else happens.
+and nothing else happens.  A synchronous record that queues no memory_failure work at all (no
+usable address) force-kills ``current`` with SIGBUS on 6.19/7.0 ("GHES GHES.0: [Hardware
+Error]: GHES: comm:tid: synchronous unrecoverable error (SIGBUS)"); older kernels do nothing
+and the consumer would take the same error again.
 
 A record queued while no host was attached waits in the device's queue (the device keeps it
 across client changes); the next ``process_pending()`` drains it, interrupt or not: the queue
@@ -66,6 +69,9 @@ if TYPE_CHECKING:
 MEMORY_FAILURE_FIFO_SIZE = 16          # entries of the per-CPU kfifo of memory_failure_queue()
 HW_ERR = "[Hardware Error]: "
 MAX_GRANULARITY = 1 << 30
+# Kernel profiles whose ghes_do_proc force-kills the consumer of a synchronous error that queued
+# no memory_failure work (the "exception storm" fix of 2025, after 6.15)
+SYNC_UNQUEUED_KILL = frozenset({"6.19", "7.0"})
 GHES_SOURCE_ID = 0
 PCI_BASE_ADDRESS_0 = 0x10
 PCI_CAPABILITY_LIST = 0x34
@@ -240,6 +246,8 @@ class GhesErrorSource:
                     self._run_task_work(out, sync_thread)
                 elif self._memory_failure_queue(out, len(queued)):
                     queued.append(out)
+            elif sync_thread is not None and self.machine.profile.name in SYNC_UNQUEUED_KILL:
+                self._kill_unqueued_sync(out, sync_thread)
             out.log = self.machine.klog.lines(mark)
         for out in queued:                  # the kworker drains the kfifo after the interrupt
             self._memory_failure_work(out)
@@ -326,6 +334,14 @@ class GhesErrorSource:
     def _memory_failure_work(self, out: ErrorOutcome) -> None:
         """memory_failure_work_func: the kworker calls memory_failure(pfn, flags)."""
         self._call(out, None)
+
+    def _kill_unqueued_sync(self, out: ErrorOutcome, thread: Thread) -> None:
+        """ghes_do_proc: a synchronous error that queued no memory_failure work would be taken
+        again at once (an exception storm), so the consumer is force-killed with SIGBUS."""
+        out.current = thread.tid
+        self.machine.klog.printk(f"GHES GHES.{GHES_SOURCE_ID}: {HW_ERR}GHES: {thread.comm}:{thread.tid}: "
+                                 f"synchronous unrecoverable error (SIGBUS)")
+        out.signals.append(self.machine.tasks.send_signal(thread, "SIGBUS", forced=True))
 
     def _run_task_work(self, out: ErrorOutcome, thread: Thread) -> None:
         """memory_failure_cb: task work on the thread that took the synchronous error."""

@@ -266,3 +266,20 @@ def test_records_firmware_cannot_translate_or_that_claim_too_much_are_bounded(se
     assert not any("physical_address" in line for line in nowhere.log)
     assert (huge.pfn, huge.pfns, huge.ret) == (0x100200, range(0x100200, 0x100400), 0)
     assert len(memory_failure_of(host.machine).hardware.pfns) == 512
+
+
+@pytest.mark.parametrize("kernel,killed", [("7.0", True), ("6.15", False)])
+def test_a_synchronous_record_that_queues_nothing_kills_the_consumer_on_new_kernels(setup, kernel, killed):
+    from hugepfn.device.cper import build_record
+
+    served, host, ghes = setup(kernel=kernel, register=False, mode="sync", current=4243)
+    served.device.registers.queue.push(build_record(sequence=7, bar=9, bar_offset=0, length=4096, dpa=0,
+                                                    granularity=4096))
+    [out] = ghes.process_pending()
+    assert (out.pfn, out.ret) == (None, None)
+    if killed:
+        assert [(s.tid, s.signo, s.code, s.forced) for s in out.signals] == [(4243, "SIGBUS", None, True)]
+        assert out.log[-1] == ("GHES GHES.0: [Hardware Error]: GHES: qemu:4243: synchronous unrecoverable error "
+                               "(SIGBUS)")
+    else:
+        assert out.signals == [] and "SIGBUS" not in " ".join(out.log)
