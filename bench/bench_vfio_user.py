@@ -52,6 +52,12 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """user+system CPU time of a process (load-independent cost of serving)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _round_trips(client: VfioUserClient) -> list[float]:
     """Latency of each 8-byte REGION_READ of a trapped register (BAR0 scratch)."""
     request = REGION_ACCESS.pack(REG_SCRATCH, 0, 8)
@@ -92,6 +98,7 @@ def _bulk(client: VfioUserClient) -> tuple[float, float]:
 
 def main() -> None:
     results = {}
+    server_cpu = {}
     bulk = None
     with tempfile.TemporaryDirectory(prefix="hugepfn-bench-") as tmp:
         os.chmod(tmp, 0o700)
@@ -103,7 +110,9 @@ def main() -> None:
             proc = _start_server(name, path)
             try:
                 with VfioUserClient.attach(path) as client:
+                    cpu_before = _cpu_seconds(proc.pid)
                     results[name] = _round_trips(client)
+                    server_cpu[name] = (_cpu_seconds(proc.pid) - cpu_before) / (WARMUP + ROUND_TRIPS)
                     if bulk is None:
                         bulk = _bulk(client)
             finally:
@@ -114,7 +123,7 @@ def main() -> None:
         med = statistics.median(times)
         p99 = sorted(times)[int(len(times) * 0.99)]
         print(f"  {name:13s} median {med * 1e6:7.1f} us   p99 {p99 * 1e6:7.1f} us   "
-              f"{1 / statistics.mean(times):9.0f} round trips/s")
+              f"{1 / statistics.mean(times):9.0f} round trips/s   server CPU {server_cpu[name] * 1e6:5.1f} us/op")
     if "python" in results and "libvfio-user" in results:
         ratio = statistics.median(results["python"]) / statistics.median(results["libvfio-user"])
         verdict = "meets" if ratio <= 1.5 else "misses"

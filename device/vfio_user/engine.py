@@ -111,6 +111,11 @@ class ServerEngine:
         """The device's InterruptSink for this connection: eventfd_write(1)."""
         return self.irqs.raise_irq
 
+    @property
+    def assembling(self) -> bool:
+        """Part of a message has arrived and the rest has not."""
+        return bool(self._buf)
+
     def next_read_size(self) -> int:
         """Bytes still needed to complete the message being assembled (>= 1)."""
         have = len(self._buf)

@@ -171,6 +171,17 @@ class VfioUserServer:
             engine.connection_lost(f"receive failed: {exc}")
             return
         engine.receive_data(data, fds)
+        # The rest of a message normally came with its header (one sendmsg): take it
+        # now without going back to poll(), but never wait for it here.
+        while engine.assembling and engine.state is not State.CLOSED:
+            try:
+                chunk = conn.recv(engine.next_read_size(), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                engine.connection_lost(f"receive failed: {exc}")
+                break
+            engine.receive_data(chunk)
         for out, out_fds in engine.data_to_send():
             send_with_fds(conn, out, out_fds)
         self._record(engine.events())
