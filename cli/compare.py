@@ -19,9 +19,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hugepfn.host.memory_failure.compare import render_table, run_all_policies
+    from hugepfn.host.memory_failure.compare import POLICY_ORDER, render_table, run_all_policies
+    from hugepfn.host.scenario import load_scenario
 
-    runs = run_all_policies(args.file)
+    from .progress import step_progress
+
+    scenario = load_scenario(args.file)
+    with step_progress(len(scenario.steps) * len(POLICY_ORDER), "compare") as on_step:
+        runs = run_all_policies(scenario, on_step)
     if args.json:
         sys.stdout.write(json.dumps({r.policy: r.summary for r in runs}, indent=1) + "\n")
     else:

@@ -16,9 +16,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hugepfn.host.scenario import run_scenario
+    from hugepfn.host.scenario import load_scenario, run_scenario
 
-    trace = run_scenario(args.file)
+    from .progress import step_progress
+
+    scenario = load_scenario(args.file)
+    with step_progress(len(scenario.steps), "run") as on_step:
+        trace = run_scenario(scenario, on_step)
     text = trace.dumps() if args.json else trace.render()
     if args.output:
         with open(args.output, "w") as fh:

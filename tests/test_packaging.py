@@ -52,3 +52,13 @@ def test_ci_runs_the_readme_test_command():
     readme_head = (REPO / "README.md").read_text().splitlines()[:12]
     assert any(line.strip() == "make test" for line in readme_head)
     assert "make test" in [line.strip() for line in ci.splitlines()]
+
+
+def test_progress_bar_stays_off_stdout_and_off_pipes(tmp_path):
+    # `hugepfn run` drives a tqdm bar only when stderr is a terminal: piped output is the trace alone.
+    repo_demo = REPO / "fixtures" / "scenarios" / "demo.toml"
+    proc = subprocess.run([sys.executable, "-m", "hugepfn.cli.main", "run", "--json", str(repo_demo)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.lstrip().startswith("{")

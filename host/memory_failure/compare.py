@@ -18,13 +18,14 @@ class PolicyRun:
     summary: dict
 
 
-def run_all_policies(scenario: Scenario | str | Path) -> list[PolicyRun]:
+def run_all_policies(scenario: Scenario | str | Path, on_step=None) -> list[PolicyRun]:
+    """``on_step(record)`` is called after every step of every policy's run (progress)."""
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
     out = []
     for policy in POLICY_ORDER:
         run = ScenarioRun(dataclasses.replace(scenario, policy=policy))
-        run.run()
+        run.run(on_step)
         out.append(PolicyRun(policy, run, policy_summary(run.machine)))
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Callable
 
 from ..drivers.pci import PciBar, PciDevice
 from ..machine import Machine
@@ -86,17 +87,21 @@ class ScenarioRun:
         self.trace.steps.append(rec)
         return rec
 
-    def run(self) -> Trace:
+    def run(self, on_step: Callable[[StepRecord], None] | None = None) -> Trace:
+        """Run every step; ``on_step`` (e.g. a progress bar) sees each record as it lands."""
         for step in self.scenario.steps:
-            self.run_step(step)
+            rec = self.run_step(step)
+            if on_step is not None:
+                on_step(rec)
         self.trace.summary = self.machine.summary()
         for finish in RUN_FINISHERS:
             finish(self)
         return self.trace
 
 
-def run_scenario(scenario: Scenario | str | Path) -> Trace:
+def run_scenario(scenario: Scenario | str | Path,
+                 on_step: Callable[[StepRecord], None] | None = None) -> Trace:
     """Run a Scenario (or a scenario file) and return its trace."""
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
-    return ScenarioRun(scenario).run()
+    return ScenarioRun(scenario).run(on_step)
