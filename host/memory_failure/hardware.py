@@ -6,7 +6,7 @@ consuming thread) logs "mce: Uncorrected hardware memory error in user-access at
 calls memory_failure(pfn, MF_ACTION_REQUIRED) as that thread; 0, -EHWPOISON and -EOPNOTSUPP
 end there, anything else logs "mce: Memory error not recovered" and forces a plain SIGBUS.
 arm64 (SEA -> GHES task work) calls memory_failure the same way and, on any other result,
-logs "<phys>: Sending SIGBUS to <comm>:<tid> due to hardware memory corruption" and forces a
+logs "<pfn>: Sending SIGBUS to <comm>:<tid> due to hardware memory corruption" and forces a
 plain SIGBUS (ref 4.6).
 """
 from __future__ import annotations
@@ -68,6 +68,7 @@ class HardwarePoison:
             ret = mf.memory_failure(pfn, MF_ACTION_REQUIRED, thread)
             if ret in _DONE:
                 return
-            m.klog.printk(f"{pfn << PAGE_SHIFT:#x}: Sending SIGBUS to {thread.comm}:{thread.tid} "
+            # ghes.c memory_failure_cb prints twcb->pfn with %#llx: the pfn, not the address.
+            m.klog.printk(f"{pfn:#x}: Sending SIGBUS to {thread.comm}:{thread.tid} "
                           f"due to hardware memory corruption")
         m.tasks.send_signal(thread, "SIGBUS", forced=True)      # force_sig(SIGBUS): SI_KERNEL, no address

@@ -69,7 +69,7 @@ def test_unregistered_pfn_consumption_arm64_logs_sending_sigbus():
     assert [(s.signo, s.code) for s in res.signals] == [("SIGBUS", None)]
     assert m.klog.lines(mark)[1:] == [
         f"Memory failure: {PFN:#x}: recovery action for non struct page pfn: Ignored",
-        f"{PFN << 12:#x}: Sending SIGBUS to qemu:4242 due to hardware memory corruption"]
+        f"{PFN:#x}: Sending SIGBUS to qemu:4242 due to hardware memory corruption"]
 
 
 def test_before_6_19_consumption_is_not_recovered():
