@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..mm.constants import MADV_HUGEPAGE, MADV_NOHUGEPAGE
 from ..mm.vm_fault import fault_name
 from ..tasks import PF_MCE_EARLY, PF_MCE_PROCESS
-from .errors import ScenarioError
 from .fields import Field
 
 if TYPE_CHECKING:
