@@ -12,28 +12,62 @@ from .mm.constants import PMD_ORDER, PUD_ORDER
 
 @dataclass(frozen=True)
 class KernelProfile:
+    """One kernel series as the model emulates it.  Each field is a behaviour that differs
+    between series; docs/kernel-reference.md says which kernel code each one follows and
+    which crosscheck run showed it."""
     name: str
-    # vfio-pci huge_fault alignment rule (ref 1.5): "page" = the faulting page itself must be
-    # order-aligned (v6.12 .. v6.15-rc5); "order" = align the address down to the order (v6.15-rc6+).
-    vfio_alignment: str
-    # THP sysfs `enabled` gates huge pfnmaps on the fault path (ref 1.2 / open question 1).
-    thp_sysfs_gates_pfnmap: bool
-    # nvgrace-gpu generation (ref 2.2): 1 = remap_pfn_range at mmap (PTEs, vm_pgoff = pfn),
+    # vfio-pci huge_fault alignment rule: "page" = the faulting page itself must be
+    # order-aligned (v6.12 .. v6.15-rc5); "order" = align the address down to the order
+    # (v6.15-rc6+, and Debian's 6.12 stable by backport).
+    vfio_alignment: str = "order"
+    # THP sysfs `enabled` gates huge pfnmaps on the fault path.  Since "mm: huge_memory:
+    # bypass THP tuneables for PFNMAP VMAs with ->huge_fault" (vma_file_bypass_thp_tuneables)
+    # it does not; Debian's 6.12 stable already carries that.
+    thp_sysfs_gates_pfnmap: bool = False
+    # nvgrace-gpu generation: 1 = remap_pfn_range at mmap (PTEs, vm_pgoff = pfn),
     # 2 = fault/huge_fault + readiness check after reset.
-    nvgrace_generation: int
+    nvgrace_generation: int = 2
     # memory_failure() handles pfns without struct page (memory_failure_pfn, v6.19).
-    pfnmap_memory_failure: bool
+    pfnmap_memory_failure: bool = True
     # register_pfn_address_space takes a pfn_to_vma_pgoff callback (v6.19-rc4 fixup).
-    pfn_to_vma_pgoff_callback: bool
+    pfn_to_vma_pgoff_callback: bool = True
     # nvgrace-gpu registers usemem/resmem for poison handling at open (v7.0).
-    nvgrace_registers_memory: bool
+    nvgrace_registers_memory: bool = True
+    # vfio-pci has ->huge_fault (huge pfnmaps, v6.12); before, ->fault maps the whole VMA
+    # with io_remap_pfn_range on the first fault ("remap-vma").
+    vfio_fault: str = "huge"
+    # A fault is first tried under the per-VMA lock; a file fault that reaches ->fault of a
+    # VMA without ->map_pages returns VM_FAULT_RETRY there (vmf_can_call_fault) and the
+    # whole fault is retried under mmap_lock, so the driver sees its huge attempts twice.
+    fault_vma_lock_retry: bool = True
+    # pci_dev_save_and_disable / pci_dev_restore warn "resetting" / "reset done" for a
+    # driver without reset_prepare / reset_done handlers.
+    pci_reset_warns: bool = True
 
+
+def _series(name: str, **differences) -> KernelProfile:
+    return KernelProfile(name=name, **differences)
+
+
+_BEFORE_PFNMAP_MF = dict(nvgrace_generation=1, pfnmap_memory_failure=False, pfn_to_vma_pgoff_callback=False,
+                         nvgrace_registers_memory=False)
 
 PROFILES: dict[str, KernelProfile] = {
-    "6.12": KernelProfile("6.12", "page", True, 1, False, False, False),
-    "6.15": KernelProfile("6.15", "order", True, 1, False, False, False),
-    "6.19": KernelProfile("6.19", "order", True, 2, True, True, False),
-    "7.0": KernelProfile("7.0", "order", True, 2, True, True, True),
+    "6.1": _series("6.1", vfio_fault="remap-vma", fault_vma_lock_retry=False, thp_sysfs_gates_pfnmap=True,
+                   pci_reset_warns=False, **_BEFORE_PFNMAP_MF),
+    "6.12": _series("6.12", pci_reset_warns=False, **_BEFORE_PFNMAP_MF),
+    "6.16": _series("6.16", pci_reset_warns=False, **_BEFORE_PFNMAP_MF),
+    "6.17": _series("6.17", pci_reset_warns=False, **_BEFORE_PFNMAP_MF),
+    "6.18": _series("6.18", pci_reset_warns=False, **_BEFORE_PFNMAP_MF),
+    "6.19": _series("6.19", nvgrace_registers_memory=False),
+    "7.0": _series("7.0"),
+    "7.1": _series("7.1"),
+    "7.2": _series("7.2"),
+    "7.3": _series("7.3"),
+    # v6.12.0 .. v6.15-rc5 as released, before the stable backports Debian's 6.12 carries
+    "6.12.0": _series("6.12.0", vfio_alignment="page", thp_sysfs_gates_pfnmap=True, pci_reset_warns=False,
+                      **_BEFORE_PFNMAP_MF),
+    "6.15": _series("6.15", thp_sysfs_gates_pfnmap=True, pci_reset_warns=False, **_BEFORE_PFNMAP_MF),
 }
 
 

@@ -121,9 +121,9 @@ class Machine:
         self.sysctl = dict(DEFAULT_SYSCTL)
         self.sysctl.update(sysctl or {})
         self.tasks = TaskList()
-        self.klog = KernelLog()
-        self.klog.dyndbg = dyndbg
         self.clock = Clock()
+        self.klog = KernelLog(self.clock)
+        self.klog.dyndbg = dyndbg
         self.devices: dict[str, "VfioPciCoreDevice"] = {}
         self.zap_journal: list = []
         self.hw_poison: HwPoisonHook | None = None

@@ -214,7 +214,8 @@ class VfioPciCoreDevice:
             else:
                 ret = self.vmf_insert_pfn(vmf, pfn, order)
         if self.klog.dyndbg:
-            self.klog.lazy(self._fmt_huge_fault, order, vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT, pgoff, ret)
+            self.klog.debug_ratelimited("vfio_pci_mmap_huge_fault", self._fmt_huge_fault, order,
+                                        vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT, pgoff, ret)
         return ret
 
     def vmf_insert_pfn(self, vmf: VmFaultCtx, pfn: int, order: int) -> int:
@@ -297,9 +298,19 @@ class VfioPciCoreDevice:
         finally:
             self.memory_lock.up_write()
 
+    # pci_error_handlers this driver has: without them the PCI core warns around a reset
+    has_reset_prepare = False
+    has_reset_done = False
+
     def pci_reset_function(self) -> int:
-        """The function-level reset itself; variants hook reset_done here."""
+        """The function-level reset itself (pci_dev_save_and_disable, reset, pci_dev_restore);
+        variants hook reset_done here."""
+        warns = self.profile.pci_reset_warns
+        if warns and not self.has_reset_prepare:
+            self.dev_info("resetting")
         self.reset_done()
+        if warns and not self.has_reset_done:
+            self.dev_info("reset done")
         return 0
 
     def reset_done(self) -> None:

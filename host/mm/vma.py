@@ -24,6 +24,9 @@ class VmOperations:
     name: str
     fault: Callable[["VmFaultCtx"], int] | None = None
     huge_fault: Callable[["VmFaultCtx", int], int] | None = None
+    # ->map_pages (fault-around of page-cache pages): device pfnmaps have none, which is why
+    # a fault under the per-VMA lock must be retried before ->fault is called
+    map_pages: Callable | None = None
 
 
 class Vma:
