@@ -87,6 +87,8 @@ SIGNALS = [
     ({"tid": 1, "signo": "SIGSEGV", "code": "SEGV_ACCERR", "addr": "0x1000", "addr_lsb": "12", "delivered": True},
      "addr_lsb: expected an integer, got '12'"),
     ({"tid": 1, "signo": "SIGKILL"}, "delivered: expected true or false, got None"),
+    ({"tid": 1, "signo": "SIGBUS", "addr": "0x1000", "delivered": True},
+     "without a code, a SIGBUS carries no code or addr"),
 ]
 
 
@@ -103,7 +105,8 @@ def test_every_known_signal_shape_passes(demo):
         {"tid": 1, "signo": "SIGBUS", "code": "BUS_MCEERR_AO", "addr": "0x7f0000001000", "addr_lsb": 12,
          "delivered": False},
         {"tid": 1, "signo": "SIGSEGV", "code": "SEGV_MAPERR", "addr": "0x0", "delivered": True},
-        {"tid": 1, "signo": "SIGKILL", "delivered": True}]
+        {"tid": 1, "signo": "SIGKILL", "delivered": True},
+        {"tid": 1, "signo": "SIGBUS", "delivered": True}]       # force_sig(SIGBUS): SI_KERNEL, no fields
     assert check_trace(fine) == []
 
 
@@ -157,3 +160,16 @@ def test_unreadable_input_is_one_line(tmp_path, monkeypatch):
     big.write_bytes(b" " * ((1 << 20) + 1))
     with pytest.raises(ValueError, match=r"big.json: larger than 1 MiB; not read as a trace"):
         trace_check.load_trace(str(big))
+
+
+def test_a_real_plain_sigbus_passes():
+    """6.15 has no memory_failure for pfnmaps: a consumption ends in force_sig(SIGBUS), no fields."""
+    from hugepfn.host.scenario import parse_scenario
+    trace = run_scenario(parse_scenario({
+        "kernel": "6.15", "device": [{"name": "D", "bars": [{"index": 0, "phys": 0x3800000000, "size": "1G"}]}],
+        "process": [{"comm": "q", "pid": 10}],
+        "step": [{"do": "mmap", "pid": 10, "device": "D", "region": 0, "length": "1G", "addr": 0x7F0000000000},
+                 {"do": "poison", "device": "D", "region": 0, "offset": 0},
+                 {"do": "access", "tid": 10, "addr": 0x7F0000000000}]})).to_json()
+    assert trace["steps"][2]["signals"] == [{"tid": 10, "signo": "SIGBUS", "delivered": True}]
+    assert check_trace(trace) == []
