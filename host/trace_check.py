@@ -47,6 +47,14 @@ class _Checker:
     def bad(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
 
+    def listed(self, where: str, obj: dict, key: str) -> list:
+        """obj[key] when it is a list; else the problem is noted and there is nothing to walk."""
+        value = obj.get(key)
+        if isinstance(value, list):
+            return value
+        self.bad(where, f"{key}: expected a list, got {value!r}")
+        return []
+
     def hex_field(self, where: str, obj: dict, key: str) -> None:
         if not _is_hex(obj.get(key)):
             self.bad(where, f"{key}: expected a lowercase hex string such as 0x1f000, got {obj.get(key)!r}")
@@ -105,17 +113,13 @@ class _Checker:
         elif "ret" not in step or not (step["ret"] == 0 and _is_int(step["ret"])
                                        or isinstance(step["ret"], str) and ERRNO.fullmatch(step["ret"])):
             self.bad(where, f"ret: expected 0 or a negative errno name such as \"-EINVAL\", got {step.get('ret')!r}")
-        signals = step.get("signals")
-        if not isinstance(signals, list):
-            self.bad(where, f"signals: expected a list, got {signals!r}")
-        else:
-            for j, signal in enumerate(signals):
-                self.signal(f"{where}.signals[{j}]", signal)
+        for j, signal in enumerate(self.listed(where, step, "signals")):
+            self.signal(f"{where}.signals[{j}]", signal)
         log = step.get("log")
         if not isinstance(log, list) or not all(isinstance(line, str) for line in log):
             self.bad(where, "log: expected a list of strings")
         if "zapped" in step:
-            self.zapped(where, step["zapped"])
+            self.zapped(where, self.listed(where, step, "zapped"))
         if "note" in step and not isinstance(step["note"], str):
             self.bad(where, f"note: expected a string, got {step['note']!r}")
         if do in self.kinds:
@@ -125,14 +129,10 @@ class _Checker:
         ret = step.get("ret")
         if not (ret == "0" or isinstance(ret, str) and VM_FAULT.fullmatch(ret)):
             self.bad(where, f"ret: expected \"0\" or VM_FAULT_* names joined by '|', got {ret!r}")
-        calls = step.get("calls")
-        if not isinstance(calls, list):
-            self.bad(where, f"calls: expected a list, got {calls!r}")
-        else:
-            for j, call in enumerate(calls):
-                if not isinstance(call, dict) or call.get("order") not in ORDERS or not _is_int(call.get("order")) \
-                        or not (isinstance(call.get("ret"), str) and VM_FAULT.fullmatch(call["ret"])):
-                    self.bad(f"{where}.calls[{j}]", f"expected {{order: 0|9|18, ret: VM_FAULT_*}}, got {call!r}")
+        for j, call in enumerate(self.listed(where, step, "calls")):
+            if not isinstance(call, dict) or call.get("order") not in ORDERS or not _is_int(call.get("order")) \
+                    or not (isinstance(call.get("ret"), str) and VM_FAULT.fullmatch(call["ret"])):
+                self.bad(f"{where}.calls[{j}]", f"expected {{order: 0|9|18, ret: VM_FAULT_*}}, got {call!r}")
         if "mapped" not in step:
             self.bad(where, "mapped: missing (null when nothing maps the address)")
         mapped = step.get("mapped")
@@ -168,10 +168,7 @@ class _Checker:
         if not isinstance(signal.get("delivered"), bool):
             self.bad(where, f"delivered: expected true or false, got {signal.get('delivered')!r}")
 
-    def zapped(self, where: str, zapped: Any) -> None:
-        if not isinstance(zapped, list):
-            self.bad(where, f"zapped: expected a list, got {zapped!r}")
-            return
+    def zapped(self, where: str, zapped: list) -> None:
         for j, zap in enumerate(zapped):
             here = f"{where}.zapped[{j}]"
             if not isinstance(zap, dict):
