@@ -30,5 +30,5 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# make e2e: QEMU guest against a served gpu-8g (docs/e2e.md); not part of make test.
+# make e2e: QEMU guests against served devices (docs/e2e.md); not part of make test.
 include e2e/Makefile.inc

@@ -24,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .progress import step_progress
 
+    if args.png:      # refused before the runs, not after them
+        _check_png(args.png)
     scenario = load_scenario(args.file)
     with step_progress(len(scenario.steps) * len(POLICY_ORDER), "compare") as on_step:
         runs = run_all_policies(scenario, on_step)
@@ -34,9 +36,17 @@ def run(args: argparse.Namespace) -> int:
     if args.png:
         from hugepfn.host.memory_failure.picture import write_png
 
-        if not args.png.lower().endswith(".png"):
-            raise ValueError(f"--png: the file name must end in .png, got {args.png!r}")
         path = write_png(runs, args.png, title=f"hugepfn compare {args.file}")
         if not args.json:
             sys.stdout.write(f"picture: {path}\n")
     return 0
+
+
+def _check_png(name: str) -> None:
+    if not name.lower().endswith(".png"):
+        raise ValueError(f"--png: the file name must end in .png, got {name!r}")
+    try:
+        import matplotlib  # noqa: F401  (the picture is drawn with it)
+    except ImportError:
+        raise ValueError("--png needs matplotlib, which comes with the optional extra 'plot': "
+                         "pip install 'hugepfn[plot]'") from None

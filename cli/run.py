@@ -10,7 +10,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Run a scenario (TOML) on the emulated host and print the trace: "
                                           "a readable table, or the JSON form with --json.")
     p.add_argument("file", metavar="FILE.toml", help="scenario file")
-    p.add_argument("--json", action="store_true", help="print the trace as JSON (spec/scenario-format.md)")
+    p.add_argument("--json", action="store_true", help="print the trace as JSON (its form: docs/scenarios.md)")
     p.add_argument("-o", "--output", metavar="PATH", help="write the trace here instead of stdout")
     p.set_defaults(func=run)
 
