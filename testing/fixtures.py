@@ -17,7 +17,7 @@ from hugepfn.host.events.constants import ENV_EVENTS_DIR
 from .host import Host
 from .served import ServedDevice, serve_device, short_dir
 
-DEFAULT_KERNEL = "7.0"
+DEFAULT_KERNEL = "7.3"
 
 
 @pytest.fixture
