@@ -1,7 +1,8 @@
 """The kernel log: printk lines in order, with dynamic-debug lines formatted lazily.
 
-The fault hot path appends a (formatter, args) tuple only when dynamic debug is on;
-the string is built when a trace or a person reads the log.
+The fault hot path appends a (formatter, args) tuple only when dynamic debug is on, and
+memory_failure appends its per-process lines the same way; the string is built when a trace
+or a person reads the log.
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ class KernelLog:
 
     def lazy(self, fmt: Callable[..., str], *args) -> None:
         self._entries.append((fmt, args))
+
+    def lazy_repeat(self, n: int, fmt: Callable[..., str], *args) -> None:
+        """``n`` identical lazy lines (one per VMA signalled in one process)."""
+        self._entries.extend([(fmt, args)] * n)
 
     def __len__(self) -> int:
         return len(self._entries)
