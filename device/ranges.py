@@ -147,12 +147,15 @@ class RangeSet:
     # -- queries -----------------------------------------------------------------------------
     def overlaps(self, start: int, end: int) -> bool:
         """Is any byte of [start, end) in the set?"""
-        k = bisect_right(self._lasts, start)
-        if k == len(self._lasts):
+        lasts = self._lasts
+        k = bisect_right(lasts, start)
+        if k == len(lasts):
             return False                    # at or past the last range's end
         block = self._blocks[k]
         i = bisect_right(block, start)
-        return bool(i & 1) or block[i] < end
+        if i & 1:
+            return True                     # start lies inside a range
+        return block[i] < end
 
     def first_in(self, start: int, end: int) -> int | None:
         """The lowest byte of [start, end) in the set, or None."""

@@ -13,7 +13,11 @@ from typing import Iterable, Iterator
 
 from pyroaring import BitMap64
 
-PFN_LIMIT = 1 << 64                 # BitMap64 holds unsigned 64-bit values
+PFN_LIMIT = (1 << 64) - 1           # BitMap64 holds unsigned 64-bit values (range ends included)
+
+
+def _clipped(lo: int, hi: int) -> tuple[int, int]:
+    return max(lo, 0), min(hi, PFN_LIMIT)
 
 
 class PoisonSet:
@@ -41,24 +45,28 @@ class PoisonSet:
         return True
 
     def __contains__(self, pfn: int) -> bool:
-        return 0 <= pfn < PFN_LIMIT and pfn in self._bits
-
-    def _clip(self, lo: int, hi: int) -> tuple[int, int]:
-        return max(lo, 0), min(hi, PFN_LIMIT)
+        try:
+            return pfn in self._bits
+        except OverflowError:           # negative or past 64 bits: never a pfn
+            return False
 
     def any_in(self, lo: int, hi: int) -> bool:
-        lo, hi = self._clip(lo, hi)
-        return lo < hi and self._bits.range_cardinality(lo, hi) > 0
+        if hi <= lo:
+            return False
+        try:
+            return self._bits.range_cardinality(lo, hi) > 0
+        except OverflowError:           # bounds outside 0 .. 2**64 - 1: clip them
+            lo, hi = _clipped(lo, hi)
+            return lo < hi and self._bits.range_cardinality(lo, hi) > 0
 
     def first_in(self, lo: int, hi: int) -> int | None:
         """Smallest poisoned pfn in [lo, hi), or None."""
-        lo, hi = self._clip(lo, hi)
-        if lo >= hi or not self._bits.range_cardinality(lo, hi):
+        if not self.any_in(lo, hi):
             return None
-        return self._bits.next_set_bit(lo)
+        return self._bits.next_set_bit(max(lo, 0))
 
     def in_range(self, lo: int, hi: int) -> list[int]:
-        lo, hi = self._clip(lo, hi)
+        lo, hi = _clipped(lo, hi)
         if lo >= hi:
             return []
         return list(takewhile(hi.__gt__, self._bits.iter_equal_or_larger(lo)))
