@@ -141,7 +141,7 @@ def bench_poison_check() -> None:
     record("host poison set: remove at 10**6 pfns", f"{remove * 1e6:.2f} us", "< 20 us", remove < 20e-6)
     now, then = max(per_pmd_hit, per_pmd_clean), max(old_hit, old_clean)
     record("host poison set: [pfn, pfn + 2^9) query vs the sorted list (same run)",
-           f"{now * 1e6:.2f} vs {then * 1e6:.2f} us", "unchanged or better", now <= then * 1.05)
+           f"{now * 1e6:.2f} vs {then * 1e6:.2f} us", "unchanged (within 10 %) or better", now <= then * 1.1)
 
 
 def nvgrace(policy: str, size: int = 8 * GIB) -> Machine:

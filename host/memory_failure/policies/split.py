@@ -25,7 +25,7 @@ PTRS = 1 << PMD_ORDER
 
 
 def _pte_table_without(first_pfn: int, hole_va: int) -> array:
-    """A full PTE table mapping ``first_pfn``... minus the entry of ``hole_va``."""
+    """A full PTE table mapping first_pfn, first_pfn + 1, ... minus the entry of ``hole_va``."""
     ptes = array("Q", range(first_pfn + 1, first_pfn + 1 + PTRS))     # entries hold pfn + 1
     ptes[(hole_va >> PAGE_SHIFT) & INDEX_MASK] = 0
     return ptes
