@@ -318,9 +318,12 @@ class PageTable:
             return out
         pud_lo, pud_hi = start >> PUD_SHIFT, (end - 1) >> PUD_SHIFT
         pud_leaves, pmd_tables = self.pud_leaves, self.pmd_tables
-        if pud_lo == pud_hi and pud_leaves.pop(pud_lo, None) is not None:    # the common small zap of a PUD
-            out.append(_new_tuple(Zapped, (LEVEL_PUD, pud_lo << PUD_SHIFT, 1 << PUD_SHIFT)))
-            return out
+        if pud_lo == pud_hi:                    # the common small zap of a PUD leaf, inline
+            puds = self.pud_tables.get(pud_lo >> TABLE_SHIFT)
+            if puds is not None and puds[pud_lo & INDEX_MASK]:
+                puds[pud_lo & INDEX_MASK] = 0
+                out.append(_new_tuple(Zapped, (LEVEL_PUD, pud_lo << PUD_SHIFT, 1 << PUD_SHIFT)))
+                return out
         if pud_hi - pud_lo + 1 <= len(pud_leaves) + len(pmd_tables):
             slots = range(pud_lo, pud_hi + 1)
         else:   # a sparse table under a huge range: walk the entries, not the slots
