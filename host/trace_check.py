@@ -108,7 +108,9 @@ class _Checker:
             where = f"{where} ({do})"
         if step.get("index") != position + 1 or not _is_int(step.get("index")):
             self.bad(where, f"index: expected {position + 1} (steps are numbered from 1), got {step.get('index')!r}")
-        if do == "access":
+        if step.get("ret") == "Oops":
+            self.crash(where, step)
+        elif do == "access":
             self.access(where, step)
         elif "ret" not in step or not (step["ret"] == 0 and _is_int(step["ret"])
                                        or isinstance(step["ret"], str) and ERRNO.fullmatch(step["ret"])):
@@ -124,6 +126,15 @@ class _Checker:
             self.bad(where, f"note: expected a string, got {step['note']!r}")
         if do in self.kinds:
             self.kind_fields(where, step, self.kinds[do])
+
+    def crash(self, where: str, step: dict) -> None:
+        """A step at which the kernel oopses: ret "Oops" and what the kernel prints (the last step)."""
+        crash = step.get("crash")
+        if not isinstance(crash, dict) or not isinstance(crash.get("first_line"), str) \
+                or not isinstance(crash.get("call_trace"), list) \
+                or not all(isinstance(f, str) for f in crash["call_trace"]):
+            self.bad(where, f"crash: expected {{first_line, call_trace: [function, ...]}} with ret \"Oops\", "
+                            f"got {crash!r}")
 
     def access(self, where: str, step: dict) -> None:
         ret = step.get("ret")
