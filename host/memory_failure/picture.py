@@ -32,7 +32,7 @@ class RegionView:
 def _poisoned_pfns(machine) -> list[int]:
     from . import memory_failure_of
     mf = memory_failure_of(machine)
-    pfns = set(mf.hardware.pfns)
+    pfns = mf.hardware.poisoned_pfns()
     for state in mf.drivers.values():
         pfns.update(state.poison)
     repaired = getattr(mf, "repaired_at", {})
