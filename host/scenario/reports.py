@@ -2,8 +2,9 @@
 and JUnit XML.  Each scenario is one test case; each failing step is one more, so a CI page
 lists the step that broke.
 
-TAP is written here by hand (a plan, "ok"/"not ok" lines and YAML diagnostics are the whole
-format for this use); JUnit XML is built with junitparser, a maintained library for the
+TAP (version 13, which prove and every TAP consumer read; version 14 adds nothing used here)
+is written by hand: a plan, "ok"/"not ok" lines and YAML diagnostics are the whole format for
+this use; JUnit XML is built with junitparser, a maintained library for the
 format, so the element and attribute names are the ones Jenkins, GitLab and others read.
 """
 from __future__ import annotations
@@ -24,8 +25,10 @@ def _headline(r: ScenarioResult) -> str:
     if r.status == "pass":
         return f"PASS {r.name} ({what})"
     failed = len(r.failing_steps())
-    golden = ", golden trace differs" if r.golden_diff else ""
-    return f"FAIL {r.name} ({what}): {len(r.mismatches)} failed in {failed} step{'s' * (failed != 1)}{golden}"
+    parts = [f"{len(r.mismatches)} failed in {failed} step{'s' * (failed != 1)}"] if r.mismatches else []
+    if r.golden_diff:
+        parts.append("golden trace differs")
+    return f"FAIL {r.name} ({what}): {', '.join(parts)}"
 
 
 def failure_lines(r: ScenarioResult) -> list[str]:
@@ -74,8 +77,8 @@ def _tap_name(text: str) -> str:
 
 
 def tap(results: Iterable[ScenarioResult]) -> str:
-    """TAP version 14: one test point per scenario and one per failing step; the plan at the end."""
-    lines = ["TAP version 14"]
+    """TAP version 13: one test point per scenario and one per failing step; the plan at the end."""
+    lines = ["TAP version 13"]
     n = 0
     for r in results:
         n += 1
