@@ -46,3 +46,16 @@ clean:
 
 # make e2e: QEMU guests against served devices (docs/e2e.md); not part of make test.
 include e2e/Makefile.inc
+
+# make crosscheck: every crosscheckable fixture on every kernel of the matrix, in QEMU guests
+# (root; the e2e root and Debian's archive on first use; docs/crosscheck.md).  Not part of
+# `make test`.  make crosscheck-record also keeps the kernels' output as test data.
+XC_ARGS ?=
+.PHONY: crosscheck crosscheck-record
+crosscheck: $(STAMP)
+	@bash e2e/build-root.sh $(E2E_CACHE)
+	@$(BIN)/python -m hugepfn.crosscheck.matrix --cache $(E2E_CACHE) --junit out/crosscheck.xml $(XC_ARGS)
+
+crosscheck-record: $(STAMP)
+	@bash e2e/build-root.sh $(E2E_CACHE)
+	@$(BIN)/python -m hugepfn.crosscheck.matrix --cache $(E2E_CACHE) --record tests/crosscheck/recorded $(XC_ARGS)

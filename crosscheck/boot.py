@@ -165,7 +165,7 @@ def _crash_from_console(lines: list[str]) -> tuple[str, list[str]] | None:
 
 def boot(kernel: CachedKernel, root: Path, busybox: Path, plans: list[Plan], devices: list[PlannedDevice],
          kprobes: list[str], dyndbg: list[str], cache: Path, logs: Path, timeout: float = 1500.0,
-         memory_mb: int = 512) -> BootResult:
+         memory_mb: int = 512, boot_number: int = 1) -> BootResult:
     """Run ``plans`` (in order) in one guest of ``kernel``; see the module docstring."""
     started = time.monotonic()
     result = BootResult()
@@ -187,7 +187,7 @@ def boot(kernel: CachedKernel, root: Path, busybox: Path, plans: list[Plan], dev
                          [GuestDevice(d.slot, f"{SHARE_IN_ROOT}/dev-{d.slot:02x}.sock") for d in devices]
                          if kernel.has_vfio else [], memory_mb)
         logs.mkdir(parents=True, exist_ok=True)
-        result.console = logs / f"console-{kernel.release}.log"
+        result.console = logs / f"console-{kernel.release}-{boot_number}.log"
         guest = Guest(root, share, argv, result.console)
         deadline = time.monotonic() + timeout
         for line in guest.lines(deadline):
@@ -204,7 +204,7 @@ def boot(kernel: CachedKernel, root: Path, busybox: Path, plans: list[Plan], dev
         crash = _crash_from_console(console)
         if crash is not None:
             result.crash = Crash(_running(result), crash[0], crash[1])
-        shutil.copyfile(data, logs / f"data-{kernel.release}.txt")
+        shutil.copyfile(data, logs / f"data-{kernel.release}-{boot_number}.txt")
     finally:
         if guest is not None:
             guest.close()

@@ -15,6 +15,7 @@ wrong wherever they do.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,10 +70,51 @@ def _norm(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+_HEX_TOKEN = re.compile(r"\b(?:0x)?[0-9a-f]{8,16}\b")
+
+
+def log_equal(model: list[str], kernel: list[str]) -> bool:
+    """Equal line by line; ``<ptr>`` in a model line stands for an address the kernel prints
+    that is random per boot (a hashed %p, a KASLR'd address): any hex token matches it."""
+    if len(model) != len(kernel):
+        return False
+    for mine, theirs in zip(model, kernel):
+        if "<ptr>" not in mine:
+            if mine != theirs:
+                return False
+            continue
+        pattern = "".join(re.escape(part) if i % 2 == 0 else r"(?:0x)?[0-9a-f]{8,16}"
+                          for i, part in enumerate(re.split(r"(<ptr>)", mine)) if part != "<ptr>" or i % 2)
+        if not re.fullmatch(pattern, theirs):
+            return False
+    return True
+
+
+def crash_matches(model: dict, kernel: dict) -> bool:
+    """The model's crash: its first line (``<ptr>`` as in log_equal) and its call-trace
+    functions, which must appear in that order among the kernel's (RIP first)."""
+    if not log_equal([model["first_line"]], [kernel.get("first_line", "")]):
+        return False
+    funcs = iter(kernel.get("call_trace", []))
+    return all(any(f == g for g in funcs) for f in model["call_trace"])
+
+
 def compare_step(model: dict, kernel: dict, pid_of: dict[int, int]) -> Verdict:
     fields = STEP_FIELDS.get(model["do"], DEFAULT_FIELDS)
+    if "crash" in model or "crash" in kernel:
+        fields = ("ret", "crash")
     verdict = Verdict(model["index"], model["do"], fields)
     for name in fields:
+        if name == "crash":
+            mine, theirs = model.get("crash"), kernel.get("crash")
+            if mine is None or theirs is None or not crash_matches(mine, theirs):
+                verdict.differences.append(Difference(name, theirs, mine))
+            continue
+        if name == "log":
+            mine, theirs = model.get("log", []), kernel.get("log", [])
+            if not log_equal(mine, theirs):
+                verdict.differences.append(Difference(name, theirs, mine))
+            continue
         if name == "signals":
             mine, theirs = _signals(model.get("signals", []), pid_of), _kernel_signals(kernel.get("signals", []))
         elif name == "value":

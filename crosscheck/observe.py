@@ -43,6 +43,10 @@ HANDLERS = {"hf": None, "pf": 0, "f": 0, "nvhf": None, "nvf": 0}     # event -> 
 INSERTS = {"ipud": ("pud", PUD_SIZE), "ipudp": ("pud", PUD_SIZE), "ipmd": ("pmd", PMD_SIZE),
            "ipmdp": ("pmd", PMD_SIZE), "ipte": ("pte", PAGE)}
 PFN_FLAGS_MASK = (1 << 52) - 1          # pfn_t (6.12) keeps its flags in the top bits
+# Lines an emulated (TCG) guest prints because of its own slowness, not because of a step:
+# the model never predicts them, so they are not part of any step's log.
+GUEST_NOISE = re.compile(r"^(hrtimer: interrupt took \d+ ns|clocksource: |sched: RT throttling activated"
+                         r"|rcu: INFO: |workqueue: .* hogged CPU)")
 
 
 @dataclass
@@ -97,6 +101,7 @@ def split_steps(lines: list[str]) -> dict[int, RawStep]:
             steps[int(rest)] = pending
             pending = RawStep(-1)
             inside = False
+            continue
         elif kind == "G":
             tid, signo, code, addr, lsb = rest.split()
             pending.signals.append((int(tid), int(signo), int(code), int(addr, 16), int(lsb)))
@@ -110,6 +115,10 @@ def split_steps(lines: list[str]) -> dict[int, RawStep]:
         elif kind == "L":
             prio, _, text = rest.partition(" ")
             pending.log.append((int(prio), text))
+    if inside:
+        # a step that began and never ended: the guest died in it (a crash or a hang)
+        pending.result = ["unfinished"]
+        steps[pending.index] = pending
     return steps
 
 
@@ -238,7 +247,7 @@ def _ret(words: list[str]) -> int | str:
     if not words:
         return "?"
     head = words[0]
-    if head in ("killed", "timeout"):
+    if head in ("killed", "timeout", "unfinished"):
         return head
     try:
         value = int(head)
@@ -289,6 +298,8 @@ def kernel_trace(lines: list[str], scenario, thread_pid: dict[int, int]) -> dict
             rec["mapped"] = leaf.at(addr) if leaf is not None else None
         else:
             rec["ret"] = _ret(r.result)
+            if step.kind == "exit" and rec["ret"] == "killed" and any(st.startswith("exit=") for _, st in r.deaths):
+                rec["ret"] = 0          # the process is gone because it exited: the step did what it said
             if step.kind == "touch":
                 lo, hi = f["addr"], f["addr"] + f["length"]
                 faulted = {e.args["address"] & ~(PAGE - 1) for e in r.events
@@ -303,7 +314,7 @@ def kernel_trace(lines: list[str], scenario, thread_pid: dict[int, int]) -> dict
             if step.kind == "mremap" and rec["ret"] == 0:
                 leaves.move(pid, f["addr"], f["length"], int(extras.get("addr", "0"), 16))
         rec["signals"] = signals
-        rec["log"] = [text for _prio, text in r.log]
+        rec["log"] = [text for _prio, text in r.log if not GUEST_NOISE.match(text)]
         steps.append(rec)
     out = {"hugepfn_trace": 1, "source": "kernel", "steps": steps}
     if setup is not None and setup.result and setup.result[0] != "0":

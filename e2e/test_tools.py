@@ -15,7 +15,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import apt_mirror  # noqa: E402
+from hugepfn.crosscheck import mirror as apt_mirror  # noqa: E402
 import mkinitramfs  # noqa: E402
 
 

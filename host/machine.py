@@ -17,10 +17,11 @@ from . import kernel as kernel_mod
 from .drivers import DRIVERS
 from .drivers.pci import PciBar, PciDevice
 from .klog import KernelLog
-from .mm.constants import PAGE_SHIFT, PAGE_SIZE, VFIO_PCI_PGOFF_SHIFT, VM_WRITE
+from .mm.constants import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, VFIO_PCI_PGOFF_SHIFT, VM_READ, VM_WRITE
+from .mm.fork import exit_process, fork_process
 from .mm.fault import handle_mm_fault
 from .mm.mm import MM
-from .mm.mmap import do_madvise, do_mmap, do_munmap
+from .mm.mmap import do_madvise, do_mmap, do_mprotect, do_mremap, do_munmap
 from .mm.pagetable import Leaf
 from .mm.vm_fault import (VM_FAULT_HWPOISON, VM_FAULT_HWPOISON_LARGE, VM_FAULT_HINDEX_MASK,
                           VM_FAULT_HINDEX_SHIFT, VM_FAULT_NOPAGE, VM_FAULT_OOM, VM_FAULT_SIGBUS,
@@ -106,7 +107,7 @@ def _disabled_register(space: "PfnAddressSpace") -> int:
 
 
 class Machine:
-    def __init__(self, kernel: str = "7.0", arch: str = "x86_64", thp: str = "always",
+    def __init__(self, kernel: str = "7.3", arch: str = "x86_64", thp: str = "always",
                  policy: str = "upstream", sysctl: dict[str, int] | None = None,
                  thp_sysfs_gates_pfnmap: bool | None = None, dyndbg: bool = True) -> None:
         self.profile = kernel_mod.profile(kernel)
@@ -171,18 +172,33 @@ class Machine:
 
     # -- syscalls -------------------------------------------------------------------------------------
     def mmap(self, pid: int, device: str, region: int, offset: int, length: int, addr: int,
-             shared: bool = True) -> int:
+             shared: bool = True, prot: int = PROT_READ | PROT_WRITE) -> int:
         """mmap(addr, length, RW, MAP_FIXED|MAP_SHARED, devfd, region << 40 | offset): 0 or -errno."""
         proc = self.tasks.process(pid)
         dev = self.device(device)
         if offset % PAGE_SIZE or region < 0 or offset < 0:
             return -errno.EINVAL
         pgoff = (region << VFIO_PCI_PGOFF_SHIFT) + (offset >> PAGE_SHIFT)
-        got = do_mmap(proc.mm, dev.file, addr, length, pgoff, shared, dev.mmap)
+        got = do_mmap(proc.mm, dev.file, addr, length, pgoff, shared, dev.mmap, prot=prot)
         return got if isinstance(got, int) else 0
 
     def munmap(self, pid: int, addr: int, length: int) -> int:
         return do_munmap(self.tasks.process(pid).mm, addr, length)
+
+    def mprotect(self, pid: int, addr: int, length: int, prot: int) -> int:
+        return do_mprotect(self.tasks.process(pid).mm, addr, length, prot)
+
+    def mremap(self, pid: int, addr: int, length: int, new_length: int, flags: int, new_addr: int = 0) -> int:
+        """mremap(2): the new address, or a negative errno."""
+        return do_mremap(self.tasks.process(pid).mm, addr, length, new_length, flags, new_addr)
+
+    def fork(self, pid: int, child: int) -> int:
+        """fork(2) by ``pid``'s main thread: ``child`` gets a copy of the mm (dup_mmap)."""
+        return fork_process(self, pid, child)
+
+    def exit(self, pid: int) -> int:
+        """The process exits: exit_mmap removes every VMA; its threads are gone."""
+        return exit_process(self, pid)
 
     def madvise(self, pid: int, addr: int, length: int, advice: int) -> int:
         return do_madvise(self.tasks.process(pid).mm, addr, length, advice)
@@ -202,7 +218,7 @@ class Machine:
         mm = thread.process.mm
         calls: list[tuple[int, int]] = []
         vma = mm.find_vma(addr)
-        if vma is None or (write and not vma.vm_flags & VM_WRITE):
+        if vma is None or not vma.vm_flags & (VM_WRITE if write else VM_READ):
             # bad_area: no VMA (SEGV_MAPERR) or an access the VMA does not permit (SEGV_ACCERR)
             self.tasks.force_sig_fault(thread, "SIGSEGV", SEGV_MAPERR if vma is None else SEGV_ACCERR, addr)
             return AccessResult(VM_FAULT_SIGSEGV, calls, None, journal[mark:])

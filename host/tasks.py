@@ -164,6 +164,12 @@ class TaskList:
         self.processes[pid] = proc
         return proc
 
+    def remove_process(self, pid: int) -> None:
+        """The process has exited: its pid and tids are free again."""
+        proc = self.processes.pop(pid)
+        for thread in proc.threads:
+            self.threads.pop(thread.tid, None)
+
     def add_thread(self, process: Process, tid: int) -> Thread:
         """clone(CLONE_THREAD) from the main thread: the new thread inherits its PF_MCE_* flags."""
         if tid in self.threads:

@@ -19,7 +19,7 @@ from hugepfn.host.events.constants import DEFAULT_GROUP, ENV_EVENTS_DIR
 from .host import Host
 from .served import ServedDevice, serve_device, short_dir
 
-DEFAULT_KERNEL = "7.0"
+DEFAULT_KERNEL = "7.3"
 
 
 @pytest.fixture

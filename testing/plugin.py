@@ -54,7 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"hugepfn_drivers: cannot import {module!r}: {exc}") from None
     config.addinivalue_line(
         "markers", "hugepfn_kernel(*versions): run the test once per kernel profile "
-                   "(6.12, 6.15, 6.19, 7.0; none named: all); hugepfn_host uses it")
+                   "(e.g. 6.1, 6.12, 6.16, 7.3; none named: all); hugepfn_host uses it")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -15,9 +15,9 @@ from ..mm.constants import (PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER, VFIO_PC
 from ..mm.fault import VmFaultCtx
 from ..mm.insert import vmf_insert_pfn, vmf_insert_pfn_pmd, vmf_insert_pfn_pud
 from ..mm.mapping import AddressSpace, File
-from ..mm.vm_fault import VM_FAULT_FALLBACK, VM_FAULT_SIGBUS
+from ..mm.vm_fault import VM_FAULT_FALLBACK, VM_FAULT_NOPAGE, VM_FAULT_SIGBUS
 from ..mm.vma import Vma, VmOperations
-from ..mm.zap import VmaZap, unmap_mapping_range
+from ..mm.zap import VmaZap, unmap_mapping_range, zap_vma_range
 from .pci import (PCI_COMMAND, PCI_COMMAND_MEMORY, PCI_D0, PCI_D3hot, PCI_PM_CTRL, PCI_PM_CTRL_STATE_MASK,
                   PciDevice)
 
@@ -103,7 +103,14 @@ class VfioPciCoreDevice:
         self.is_open = False
         self.barmap: set[int] = set()
         self.num_regions = 0       # device-specific regions after VFIO_PCI_NUM_REGIONS
-        self.vm_ops = VmOperations(self.vm_ops_name, fault=self.fault, huge_fault=self.huge_fault)
+        if self.profile.vfio_fault == "remap-vma":
+            # before huge pfnmaps (6.1 .. 6.11): the first fault maps the whole VMA, the driver
+            # keeps a list of the VMAs it populated and zaps those (vfio_pci_zap_and_vma_lock)
+            self.vm_ops = VmOperations(self.vm_ops_name, fault=self.fault_whole_vma,
+                                       open=self.mmap_open, close=self.mmap_close)
+        else:
+            self.vm_ops = VmOperations(self.vm_ops_name, fault=self.fault, huge_fault=self.huge_fault)
+        self.vma_list: list[Vma] = []
         self.dev_prefix = f"{self.driver_name} {pdev.bdf}: "
         self._align_faulting_page = self.profile.vfio_alignment == "page"
 
@@ -181,7 +188,32 @@ class VfioPciCoreDevice:
         vma.vm_private_data = self
         vma.vm_flags |= VM_ALLOW_ANY_UNCACHED | VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP
         vma.vm_ops = self.vm_ops
+        if self.profile.vfio_fault == "remap-vma":
+            vma.vm_pgoff = self.vma_to_pfn(vma)     # 6.1: vm_pgoff holds the pfn, not the region
         return 0
+
+    # -- 6.1 .. 6.11: the whole VMA on the first fault --------------------------------------------
+    def fault_whole_vma(self, vmf: VmFaultCtx) -> int:
+        """vfio_pci_mmap_fault (6.1): SIGBUS while memory is off or low power is engaged; a VMA
+        already on the list was populated (NOPAGE, nothing to do); else io_remap_pfn_range of
+        the whole VMA and the VMA goes on the list."""
+        vma = vmf.vma
+        self.memory_lock.read_acquisitions += 1
+        if self.pm_runtime_engaged or not self.memory_enabled():
+            return VM_FAULT_SIGBUS
+        if any(v is vma for v in self.vma_list):
+            return VM_FAULT_NOPAGE
+        vma.vm_mm.pgtable.set_pte_range(vma.vm_start, vma.vm_end, vma.vm_pgoff)
+        self.vma_list.append(vma)
+        return VM_FAULT_NOPAGE
+
+    def mmap_open(self, vma: Vma) -> None:
+        """vfio_pci_mmap_open: a copied or split-off VMA starts with its PTEs zapped (it is not
+        on the list, so the next fault populates it)."""
+        zap_vma_range(vma, vma.vm_start, vma.vm_end)
+
+    def mmap_close(self, vma: Vma) -> None:
+        self.vma_list = [v for v in self.vma_list if v is not vma]
 
     def region_mmap(self, index: int, vma: Vma) -> int:
         """A device-specific region's own mmap op; the core has none."""
@@ -241,7 +273,15 @@ class VfioPciCoreDevice:
 
     # -- zap and the paths that use it --------------------------------------------------------------
     def zap_bars(self) -> list[VmaZap]:
-        """vfio_pci_zap_bars: every BAR0..BAR5 mmap of this device (file offsets [0, ROM << 40))."""
+        """vfio_pci_zap_bars: every BAR0..BAR5 mmap of this device (file offsets [0, ROM << 40)).
+        Before 6.10 (vfio_pci_zap_and_vma_lock): only the VMAs on the driver's list, whole;
+        the list empties (a VMA a fork copied was never on it and keeps its PTEs)."""
+        if self.profile.vfio_fault == "remap-vma":
+            out: list[VmaZap] = []
+            for vma in self.vma_list:
+                out += zap_vma_range(vma, vma.vm_start, vma.vm_end)
+            self.vma_list.clear()
+            return out
         return unmap_mapping_range(self.mapping, vfio_pci_index_to_offset(VFIO_PCI_BAR0_REGION_INDEX),
                                    vfio_pci_index_to_offset(VFIO_PCI_ROM_REGION_INDEX)
                                    - vfio_pci_index_to_offset(VFIO_PCI_BAR0_REGION_INDEX), True)

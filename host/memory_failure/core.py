@@ -55,7 +55,7 @@ class MemoryFailure:
         self.config_memory_failure = config_memory_failure
         self.registry = PfnSpaceRegistry(enabled=config_memory_failure,
                                          needs_callback=self.profile.pfn_to_vma_pgoff_callback)
-        self.trace = TraceBuffer(self.profile.name)
+        self.trace = TraceBuffer(self.profile.memory_failure_trace_system)
         self.order = ProcessOrder(machine.tasks)
         self.policy = policy if policy is not None else make_policy(machine.policy)
         self.guard = ConsumptionGuard()

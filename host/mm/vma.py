@@ -27,6 +27,9 @@ class VmOperations:
     # ->map_pages (fault-around of page-cache pages): device pfnmaps have none, which is why
     # a fault under the per-VMA lock must be retried before ->fault is called
     map_pages: Callable | None = None
+    # ->open / ->close (vm_area_struct copies and removals): 6.1 vfio-pci zaps a new VMA on open
+    open: Callable[["Vma"], None] | None = None
+    close: Callable[["Vma"], None] | None = None
 
 
 class Vma:

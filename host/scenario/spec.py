@@ -21,7 +21,7 @@ from .steps import STEP_KINDS, SYSCTLS
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 
 MACHINE_FIELDS = (
-    Field("kernel", "str", required=False, default="7.0", choices=tuple(kernel_mod.PROFILES)),
+    Field("kernel", "str", required=False, default="7.3", choices=tuple(kernel_mod.PROFILES)),
     Field("arch", "str", required=False, default="x86_64", choices=tuple(kernel_mod.ARCHES)),
     Field("thp", "str", required=False, default="always", choices=kernel_mod.THP_MODES),
     Field("policy", "str", required=False, default="upstream", choices=kernel_mod.POLICIES),
@@ -207,6 +207,12 @@ def parse_scenario(data: dict, source: str = "") -> Scenario:
                 raise ScenarioError(f"{where}: {key}: no thread with tid {value}")
             if key == "device" and value not in names:
                 raise ScenarioError(f"{where}: device: no device named {value!r}")
+        if do == "fork":
+            child = fields["child"]
+            if child in pids or child in tids:
+                raise ScenarioError(f"{where}: child: pid {child} is already taken")
+            pids.add(child)         # the child (its one thread is tid = pid) exists from here on
+            tids.add(child)
         steps.append(Step(i, do, fields, note, expect))
 
     return Scenario(top["kernel"], top["arch"], top["thp"], top["policy"], sysctl, devices, processes, steps,

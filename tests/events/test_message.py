@@ -85,7 +85,7 @@ def events_st(draw):
         result=draw(st.sampled_from(["Recovered", "Ignored", "Failed", "Delayed"])),
         signals_sent=len(signals) + draw(st.integers(0, 1000)), signals=signals,
         consumption_count=draw(st.integers(0, 2**32 - 1)),
-        profile=draw(st.sampled_from(["", "6.12", "6.15", "6.19", "7.0"])),
+        profile=draw(st.sampled_from(["", "6.12", "6.16", "6.19", "7.3"])),
     )
 
 

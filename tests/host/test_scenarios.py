@@ -47,7 +47,7 @@ def hugepfn(*args):
 def test_cli_table_and_json():
     table = hugepfn("run", "fixtures/scenarios/demo.toml")
     assert table.returncode == 0 and table.stderr == ""
-    assert table.stdout.startswith("hugepfn trace: kernel 7.0, arch x86_64, thp always, policy upstream\n")
+    assert table.stdout.startswith("hugepfn trace: kernel 7.3, arch x86_64, thp always, policy upstream\n")
     assert "call: huge_fault(order 18) -> VM_FAULT_NOPAGE" in table.stdout
     assert "signal: SIGBUS BUS_ADRERR tid 4242 addr 0x7f0000123456" in table.stdout
     js = hugepfn("run", "fixtures/scenarios/demo.toml", "--json")
@@ -104,8 +104,9 @@ def scenario_with(step=None, **top):
      "step 1 (mmap): device: no device named 'E'"),
     (scenario_with({"do": "mmap", "pid": 10, "device": "D", "region": 99, "length": "1G", "addr": 0}),
      "step 1 (mmap): region: must be a region index 0..15, got 99"),
-    (scenario_with({"do": "madvise", "pid": 10, "addr": 0, "length": 1, "advice": "MADV_DONTNEED"}),
-     "step 1 (madvise): advice: must be one of MADV_HUGEPAGE, MADV_NOHUGEPAGE, got 'MADV_DONTNEED'"),
+    (scenario_with({"do": "madvise", "pid": 10, "addr": 0, "length": 1, "advice": "MADV_FREE"}),
+     "step 1 (madvise): advice: must be one of MADV_NORMAL, MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, "
+     "got 'MADV_FREE'"),
     (scenario_with({"do": "config_write", "device": "D", "offset": 4, "size": 3, "value": 0}),
      "step 1 (config_write): size: must be 1, 2 or 4, got 3"),
     (scenario_with({"do": "memory_failure", "pfn": 1, "flags": ["MF_BOGUS"]}),
@@ -125,7 +126,8 @@ def scenario_with(step=None, **top):
     (scenario_with({"tid": 10}), "step 1: do: missing"),
     (scenario_with({"do": "touch", "tid": 10, "addr": 0, "length": "1G", "stride": 100}),
      "step 1 (touch): stride: must be a positive multiple of 4K, got 0x64"),
-    (scenario_with(None, kernel="6.1"), "scenario: kernel: must be one of 6.12, 6.15, 6.19, 7.0, got '6.1'"),
+    (scenario_with(None, kernel="5.10"), "scenario: kernel: must be one of 6.1, 6.12, 6.16, 6.17, 6.18, 6.19, 7.0, "
+     "7.1, 7.2, 7.3, 6.12.0, got '5.10'"),
     (scenario_with(None, thp="sometimes"), "scenario: thp: must be one of always, madvise, never, got 'sometimes'"),
     (scenario_with(None, colour=1), "scenario: unknown field 'colour' (expected arch, description, device, dyndbg, "
                                     "kernel, policy, process, step, sysctl, thp, thp_sysfs_gates_pfnmap)"),

@@ -166,7 +166,7 @@ def test_a_real_plain_sigbus_passes():
     """6.15 has no memory_failure for pfnmaps: a consumption ends in force_sig(SIGBUS), no fields."""
     from hugepfn.host.scenario import parse_scenario
     trace = run_scenario(parse_scenario({
-        "kernel": "6.15", "device": [{"name": "D", "bars": [{"index": 0, "phys": 0x3800000000, "size": "1G"}]}],
+        "kernel": "6.16", "device": [{"name": "D", "bars": [{"index": 0, "phys": 0x3800000000, "size": "1G"}]}],
         "process": [{"comm": "q", "pid": 10}],
         "step": [{"do": "mmap", "pid": 10, "device": "D", "region": 0, "length": "1G", "addr": 0x7F0000000000},
                  {"do": "poison", "device": "D", "region": 0, "offset": 0},
