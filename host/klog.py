@@ -1,7 +1,8 @@
 """The kernel log: printk lines in order, with dynamic-debug lines formatted lazily.
 
-The fault hot path appends a (formatter, args) tuple only when dynamic debug is on;
-the string is built when a trace or a person reads the log.
+The fault hot path appends a (formatter, args) tuple only when dynamic debug is on, and
+memory_failure appends its per-process lines the same way; the string is built when a trace
+or a person reads the log.
 """
 from __future__ import annotations
 
@@ -41,6 +42,16 @@ class RateLimit:
         self.missed += 1
         return False
 
+    def allow_many(self, now_ms: int, n: int, site: str, log: "KernelLog") -> int:
+        """``n`` calls at the same instant: how many of them (the first ones) print."""
+        if n <= 0:
+            return 0
+        passed = int(self.allow(now_ms, site, log))
+        extra = min(n - 1, RATELIMIT_BURST - self.printed)
+        self.printed += extra
+        self.missed += n - 1 - extra
+        return passed + extra
+
 
 class KernelLog:
     def __init__(self, clock=None) -> None:
@@ -57,11 +68,23 @@ class KernelLog:
         if limit.allow(self.clock.now_ms if self.clock is not None else 0, site, self):
             self._entries.append((fmt, args))
 
+    def debug_ratelimited_count(self, site: str, n: int) -> int:
+        """``n`` dev_dbg_ratelimited calls at ``site`` at once: how many print (the caller adds
+        those lines); the suppressed ones are counted for the next report."""
+        limit = self._limits.get(site)
+        if limit is None:
+            limit = self._limits[site] = RateLimit()
+        return limit.allow_many(self.clock.now_ms if self.clock is not None else 0, n, site, self)
+
     def printk(self, line: str) -> None:
         self._entries.append(line)
 
     def lazy(self, fmt: Callable[..., str], *args) -> None:
         self._entries.append((fmt, args))
+
+    def lazy_repeat(self, n: int, fmt: Callable[..., str], *args) -> None:
+        """``n`` identical lazy lines (one per VMA signalled in one process)."""
+        self._entries.extend([(fmt, args)] * n)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -44,6 +44,10 @@ class MfOutcome:
     events: list = field(default_factory=list)      # the MemoryFailureEvents it published (publish.py)
 
 
+def _recovery_line(pfn: int, action: str) -> str:
+    return f"{PR_PREFIX}{pfn:#x}: recovery action for {MF_MSG_PFN_MAP}: {action}"
+
+
 class MemoryFailure:
     def __init__(self, machine: "Machine", config_memory_failure: bool = True,
                  policy: "PoisonPolicy | None" = None, nvgrace_callback: str = "literal") -> None:
@@ -140,7 +144,7 @@ class MemoryFailure:
         """Trace event + log line; MF_MSG_PFN_MAP changes no counter.  0 for Recovered/Delayed."""
         name = ACTION_NAME[result]
         self.trace.memory_failure_event(pfn, MF_MSG_PFN_MAP, name)
-        self.machine.klog.printk(f"{PR_PREFIX}{pfn:#x}: recovery action for {MF_MSG_PFN_MAP}: {name}")
+        self.machine.klog.lazy(_recovery_line, pfn, name)
         return 0 if result in (MfResult.MF_RECOVERED, MfResult.MF_DELAYED) else -errno.EBUSY
 
     def _finish(self, out: MfOutcome) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PMD_ORDER, PMD_SHIFT, PUD_ORDER, PUD_SHIFT
-from .pagetable import PmdTable
+from .pagetable import INDEX_MASK, TABLE_SHIFT, PmdTable
 from .thp import PMD_BIT, PUD_BIT, thp_vma_allowable_orders
 from .vm_fault import VM_FAULT_FALLBACK, VM_FAULT_OOM, VM_FAULT_RETRY, VM_FAULT_SIGBUS
 
@@ -80,10 +80,11 @@ def _handle_mm_fault(vma: "Vma", address: int, write: bool, calls: list[tuple[in
 
     # PUD level
     pud_idx = addr >> PUD_SHIFT
-    if pud_idx in pt.pud_leaves:
-        return 0                            # huge leaf present: refresh accessed bit only
     table = pt.pmd_tables.get(pud_idx)
     if table is None:
+        puds = pt.pud_tables.get(pud_idx >> TABLE_SHIFT)
+        if puds is not None and puds[pud_idx & INDEX_MASK]:
+            return 0                        # huge leaf present: refresh accessed bit only
         allowed = thp_vma_allowable_orders(vma, machine.thp, machine.thp_sysfs_gates_pfnmap, machine.thp_hw)
         if allowed & PUD_BIT:
             # create_huge_pud: only arches with THP-PUD reach the driver
@@ -101,7 +102,7 @@ def _handle_mm_fault(vma: "Vma", address: int, write: bool, calls: list[tuple[in
 
     # PMD level
     pmd_idx = addr >> PMD_SHIFT
-    if pmd_idx in table.leaves:
+    if table.leaves[pmd_idx & INDEX_MASK]:
         return 0
     ptes = table.pte_tables.get(pmd_idx)
     if ptes is None:
@@ -113,9 +114,9 @@ def _handle_mm_fault(vma: "Vma", address: int, write: bool, calls: list[tuple[in
                 calls.append((PMD_ORDER, ret))
             if not ret & VM_FAULT_FALLBACK:
                 return ret
-            if pmd_idx in table.leaves:
+            if table.leaves[pmd_idx & INDEX_MASK]:
                 return 0
-    elif (addr >> PAGE_SHIFT) in ptes:
+    elif ptes[(addr >> PAGE_SHIFT) & INDEX_MASK]:
         return 0                            # present PTE: accessed/dirty update only
 
     # PTE level: do_fault -> vm_ops->fault (a VMA without one gets SIGBUS)
