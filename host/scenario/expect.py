@@ -240,11 +240,6 @@ def check_record(expect: dict[str, Any], record: dict) -> list[tuple[str, Any, A
     return out
 
 
-def count(expect: dict[str, Any]) -> int:
-    """How many checks an expect table makes (one per key)."""
-    return len(expect)
-
-
 def check_trace(scenario, trace) -> list[Mismatch]:
     """Every expectation of ``scenario``'s steps that its ``trace`` does not meet, in step order."""
     records = {rec.index: rec for rec in trace.steps}

@@ -203,16 +203,22 @@ def _served(run: "ScenarioRun", step: "Step") -> ServedDevice:
     return served
 
 
+def _control(served: ServedDevice):
+    """The device's control channel (opened on first use)."""
+    if served.control is None:
+        from hugepfn.device.control import ControlClient, control_path
+        served.control = ControlClient(control_path(served.socket_path))
+    return served.control
+
+
 def do_inject(run: "ScenarioRun", step: "Step") -> int:
-    from hugepfn.device.control import ControlClient, ControlError, control_path
+    from hugepfn.device.control import ControlError
 
     f = step.fields
     served = _served(run, step)
     ghes = _error_source(run, served)
-    if served.control is None:
-        served.control = ControlClient(control_path(served.socket_path))
     try:
-        reply = served.control.inject(bar=f["bar"], offset=f["offset"], granularity=f["granularity"],
+        reply = _control(served).inject(bar=f["bar"], offset=f["offset"], granularity=f["granularity"],
                                       error_type=f["error_type"])
     except ControlError as exc:
         run.record.extra["error"] = str(exc)
@@ -241,14 +247,12 @@ def do_scrub(run: "ScenarioRun", step: "Step") -> int:
     """The device repairs [offset, offset + length) of a memory BAR itself (a patrol scrub that
     rewrites the lines, as seed 004's DAX memory allows): loads there stop machine-checking at
     once; the host's driver keeps what it recorded until it hears of the repair (``repair``)."""
-    from hugepfn.device.control import ControlClient, ControlError, control_path
+    from hugepfn.device.control import ControlError
 
     f = step.fields
     served = _served(run, step)
-    if served.control is None:
-        served.control = ControlClient(control_path(served.socket_path))
     try:
-        reply = served.control.repair(bar=f["bar"], offset=f["offset"], length=f["length"])
+        reply = _control(served).repair(bar=f["bar"], offset=f["offset"], length=f["length"])
     except ControlError as exc:
         run.record.extra["error"] = str(exc)
         return -errno.EINVAL
