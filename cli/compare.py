@@ -19,20 +19,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hugepfn.host.memory_failure.compare import POLICY_ORDER, render_table, run_all_policies
+    from hugepfn.host.memory_failure.compare import POLICY_ORDER, holds_poison, render_table, run_all_policies
     from hugepfn.host.scenario import load_scenario
 
     from .progress import step_progress
 
     if args.png:      # refused before the runs, not after them
         _check_png(args.png)
-    scenario = load_scenario(args.file)
+    from hugepfn.host.scenario.files import resolve
+
+    scenario = load_scenario(resolve(args.file))
     with step_progress(len(scenario.steps) * len(POLICY_ORDER), "compare") as on_step:
         runs = run_all_policies(scenario, on_step)
+    if not holds_poison(runs):
+        print(f"hugepfn compare: warning: {args.file} holds no poison (no poison, inject or memory_failure "
+              "step did anything): every policy behaves the same", file=sys.stderr)
     if args.json:
         sys.stdout.write(json.dumps({r.policy: r.summary for r in runs}, indent=1) + "\n")
     else:
-        sys.stdout.write(render_table(runs))
+        sys.stdout.write(render_table(runs, scenario.policy))
     if args.png:
         from hugepfn.host.memory_failure.picture import write_png
 

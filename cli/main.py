@@ -14,7 +14,8 @@ import importlib.metadata
 import sys
 
 # Order is the order shown by --help; each is the module hugepfn.cli.<name with _ for ->.
-COMMANDS = ("run", "compare", "crosscheck", "check-trace", "serve", "inject", "monitor", "status", "lspci", "backend-json")
+COMMANDS = ("run", "scenarios", "compare", "crosscheck", "check-trace", "serve", "inject", "monitor", "status", "lspci",
+            "backend-json")
 
 
 def version() -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hugepfn.device.cper import MEMORY_ERROR_TYPES
+from hugepfn.device.poison import DEFAULT_GRANULARITY
 from hugepfn.device.profiles import format_size, parse_size
 from hugepfn.device.vfio_user.transport import connect_unix, listen_unix
 
@@ -194,7 +195,7 @@ class ControlServer:
         bar, offset, dpa = request.get("bar"), _number(request, "offset"), _number(request, "dpa")
         if bar is not None and (isinstance(bar, bool) or not isinstance(bar, int)):
             raise ControlError(f"bar: expected a BAR index, got {bar!r}")
-        granularity = _number(request, "granularity", default=4096)
+        granularity = _number(request, "granularity", default=DEFAULT_GRANULARITY)
         error_type = _error_type(request)
         device = self.device
         # The device lock spans the injection and the sequence read, so the number reported

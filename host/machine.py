@@ -3,8 +3,9 @@ user-space operations a process performs (mmap, munmap, madvise, memory accesses
 
 An access resolves through the page table or handle_mm_fault and turns the fault result
 into the signal the architecture sends (ref 1.7).  ``hw_poison`` is the hook for
-hardware poison: None by default; when set, every completed access to a poisoned pfn is
-handed to it as a consumption (the machine check path).
+hardware poison: None by default; when set, every completed load of a poisoned line is
+handed to it as a consumption (the machine check path).  Stores consume nothing: a BAR is
+mapped uncached, so a store is a posted write that the device takes as it is.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ MACHINE_EXTENSIONS: list[Callable[["Machine"], None]] = []
 class HwPoisonHook(Protocol):
     """What the machine asks about hardware poison (implemented by the memory-failure model)."""
 
-    def is_poisoned(self, pfn: int) -> bool: ...
+    def is_poisoned(self, pfn: int, offset: int | None = None) -> bool:
+        """Is the line at byte ``offset`` of page ``pfn`` bad (None: any byte of the page)?"""
 
     def first_poisoned(self, pfn_lo: int, pfn_hi: int) -> int | None:
         """Smallest poisoned pfn in [pfn_lo, pfn_hi), or None."""
@@ -233,9 +235,12 @@ class Machine:
         hook = self.hw_poison
         if hook is not None and leaf is not None:
             pfn = leaf.pfn_at(addr)
-            if hook.is_poisoned(pfn):
+            if not write and hook.is_poisoned(pfn, addr & (PAGE_SIZE - 1)):
+                # a load machine-checks; a store to the BAR's uncached mapping is posted and
+                # consumes nothing.  The handling may unmap the address (hard-offline, split):
+                # the result says what maps it afterwards.
                 hook.consume(thread, vma, addr, pfn, write)
-                return AccessResult(ret, calls, leaf, journal[mark:], True)
+                return AccessResult(ret, calls, lookup(addr), journal[mark:], True)
         return AccessResult(ret, calls, leaf, journal[mark:] if len(journal) != mark else None)
 
     def _deliver_fault_result(self, thread: Thread, addr: int, ret: int) -> None:

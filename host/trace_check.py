@@ -122,6 +122,8 @@ class _Checker:
             self.bad(where, "log: expected a list of strings")
         if "zapped" in step:
             self.zapped(where, self.listed(where, step, "zapped"))
+        if "events" in step:
+            self.events(where, self.listed(where, step, "events"))
         if "note" in step and not isinstance(step["note"], str):
             self.bad(where, f"note: expected a string, got {step['note']!r}")
         if do in self.kinds:
@@ -191,6 +193,21 @@ class _Checker:
             self.hex_field(here, zap, "length")
             if zap.get("level") not in LEVELS:
                 self.bad(here, f"level: expected pud, pmd or pte, got {zap.get('level')!r}")
+
+    def events(self, where: str, events: list) -> None:
+        for j, event in enumerate(events):
+            here = f"{where}.events[{j}]"
+            if not isinstance(event, dict):
+                self.bad(here, f"expected an object, got {event!r}")
+                continue
+            for key in ("pfn", "bar_offset", "granularity"):
+                self.hex_field(here, event, key)
+            for key in ("device", "policy", "action", "result"):
+                if not isinstance(event.get(key), str):
+                    self.bad(here, f"{key}: expected a string, got {event.get(key)!r}")
+            for key in ("bar", "signals_sent", "consumption_count"):
+                if not _is_int(event.get(key)):
+                    self.bad(here, f"{key}: expected an integer, got {event.get(key)!r}")
 
     def kind_fields(self, where: str, step: dict, fields) -> None:
         """The kind's own fields, spelled as Field.to_trace spells them."""

@@ -41,6 +41,7 @@ class MfOutcome:
     signals: list[Signal] = field(default_factory=list)
     zapped: list["VmaZap"] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    events: list = field(default_factory=list)      # the MemoryFailureEvents it published (publish.py)
 
 
 def _recovery_line(pfn: int, action: str) -> str:
@@ -63,6 +64,8 @@ class MemoryFailure:
         self.policy = policy if policy is not None else make_policy(machine.policy)
         self.guard = ConsumptionGuard()
         self.publisher = None                   # optional hugepfn.host.events Publisher
+        self.events: list = []                  # every MemoryFailureEvent built, published or not
+        self.reporting = None                   # the error source whose record is being handled
         self.hw_memory_failure = False          # latched by a non-simulated failure
         self.num_poisoned_pages = 0             # /proc/meminfo HardwareCorrupted (pages); never moves here
         self.node_stats = {"total": 0, "ignored": 0, "failed": 0, "delayed": 0, "recovered": 0}
@@ -148,14 +151,14 @@ class MemoryFailure:
         self.outcomes.append(out)
         for listener in list(self.listeners):
             listener(out)
-        if self.publisher is not None and out.spaces:
+        if out.spaces and self.reporting is None:       # an error source builds its record's event
             from .publish import publish_outcome
             publish_outcome(self, out)
 
     # -- consumption (the loop guard) ---------------------------------------------------------------
     def guard_consumed(self, proc, tid: int, pfn: int, how: str) -> None:
         loop = self.guard.consumed(proc.pid, tid, proc.comm, pfn, how)
-        if loop is not None and self.publisher is not None:
+        if loop is not None:
             from .publish import publish_loop
             publish_loop(self, loop)
 

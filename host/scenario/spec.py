@@ -14,6 +14,7 @@ from typing import Any
 from .. import kernel as kernel_mod
 from ..drivers import DRIVERS
 from .errors import ScenarioError
+from .expect import parse_expect
 from .fields import Field, convert_fields
 from .steps import STEP_KINDS, SYSCTLS
 
@@ -84,6 +85,7 @@ class Step:
     kind: str
     fields: dict[str, Any]
     note: str | None = None
+    expect: dict[str, Any] | None = None     # the [step.expect] table, checked (hugepfn.host.scenario.expect)
 
     @property
     def where(self) -> str:
@@ -105,6 +107,11 @@ class Scenario:
     description: str = ""
     source: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def expectations(self) -> int:
+        """How many checks the steps' [step.expect] tables make."""
+        return sum(len(s.expect) for s in self.steps if s.expect)
 
 
 def _table(value: Any, where: str) -> dict:
@@ -189,6 +196,9 @@ def parse_scenario(data: dict, source: str = "") -> Scenario:
         note = body.pop("note", None)
         if note is not None and not isinstance(note, str):
             raise ScenarioError(f"{where}: note: expected a string, got {note!r}")
+        expect = body.pop("expect", None)
+        if expect is not None:
+            expect = parse_expect(expect, do, where)
         fields = convert_fields(kind.fields, body, where)
         for key, value in fields.items():
             if key == "pid" and value not in pids:
@@ -203,7 +213,7 @@ def parse_scenario(data: dict, source: str = "") -> Scenario:
                 raise ScenarioError(f"{where}: child: pid {child} is already taken")
             pids.add(child)         # the child (its one thread is tid = pid) exists from here on
             tids.add(child)
-        steps.append(Step(i, do, fields, note))
+        steps.append(Step(i, do, fields, note, expect))
 
     return Scenario(top["kernel"], top["arch"], top["thp"], top["policy"], sysctl, devices, processes, steps,
                     top["thp_sysfs_gates_pfnmap"], top["dyndbg"], top["description"], source)

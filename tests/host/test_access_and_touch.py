@@ -14,7 +14,7 @@ class FakePoison:
         self.pfns = set(pfns)
         self.consumed = []
 
-    def is_poisoned(self, pfn):
+    def is_poisoned(self, pfn, offset=None):
         return pfn in self.pfns
 
     def first_poisoned(self, lo, hi):

@@ -4,7 +4,6 @@ files give one-line errors naming the step and the field."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hugepfn.host.scenario import ScenarioError, parse_scenario, run_scenario
+from hugepfn.host.scenario.results import trace_diff
 from hugepfn.host.scenario.steps import STEP_KINDS, set_step_handler
 from hugepfn.host.trace_check import check_trace
 
@@ -19,7 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "fixtures" / "scenarios"
 TRACES = REPO / "fixtures" / "traces"
 FIXTURES = sorted(SCENARIOS.glob("*.toml"))
-REGEN = os.environ.get("HUGEPFN_REGEN_TRACES") == "1"
 
 
 def test_there_are_at_least_ten_fixtures_besides_the_demo():
@@ -28,11 +27,12 @@ def test_there_are_at_least_ten_fixtures_besides_the_demo():
 
 @pytest.mark.parametrize("scenario", FIXTURES, ids=lambda p: p.stem)
 def test_fixture_matches_its_golden_trace(scenario):
-    got = run_scenario(scenario).to_json()
+    # Never rewritten here: `hugepfn run ... --golden fixtures/traces --update-golden` rewrites
+    # golden traces and prints their diffs for review (docs/scenarios.md).
+    got = run_scenario(scenario)
     golden = TRACES / f"{scenario.stem}.json"
-    if REGEN:
-        golden.write_text(json.dumps(got, indent=1) + "\n")
-    assert got == json.loads(golden.read_text())
+    diff = trace_diff(golden.read_text(), got.dumps(), str(golden))
+    assert got.to_json() == json.loads(golden.read_text()), "\n".join(diff)
 
 
 @pytest.mark.parametrize("scenario", FIXTURES, ids=lambda p: p.stem)
@@ -72,8 +72,10 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path):
     out = hugepfn("run", str(bad))
     assert out.returncode == 2 and len(out.stderr.splitlines()) == 1
     assert out.stderr.startswith(f"hugepfn run: error: {bad}: invalid TOML: ")
-    out = hugepfn("run", str(tmp_path / "missing.toml"))
-    assert out.returncode == 1 and out.stderr.startswith("hugepfn run: error: No such file or directory")
+    out = hugepfn("run", str(tmp_path / "missing.toml"))      # a missing scenario is bad input too
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == (f"hugepfn run: error: no scenario file or bundled scenario '{tmp_path / 'missing.toml'}' "
+                          f"(bundled: {', '.join(p.stem for p in FIXTURES)})\n")
 
 
 BASE = {"device": [{"name": "D", "bars": [{"index": 0, "phys": 0x3800000000, "size": "1G"}]}],
