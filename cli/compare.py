@@ -28,7 +28,11 @@ def run(args: argparse.Namespace) -> int:
         _check_png(args.png)
     from hugepfn.host.scenario.files import resolve
 
-    scenario = load_scenario(resolve(args.file))
+    try:
+        path = resolve(args.file)
+    except FileNotFoundError as exc:        # a missing scenario is bad input, as for `hugepfn run`
+        raise ValueError(exc.strerror) from None
+    scenario = load_scenario(path)
     with step_progress(len(scenario.steps) * len(POLICY_ORDER), "compare") as on_step:
         runs = run_all_policies(scenario, on_step)
     if not holds_poison(runs):

@@ -21,8 +21,8 @@ def resolve(name: str | os.PathLike) -> Path:
         return path
     if path.suffix == "" and path.parent == Path(".") and (SCENARIOS / f"{path}.toml").exists():
         return SCENARIOS / f"{path}.toml"
-    raise FileNotFoundError(2, f"no scenario file or bundled scenario {os.fspath(name)!r} (bundled: "
-                               f"{', '.join(p.stem for p in bundled())})", os.fspath(name))
+    raise FileNotFoundError(2, f"no scenario file or bundled scenario {os.fspath(name)!r} "
+                               f"(`hugepfn scenarios` lists the {len(bundled())} bundled ones)", os.fspath(name))
 
 
 def expand(names: list[str | os.PathLike]) -> list[Path]:

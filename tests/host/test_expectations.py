@@ -136,7 +136,7 @@ def test_calls_and_mapped_belong_to_accesses_only():
 def test_all_holding_exits_0_and_prints_the_trace(right):
     out = hugepfn("run", str(right))
     assert out.returncode == 0 and out.stderr == ""
-    assert out.stdout.startswith("hugepfn trace: kernel 7.0")
+    assert out.stdout.startswith("hugepfn trace: kernel 7.3")
 
 
 def test_a_wrong_expectation_exits_1_with_step_field_expected_and_got(right, tmp_path):
@@ -196,7 +196,7 @@ def test_a_directory_and_a_bundled_name(right, tmp_path):
     assert out.stdout.startswith("hugepfn trace: kernel 7.0, arch x86_64, thp always, policy upstream")
     out = hugepfn("run", "no-such-scenario", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith(
-        "hugepfn run: error: no scenario file or bundled scenario 'no-such-scenario' (bundled: ")
+        "hugepfn run: error: no scenario file or bundled scenario 'no-such-scenario' (`hugepfn scenarios` lists ")
 
 
 def test_json_needs_one_scenario(right):
