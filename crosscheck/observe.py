@@ -237,6 +237,43 @@ def _signal(sig: tuple[int, int, int, int, int]) -> dict:
     return out
 
 
+_WARNING = re.compile(r"^WARNING: CPU: \d+ PID: \d+ at (\S+) ([\w.]+)\+0x")
+
+
+def fold_splats(lines: list[str]) -> list[str]:
+    """A WARN splat ("------------[ cut here ]" .. "---[ end trace") as one line:
+    "WARNING: at FILE:LINE FUNCTION (call trace: f1, f2, ...)", the reliable frames up to the
+    syscall entry.  Registers, code bytes and module lists are per-boot noise; where the
+    kernel warned and how it got there is what the model states."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("------------[ cut here ]"):
+            end = next((j for j in range(i, len(lines)) if lines[j].startswith("---[ end trace")), len(lines) - 1)
+            splat = lines[i:end + 1]
+            where = next((_WARNING.match(line) for line in splat if _WARNING.match(line)), None)
+            frames: list[str] = []
+            in_trace = False
+            for line in splat:
+                text = line.strip()
+                if text.startswith("Call Trace:"):
+                    in_trace = True
+                elif in_trace:
+                    if text.startswith("? ") or text.startswith("<"):
+                        continue
+                    name = text.split("+", 1)[0]
+                    if name in ("do_syscall_64", "entry_SYSCALL_64_after_hwframe") or name.startswith("RIP"):
+                        break
+                    frames.append(name)
+            if where is not None:
+                out.append(f"WARNING: at {where[1]} {where[2]} (call trace: {', '.join(frames)})")
+                i = end + 1
+                continue
+        out.append(lines[i])
+        i += 1
+    return out
+
+
 def _is_query(option) -> bool:
     """PR_*_GET options return a value, not a status."""
     from hugepfn.host.scenario.steps import PR_GET_THP_DISABLE, PR_MCE_KILL_GET
@@ -314,7 +351,7 @@ def kernel_trace(lines: list[str], scenario, thread_pid: dict[int, int]) -> dict
             if step.kind == "mremap" and rec["ret"] == 0:
                 leaves.move(pid, f["addr"], f["length"], int(extras.get("addr", "0"), 16))
         rec["signals"] = signals
-        rec["log"] = [text for _prio, text in r.log if not GUEST_NOISE.match(text)]
+        rec["log"] = fold_splats([text for _prio, text in r.log if not GUEST_NOISE.match(text)])
         steps.append(rec)
     out = {"hugepfn_trace": 1, "source": "kernel", "steps": steps}
     if setup is not None and setup.result and setup.result[0] != "0":

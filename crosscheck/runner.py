@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hugepfn.host.scenario.errors import ScenarioError
-from hugepfn.host.scenario.runner import run_scenario
+from hugepfn.host.scenario.runner import ScenarioRun, build_machine, run_scenario
 from hugepfn.host.scenario.spec import load_scenario
 
 from . import kernels as kernels_mod
@@ -89,11 +89,19 @@ def _guest_bars(lines: list[str]) -> list[GuestBar]:
     return out
 
 
-def _model_trace(p: Plan, bars: list[GuestBar], series: str) -> dict:
+def _model_trace(p: Plan, bars: list[GuestBar], series: str, boot: dict | None = None) -> dict:
+    """The model's trace of the scenario as the guest saw it.  ``boot`` is the kernel-global
+    state left by the scenarios that ran before it in the same guest (the probe's processes
+    exit at the end of each scenario, so the model's do too)."""
     scenario = guest_scenario(p, bars)
     scenario.kernel = series
     scenario.dyndbg = True
-    return run_scenario(scenario).to_json()
+    run = ScenarioRun(scenario, build_machine(scenario, {} if boot is None else boot))
+    trace = run.run().to_json()
+    if run.crash is None:
+        for pid in list(run.machine.tasks.processes):
+            run.machine.exit(pid)
+    return trace
 
 
 def crosscheck(paths: list[Path], series: str, arch: str, cache: Path, mirror: str, logs: Path,
@@ -131,14 +139,17 @@ def crosscheck(paths: list[Path], series: str, arch: str, cache: Path, mirror: s
         report.boots += 1
         ran = [p for p in remaining if p.name in res.finished]
         crashed = res.crash.scenario if res.crash else None
+        boot_state: dict = {}               # the guest's kernel-global state, scenario after scenario
+        before: list[dict] = []
         for p in ran + [x for x in remaining if x.name == crashed]:
             raw = {"series": series, "arch": arch, "release": res.release, "scenario": p.name,
                    "lines": res.scenarios.get(p.name, []), "devices": res.devices.get(p.name, []),
-                   "slots": [d.slot for d in p.devices], "crash": None}
+                   "slots": [d.slot for d in p.devices], "crash": None, "before": list(before)}
             if p.name == crashed:
                 results[crashed].crash = res.crash
                 raw["crash"] = {"first_line": res.crash.first_line, "trace": res.crash.trace}
-            judge(results[p.name], p, raw)
+            judge(results[p.name], p, raw, boot_state)
+            before.append({"scenario": p.name, "slots": raw["slots"]})
         done = {p.name for p in ran} | ({crashed} if crashed else set())
         if not done:
             for p in remaining:
@@ -184,9 +195,9 @@ def predicts_crash(p: Plan, series: str) -> bool:
         return False
 
 
-def judge(result: ScenarioResult, p: Plan, raw: dict) -> None:
+def judge(result: ScenarioResult, p: Plan, raw: dict, boot: dict | None = None) -> None:
     """Compare what the guest printed for one scenario (``raw``) with the model's trace of
-    the same scenario as the guest saw it."""
+    the same scenario as the guest saw it (``boot``: see _model_trace)."""
     result.raw = raw
     series = raw["series"]
     bars = _guest_bars(raw["devices"])
@@ -204,7 +215,7 @@ def judge(result: ScenarioResult, p: Plan, raw: dict) -> None:
                 step["crash"] = {"first_line": crash.first_line, "call_trace": call_trace_functions(crash)}
                 break
     try:
-        result.model = _model_trace(p, bars, series)
+        result.model = _model_trace(p, bars, series, boot)
     except Exception as exc:    # the model itself failed: that is a finding, reported per scenario
         result.error = f"the model failed on the guest's scenario: {type(exc).__name__}: {exc}"
         return
@@ -212,9 +223,20 @@ def judge(result: ScenarioResult, p: Plan, raw: dict) -> None:
 
 
 def replay(raw: dict, path: Path) -> ScenarioResult:
-    """Judge recorded guest output again (no guest): the converter and the diff as on CI."""
+    """Judge recorded guest output again (no guest): the converter and the diff as on CI.
+    The scenarios that ran before it in the same boot run first (their model only), for the
+    kernel-global state they left."""
+    boot: dict = {}
+    bars = _guest_bars(raw["devices"])
+    for earlier in raw.get("before", []):
+        q = plan(load_scenario(path.parent / f"{earlier['scenario']}.toml"), earlier["scenario"])
+        reslot(q, earlier["slots"])
+        try:
+            _model_trace(q, bars, raw["series"], boot)
+        except Exception:           # its own replay reports it; here only its effects matter
+            pass
     result = ScenarioResult(raw["scenario"], str(path))
     p = plan(load_scenario(path), raw["scenario"])
     reslot(p, raw["slots"])
-    judge(result, p, raw)
+    judge(result, p, raw, boot)
     return result

@@ -60,6 +60,9 @@ class KernelProfile:
     # the tracefs system of the memory_failure_event tracepoint (moved from ras to its own
     # include/trace/events/memory-failure.h in late 2025, with the pfnmap series)
     memory_failure_trace_system: str = "memory_failure"
+    # the line of get_pat_info's WARN_ON_ONCE in arch/x86/mm/pat/memtype.c (6.1: an mremap of a
+    # whole-VMA remap_pfn_range mapping warns there)
+    pat_warn_line: int = 0
 
 
 def _series(name: str, **differences) -> KernelProfile:
@@ -72,7 +75,7 @@ _BEFORE_PFNMAP_MF = dict(nvgrace_generation=1, pfnmap_memory_failure=False, pfn_
 
 PROFILES: dict[str, KernelProfile] = {
     "6.1": _series("6.1", vfio_fault="remap-vma", fault_vma_lock_retry=False, thp_sysfs_gates_pfnmap=True,
-                   pci_reset_warns=False, **_6_12_STABLE, **_BEFORE_PFNMAP_MF),
+                   pci_reset_warns=False, pat_warn_line=1028, **_6_12_STABLE, **_BEFORE_PFNMAP_MF),
     "6.12": _series("6.12", pci_reset_warns=False, **_6_12_STABLE, **_BEFORE_PFNMAP_MF),
     "6.16": _series("6.16", bad_pud_line=42, thp_sysfs_gates_pfnmap=True, thp_disable_except_advised=False, **_BEFORE_PFNMAP_MF),
     "6.17": _series("6.17", bad_pud_line=42, thp_sysfs_gates_pfnmap=True, thp_disable_except_advised=False, **_BEFORE_PFNMAP_MF),

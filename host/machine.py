@@ -19,6 +19,7 @@ from .drivers.pci import PciBar, PciDevice
 from .klog import KernelLog
 from .mm.constants import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, VFIO_PCI_PGOFF_SHIFT, VM_READ, VM_WRITE
 from .mm.fork import exit_process, fork_process
+from .mm.pat import MemtypeTree
 from .mm.fault import handle_mm_fault
 from .mm.fault_run import fault_pte_run
 from .mm.mm import MM
@@ -110,7 +111,8 @@ def _disabled_register(space: "PfnAddressSpace") -> int:
 class Machine:
     def __init__(self, kernel: str = "7.3", arch: str = "x86_64", thp: str = "always",
                  policy: str = "upstream", sysctl: dict[str, int] | None = None,
-                 thp_sysfs_gates_pfnmap: bool | None = None, dyndbg: bool = True) -> None:
+                 thp_sysfs_gates_pfnmap: bool | None = None, dyndbg: bool = True,
+                 boot: dict | None = None) -> None:
         self.profile = kernel_mod.profile(kernel)
         self.arch = kernel_mod.arch(arch)
         if thp not in kernel_mod.THP_MODES:
@@ -130,6 +132,13 @@ class Machine:
         self.klog.dyndbg = dyndbg
         self.devices: dict[str, "VfioPciCoreDevice"] = {}
         self.zap_journal: list = []
+        # x86 PAT memtype tracking (only whole-VMA remap_pfn_range uses it: the 6.1 profile)
+        # ``boot``: kernel-global state that outlives processes and module reloads (the memtype
+        # tree); a fresh dict is a freshly booted kernel
+        self.boot = {} if boot is None else boot
+        self.memtypes = MemtypeTree(self) if self.arch.name == "x86_64" else None
+        self.call_path: tuple[str, ...] = ()      # the syscall path a WARN splat names (innermost first)
+        self._warned: set[str] = set()
         self.hw_poison: HwPoisonHook | None = None
         # registration of device pfns for memory failure; replaced by hugepfn.host.memory_failure
         self.register_pfn_address_space: Callable[["PfnAddressSpace"], int] = _disabled_register
@@ -137,6 +146,14 @@ class Machine:
         self.extensions: dict[str, Any] = {}
         for extend in MACHINE_EXTENSIONS:
             extend(self)
+
+    def warn_once(self, key: str, file: str, line: int, func: str, frames: tuple[str, ...]) -> None:
+        """WARN_ON_ONCE: the splat once per boot, as one line (the crosscheck folds the kernel's
+        splat the same way: location, function, the call trace up to the syscall)."""
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        self.klog.printk(f"WARNING: at {file}:{line} {func} (call trace: {', '.join(frames + self.call_path)})")
 
     # -- setup ------------------------------------------------------------------------------------
     def create_process(self, pid: int, comm: str, threads: list[int] | None = None) -> Process:

@@ -67,6 +67,8 @@ load_stack() {
     echo 'address >= 0x100000000000 && address < 0x7ff000000000' >$T/events/xc/hmf/filter 2>/dev/null
     [ -d $T/events/xc ] && echo 1 >$T/events/xc/enable
     echo >$T/trace
+    # WARN_ON_ONCE state of the core kernel (not reloaded with the modules) starts fresh too
+    echo 1 >/sys/kernel/debug/clear_warn_once 2>/dev/null
 }
 
 unload_stack() {

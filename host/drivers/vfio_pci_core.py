@@ -205,6 +205,8 @@ class VfioPciCoreDevice:
         if any(v is vma for v in self.vma_list):
             return VM_FAULT_NOPAGE
         vma.vm_mm.pgtable.set_pte_range(vma.vm_start, vma.vm_end, vma.vm_pgoff)
+        if self.machine.memtypes is not None:
+            self.machine.memtypes.reserve(vma, vma.vm_pgoff)      # track_pfn_remap: the whole VMA
         self.vma_list.append(vma)
         return VM_FAULT_NOPAGE
 

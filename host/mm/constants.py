@@ -42,6 +42,7 @@ class VmFlag(enum.IntFlag):
     VM_NOHUGEPAGE = 0x40000000
     VM_DONTDUMP = 0x04000000
     VM_ALLOW_ANY_UNCACHED = 1 << 39     # an arch "high" bit on arm64; a no-op flag elsewhere
+    VM_PAT = 0x00000100                 # x86: the VMA's pfn range is tracked in the PAT memtype tree
 
 
 VM_READ = int(VmFlag.VM_READ)
@@ -60,6 +61,7 @@ VM_HUGEPAGE = int(VmFlag.VM_HUGEPAGE)
 VM_NOHUGEPAGE = int(VmFlag.VM_NOHUGEPAGE)
 VM_DONTDUMP = int(VmFlag.VM_DONTDUMP)
 VM_ALLOW_ANY_UNCACHED = int(VmFlag.VM_ALLOW_ANY_UNCACHED)
+VM_PAT = int(VmFlag.VM_PAT)
 
 # madvise advice values (include/uapi/asm-generic/mman-common.h).
 MADV_NORMAL = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
+from .constants import VM_PAT
 from .mm import MM
 from .vma import Vma
 
@@ -32,13 +33,16 @@ def fork_process(machine: "Machine", pid: int, child: int) -> int:
     mm.thp_except_advised = parent.mm.thp_except_advised
     src = parent.mm.pgtable
     for vma in list(parent.mm):
-        new = Vma(mm, vma.vm_start, vma.vm_end, vma.vm_pgoff, vma.vm_flags, vma.vm_file, vma.vm_ops,
+        # the copy is not PAT-tracked until copy_page_range's track_pfn_copy reserves for it
+        new = Vma(mm, vma.vm_start, vma.vm_end, vma.vm_pgoff, vma.vm_flags & ~VM_PAT, vma.vm_file, vma.vm_ops,
                   vma.vm_private_data)
         mm.insert_vma(new)
         if new.vm_file is not None:
             new.vm_file.f_mapping.vma_link(new)
         if new.vm_ops is not None and new.vm_ops.open is not None:
             new.vm_ops.open(new)
+        if vma.vm_flags & VM_PAT:
+            machine.memtypes.copy(new, vma)
         for leaf in src.leaves(vma.vm_start, vma.vm_end):      # copy_page_range
             getattr(mm.pgtable, f"set_{leaf.level}")(leaf.va, leaf.pfn)
     return 0

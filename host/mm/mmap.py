@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 from .constants import (MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_NORMAL, MREMAP_FIXED,
                         MREMAP_MAYMOVE, PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PROT_READ, PROT_WRITE, PUD_SIZE,
                         TASK_SIZE, VM_DONTEXPAND, VM_HUGEPAGE, VM_MAYREAD, VM_MAYSHARE, VM_MAYWRITE,
-                        VM_NOHUGEPAGE, VM_PFNMAP, VM_READ, VM_SHARED, VM_WRITE)
+                        VM_NOHUGEPAGE, VM_PAT, VM_PFNMAP, VM_READ, VM_SHARED, VM_WRITE)
 from .vma import Vma
 from .zap import zap_vma_range
 
@@ -50,16 +50,27 @@ def _split_huge_at(vma: Vma, addr: int) -> None:
         pt.zap_range(leaf.va, leaf.va + leaf.size)
 
 
-def split_vma(vma: Vma, addr: int) -> Vma:
-    """Split ``vma`` at ``addr``; returns the new upper part [addr, old end)."""
+def split_vma(vma: Vma, addr: int, new_below: bool = False) -> Vma:
+    """__split_vma(vma, addr, new_below): a new VMA takes the upper part [addr, end) (or, with
+    ``new_below``, the lower part [start, addr)) and is opened (vm_ops->open); ``vma`` keeps the
+    other part.  Returns the upper part.  (Which part is new matters where ->open does
+    something: 6.1 vfio-pci zaps it, and only the old struct is on its list.)"""
     mm = vma.vm_mm
     mapping = vma.vm_file.f_mapping if vma.vm_file is not None else None
     _split_huge_at(vma, addr)
     if mapping is not None:
         mapping.vma_unlink(vma)
-    new = Vma(mm, addr, vma.vm_end, vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT), vma.vm_flags,
-              vma.vm_file, vma.vm_ops, vma.vm_private_data)
-    vma.vm_end = addr
+    delta = (addr - vma.vm_start) >> PAGE_SHIFT
+    if new_below:
+        new = Vma(mm, vma.vm_start, addr, vma.vm_pgoff, vma.vm_flags, vma.vm_file, vma.vm_ops,
+                  vma.vm_private_data)
+        vma.vm_start, vma.vm_pgoff = addr, vma.vm_pgoff + delta
+        upper = vma
+    else:
+        new = Vma(mm, addr, vma.vm_end, vma.vm_pgoff + delta, vma.vm_flags, vma.vm_file, vma.vm_ops,
+                  vma.vm_private_data)
+        vma.vm_end = addr
+        upper = new
     if mapping is not None:
         mapping.vma_link(vma)
         mapping.vma_link(new)
@@ -67,17 +78,18 @@ def split_vma(vma: Vma, addr: int) -> Vma:
     mm.reindex()
     if new.vm_ops is not None and new.vm_ops.open is not None:
         new.vm_ops.open(new)            # __split_vma: the new part is opened
-    return new
+    return upper
 
 
 def _isolate(mm: "MM", start: int, end: int) -> list[Vma]:
-    """Split VMAs at start and end; return those now fully inside [start, end)."""
+    """Split VMAs at start and end as munmap does (the start split makes the upper part new,
+    the end split the lower); return those now fully inside [start, end)."""
     for vma in mm.vmas_in(start, end):
         if vma.vm_start < start < vma.vm_end:
             split_vma(vma, start)
     for vma in mm.vmas_in(start, end):
         if vma.vm_start < end < vma.vm_end:
-            split_vma(vma, end)
+            split_vma(vma, end, new_below=True)
     return mm.vmas_in(start, end)
 
 
@@ -147,8 +159,8 @@ def _modify(mm: "MM", start: int, end: int, new_flags: Callable[[Vma], int]) -> 
         if new_flags(vma) == vma.vm_flags:
             continue
         lo, hi = max(vma.vm_start, start), min(vma.vm_end, end)
-        if vma.vm_start < lo:
-            vma = split_vma(vma, lo)
+        if vma.vm_start < lo:           # mprotect/madvise split the start with new_below
+            vma = split_vma(vma, lo, new_below=True)
         if hi < vma.vm_end:
             split_vma(vma, hi)
         vma.vm_flags = new_flags(vma)
@@ -263,6 +275,7 @@ def _move_vma(mm: "MM", vma: Vma, new_start: int) -> None:
         moved.append((leaf.level, target, leaf.pfn))
     new = Vma(mm, new_start, new_start + (vma.vm_end - vma.vm_start), vma.vm_pgoff, vma.vm_flags, vma.vm_file,
               vma.vm_ops, vma.vm_private_data)
+    vma.vm_flags &= ~VM_PAT                 # untrack_pfn_clear: the pfnmap moved from this VMA
     pt.zap_range(vma.vm_start, vma.vm_end)
     if vma.vm_ops is not None and vma.vm_ops.close is not None:
         vma.vm_ops.close(vma)
@@ -275,7 +288,11 @@ def _move_vma(mm: "MM", vma: Vma, new_start: int) -> None:
     if new.vm_file is not None:
         new.vm_file.f_mapping.vma_link(new)
     if new.vm_ops is not None and new.vm_ops.open is not None:
-        new.vm_ops.open(new)            # copy_vma opens the new VMA before the entries move in
+        machine.call_path = ("copy_vma", "move_vma", "__do_sys_mremap")
+        try:
+            new.vm_ops.open(new)        # copy_vma opens the new VMA before the entries move in
+        finally:
+            machine.call_path = ()
     for level, va, pfn in moved:
         {"pud": pt.set_pud, "pmd": pt.set_pmd, "pte": pt.set_pte}[level](va, pfn)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from .constants import PAGE_SHIFT, PAGE_SIZE
+from .constants import PAGE_SHIFT, PAGE_SIZE, VM_PAT
 from .pagetable import Zapped
 
 if TYPE_CHECKING:
@@ -29,6 +29,8 @@ def zap_vma_range(vma: "Vma", start: int, end: int) -> list[VmaZap]:
         end = vma.vm_end
     if end <= start:
         return []
+    if vma.vm_flags & VM_PAT:           # unmap_single_vma: untrack_pfn(vma, 0, 0) before the zap
+        vma.vm_mm.machine.memtypes.untrack(vma, ("zap_page_range_single",))
     zapped = vma.vm_mm.pgtable.zap_range(start, end)
     if not zapped:
         return []

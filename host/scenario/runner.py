@@ -35,9 +35,9 @@ def load_extensions() -> None:
                 raise
 
 
-def build_machine(scenario: Scenario) -> Machine:
+def build_machine(scenario: Scenario, boot: dict | None = None) -> Machine:
     machine = Machine(scenario.kernel, scenario.arch, scenario.thp, scenario.policy, scenario.sysctl,
-                      scenario.thp_sysfs_gates_pfnmap, scenario.dyndbg)
+                      scenario.thp_sysfs_gates_pfnmap, scenario.dyndbg, boot=boot)
     for p in scenario.processes:
         machine.create_process(p.pid, p.comm, p.threads)
     for d in scenario.devices:
@@ -125,8 +125,11 @@ class ScenarioRun:
 
 
 def run_scenario(scenario: Scenario | str | Path,
-                 on_step: Callable[[StepRecord], None] | None = None) -> Trace:
-    """Run a Scenario (or a scenario file) and return its trace."""
+                 on_step: Callable[[StepRecord], None] | None = None, boot: dict | None = None) -> Trace:
+    """Run a Scenario (or a scenario file) and return its trace.  ``boot`` is kernel state that
+    outlives a process and the VFIO modules (Machine's ``boot``): scenarios run one after the
+    other in one guest boot share it."""
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
-    return ScenarioRun(scenario).run(on_step)
+    machine = build_machine(scenario, boot) if boot is not None else None
+    return ScenarioRun(scenario, machine).run(on_step)
