@@ -141,7 +141,8 @@ def _initramfs(kernel: CachedKernel, busybox: Path, probe: Path, plans: list[Pla
     for name in modules:
         archive.file(f"lib/xc/{name}.ko", kernel.module(name).read_bytes())
     archive.file("etc/xc/modules", (" ".join(modules) + "\n").encode())
-    archive.file("etc/xc/devices", "".join(f"{d.slot} {d.bdf} {d.driver}\n" for d in devices).encode())
+    archive.file("etc/xc/devices", "".join(f"{d.slot} {d.bdf} {d.driver if modules else 'none'}\n"
+                                           for d in devices).encode())
     archive.file("etc/xc/kprobes", ("\n".join(kprobes) + "\n").encode())
     archive.file("etc/xc/dyndbg", (" ".join(dyndbg) + "\n").encode())
     for i, p in enumerate(plans):
@@ -175,17 +176,15 @@ def boot(kernel: CachedKernel, root: Path, busybox: Path, plans: list[Plan], dev
     guest = None
     console: list[str] = []
     try:
-        if kernel.has_vfio:
-            served = ServedSet(devices, share)
+        served = ServedSet(devices, share)
         shutil.copyfile(kernel.image, share / "vmlinuz")
-        (share / "initrd.gz").write_bytes(_initramfs(kernel, busybox, probe, plans, devices if kernel.has_vfio else [],
-                                                      kprobes, dyndbg))
+        (share / "initrd.gz").write_bytes(_initramfs(kernel, busybox, probe, plans, devices, kprobes, dyndbg))
         data = share / "data.txt"
         data.touch()
         argv = qemu_argv(kernel.arch, f"{SHARE_IN_ROOT}/vmlinuz", f"{SHARE_IN_ROOT}/initrd.gz",
                          f"{SHARE_IN_ROOT}/data.txt",
-                         [GuestDevice(d.slot, f"{SHARE_IN_ROOT}/dev-{d.slot:02x}.sock") for d in devices]
-                         if kernel.has_vfio else [], memory_mb)
+                         [GuestDevice(d.slot, f"{SHARE_IN_ROOT}/dev-{d.slot:02x}.sock") for d in devices],
+                         memory_mb)
         logs.mkdir(parents=True, exist_ok=True)
         result.console = logs / f"console-{kernel.release}-{boot_number}.log"
         guest = Guest(root, share, argv, result.console)

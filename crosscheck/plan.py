@@ -19,6 +19,7 @@ to the guest's placement and PCI addresses, and the model runs that.
 The step file (one line each; numbers in hex or decimal; TID 0 = the probe's controller):
 
     scenario NAME
+    bdf SLOT BDF                           the device's PCI address (for @SLOT.INDEX+OFFSET)
     dev SLOT BDF                           open the device (the vfio group from sysfs)
     proc PID COMM TID...                   a process with these threads
     step N mmap TID SLOT REGION OFFSET LENGTH ADDR SHARED PROT
@@ -98,6 +99,7 @@ class Plan:
     scenario: Scenario
     devices: list[PlannedDevice]
     lines: list[str]
+    vfio: bool = True
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -214,12 +216,23 @@ def step_line(step: Step, devices: dict[str, PlannedDevice], all_devices: list[P
     raise NotCrosscheckable(f"{where}: step kind {kind!r} has no probe counterpart")
 
 
-def plan(scenario: Scenario, name: str, first_slot: int = FIRST_SLOT) -> Plan:
-    """The plan of one scenario, its devices on slots ``first_slot`` + n (``reslot`` moves them)."""
+# steps that need the device bound to vfio-pci (an open device file)
+NEEDS_VFIO = frozenset({"mmap", "config_write", "reset", "low_power_entry", "low_power_exit"})
+
+
+def plan(scenario: Scenario, name: str, first_slot: int = FIRST_SLOT, vfio: bool = True) -> Plan:
+    """The plan of one scenario, its devices on slots ``first_slot`` + n (``reslot`` moves them).
+    ``vfio``: the kernel can bind them to vfio-pci; without it only steps that need no open
+    device file can be replayed (the devices are still there, with their BARs)."""
     if scenario.policy != "upstream":
         raise NotCrosscheckable(f"policy {scenario.policy!r} is a proposal no kernel carries")
     devices = [_device(spec, first_slot + i) for i, spec in enumerate(scenario.devices)]
-    p = Plan(name, scenario, devices, [])
+    if not vfio:
+        needing = sorted({s.kind for s in scenario.steps} & NEEDS_VFIO)
+        if needing:
+            raise NotCrosscheckable(f"steps {', '.join(needing)} need vfio-pci, and Debian's archive has no "
+                                    "modules for this kernel")
+    p = Plan(name, scenario, devices, [], vfio)
     p.lines = _lines(p)
     return p
 
@@ -250,7 +263,9 @@ def _lines(p: Plan) -> list[str]:
     for sysctl, path in SYSCTL_PATHS.items():
         default = {"vm.memory_failure_early_kill": 0, "vm.memory_failure_recovery": 1}[sysctl]
         lines.append(f"step 0 write 0 {path} {scenario.sysctl.get(sysctl, default)}")
-    lines += [f"dev {d.slot} {d.bdf}" for d in devices]
+    lines += [f"bdf {d.slot} {d.bdf}" for d in devices]     # for BAR-relative addresses
+    if p.vfio:
+        lines += [f"dev {d.slot} {d.bdf}" for d in devices]
     for p in scenario.processes:
         lines.append(f"proc {p.pid} {_comm(p.comm)} {' '.join(map(str, p.threads))}")
     for step in scenario.steps:

@@ -119,11 +119,7 @@ def crosscheck(paths: list[Path], series: str, arch: str, cache: Path, mirror: s
             scenario = load_scenario(path)
             if scenario.arch != arch:
                 raise NotCrosscheckable(f"arch {scenario.arch} (this run is {arch})")
-            p = plan(scenario, name)
-            if p.devices and not kernel.has_vfio:
-                raise NotCrosscheckable(f"Debian's archive has no modules for {kernel.release}: "
-                                        "no vfio device can be bound on it")
-            plans.append(p)
+            plans.append(plan(scenario, name, vfio=kernel.has_vfio))
         except NotCrosscheckable as exc:
             result.skipped = str(exc)
         except (ScenarioError, OSError, ValueError) as exc:
@@ -144,7 +140,8 @@ def crosscheck(paths: list[Path], series: str, arch: str, cache: Path, mirror: s
         for p in ran + [x for x in remaining if x.name == crashed]:
             raw = {"series": series, "arch": arch, "release": res.release, "scenario": p.name,
                    "lines": res.scenarios.get(p.name, []), "devices": res.devices.get(p.name, []),
-                   "slots": [d.slot for d in p.devices], "crash": None, "before": list(before)}
+                   "slots": [d.slot for d in p.devices], "crash": None, "before": list(before),
+                   "vfio": kernel.has_vfio}
             if p.name == crashed:
                 results[crashed].crash = res.crash
                 raw["crash"] = {"first_line": res.crash.first_line, "trace": res.crash.trace}
@@ -229,14 +226,14 @@ def replay(raw: dict, path: Path) -> ScenarioResult:
     boot: dict = {}
     bars = _guest_bars(raw["devices"])
     for earlier in raw.get("before", []):
-        q = plan(load_scenario(path.parent / f"{earlier['scenario']}.toml"), earlier["scenario"])
+        q = plan(load_scenario(path.parent / f"{earlier['scenario']}.toml"), earlier["scenario"], vfio=raw.get("vfio", True))
         reslot(q, earlier["slots"])
         try:
             _model_trace(q, bars, raw["series"], boot)
         except Exception:           # its own replay reports it; here only its effects matter
             pass
     result = ScenarioResult(raw["scenario"], str(path))
-    p = plan(load_scenario(path), raw["scenario"])
+    p = plan(load_scenario(path), raw["scenario"], vfio=raw.get("vfio", True))
     reslot(p, raw["slots"])
     judge(result, p, raw, boot)
     return result

@@ -55,7 +55,7 @@ load_stack() {
         echo "func $fn +p" >/proc/dynamic_debug/control 2>/dev/null
     done
     while read -r slot bdf driver; do
-        [ -n "$bdf" ] || continue
+        [ -n "$bdf" ] && [ "$driver" != none ] || continue
         d=/sys/bus/pci/devices/$bdf
         echo "$driver" >"$d/driver_override"
         echo "$bdf" >/sys/bus/pci/drivers_probe 2>/dev/null
@@ -75,7 +75,7 @@ unload_stack() {
     [ -d $T/events/xc ] && echo 0 >$T/events/xc/enable
     echo >$T/kprobe_events
     while read -r slot bdf driver; do
-        [ -n "$bdf" ] || continue
+        [ -n "$bdf" ] && [ "$driver" != none ] || continue
         echo "$bdf" >"/sys/bus/pci/devices/$bdf/driver/unbind" 2>/dev/null
         echo >"/sys/bus/pci/devices/$bdf/driver_override"
     done </etc/xc/devices

@@ -771,6 +771,11 @@ int main(int argc, char **argv)
 			tok[n++] = p;
 		if (!strcmp(tok[0], "scenario")) {
 			emit("S %s", n > 1 ? tok[1] : "?");
+		} else if (!strcmp(tok[0], "bdf")) {
+			/* bdf SLOT BDF: where a BAR-relative address of the device is resolved */
+			int slot = atoi(tok[1]);
+			if (slot >= 0 && slot < MAX_DEVS)
+				snprintf(devs[slot].bdf, sizeof(devs[slot].bdf), "%s", tok[2]);
 		} else if (!strcmp(tok[0], "memdev")) {
 			/* memdev SLOT SIZE: a memfd stands in for a device (tests of the probe on a host
 			 * without vfio); every region is at file offset 0 */
