@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from . import drivers
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("compare", help="run a scenario under every poison policy, side by side",
@@ -15,10 +17,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("file", metavar="SCENARIO.toml", help="scenario file (its own policy is ignored)")
     p.add_argument("--png", metavar="FILE", help="also draw the BAR's mapping levels and poisoned pages")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    drivers.add_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    drivers.load(args)
     from hugepfn.host.memory_failure.compare import POLICY_ORDER, holds_poison, render_table, run_all_policies
     from hugepfn.host.scenario import load_scenario
 

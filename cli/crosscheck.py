@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import drivers
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("crosscheck", help="replay scenarios on a real kernel in a QEMU guest and diff with the model",
@@ -31,6 +33,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--logs", metavar="DIR", help="keep the guests' console and probe output here "
                                                  "(default: CACHE/logs/crosscheck)")
     p.add_argument("-v", "--verbose", action="store_true", help="show every step, not only disagreements")
+    drivers.add_argument(p)
     p.set_defaults(func=run)
 
 
@@ -52,6 +55,7 @@ def scenario_paths(names: list[str]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    drivers.load(args)
     from hugepfn.crosscheck import report as report_mod
     from hugepfn.crosscheck.kernels import ARM64_SERIES, X86_SERIES, KernelError
     from hugepfn.crosscheck.runner import crosscheck

@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import drivers
+
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
@@ -34,10 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--update-golden", action="store_true",
                    help="with --golden: rewrite golden traces that differ and print the diff to review; "
                         "the run still fails, so nothing is accepted unseen")
+    drivers.add_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    drivers.load(args)
     from hugepfn.host.scenario.files import expand
     from hugepfn.host.scenario.reports import failure_lines, tap, text_lines, write_junit
     from hugepfn.host.scenario.results import run_checked

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--fd", type=int, metavar="FDNUM",
                        help="serve this already listening AF_UNIX socket (passed by a manager)")
     parser.add_argument("--profile", default="gpu-8g",
-                        help="device profile name (tiny, gpu-8g, nvgrace, gpu-1t, ...) or a TOML file "
+                        help="device profile name (tiny, gpu-8g, gpu-1t, ...; --print-capabilities lists them) or a TOML file "
                              "(default: gpu-8g)")
     parser.add_argument("--backend", choices=CHOICES, default="auto",
                         help="vfio-user implementation (default: auto = libvfio-user if found, else python)")
@@ -140,53 +140,43 @@ def run(args) -> int:
 
 def _serve(args, choice, why, listener, address: str | None, readiness: Readiness,
            stop: threading.Event) -> None:
-    from hugepfn.device.gpu import GpuDevice
+    from hugepfn.device.serving import serve
 
-    device = GpuDevice.from_profile(args.profile, state_dir=args.state_dir)
+    served = serve(args.profile, address or f"fd {args.fd}", choice, state_dir=args.state_dir, listener=listener,
+                   control=False, reason=why)
     try:
-        if listener is not None:
-            server = choice.Server(device, address or f"fd {args.fd}", listener=listener)
-        else:
-            server = choice.Server(device, address)
-        control = None
-        try:
-            server.start()
-            say(f"backend {choice.name}: {why}")
-            where = address if listener is None else f"fd {args.fd} ({address or 'an unnamed socket'})"
-            say(f"profile {device.profile.name} on {where} (Ctrl-C or SIGTERM to stop)")
-            control = _start_control(device, server, address, passed=listener is not None)
-            _say_restored_poison(device, args.state_dir)
-            _say_qemu_options(device, address)
-            readiness.ready(f"serving {device.profile.name} on {where}")
-            while not stop.wait(1.0):
-                pass
-            readiness.stopping()
-        finally:
-            if control is not None:
-                control.close()
-            server.close()
-        say("stopped")
+        device = served.device
+        say(f"backend {choice.name}: {why}")
+        where = address if listener is None else f"fd {args.fd} ({address or 'an unnamed socket'})"
+        say(f"profile {device.profile.name} on {where} (Ctrl-C or SIGTERM to stop)")
+        _start_control(served, address, passed=listener is not None)
+        _say_restored_poison(device, args.state_dir)
+        _say_qemu_options(device, address)
+        readiness.ready(f"serving {device.profile.name} on {where}")
+        while not stop.wait(1.0):
+            pass
+        readiness.stopping()
     finally:
-        device.close()
+        served.close()
+    say("stopped")
 
 
-def _start_control(device, server, address: str | None, passed: bool):
+def _start_control(served, address: str | None, passed: bool) -> None:
     """The control socket (`hugepfn inject` / `status` / `lspci --socket`) next to the vfio-user one.
     A manager's socket may live where this process cannot create files: then go on without."""
-    from hugepfn.device.control import ControlServer, control_path
+    from hugepfn.device.control import control_path
 
     if address is None or address.startswith("@"):
         say("no control socket: the passed socket has no path (hugepfn inject / status cannot reach it)")
-        return None
+        return
     try:
-        control = ControlServer(device, control_path(address), server=server).start()
+        control = served.start_control()
     except OSError as exc:
         if not passed:
             raise
         say(f"no control socket: {exc.strerror or exc}: {control_path(address)}")
-        return None
+        return
     say(f"control socket {control.path} (hugepfn inject / status)")
-    return control
 
 
 def _say_restored_poison(device, state_dir: str | None) -> None:

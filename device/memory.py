@@ -2,9 +2,9 @@
 
 The memfd is as long as the device memory (``memory_size``), not the BAR window: an
 8 GiB BAR costs only the pages written, a 1 TiB one costs nothing until touched.  The
-BAR window can be larger (nvgrace-style non-power-of-two memory behind a power-of-two
-BAR, or a Resizable BAR opened wider): bytes past the memory read as all ones and
-writes there are dropped, as nvgrace-gpu does for its emulated BAR.
+BAR window can be larger (non-power-of-two device memory behind a power-of-two BAR, as a
+Grace-Hopper GPU exposes it, or a Resizable BAR opened wider): bytes past the memory read as
+all ones and writes there are dropped, as the host's variant driver does for its emulated BAR.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ placed next to RAM and the 32-bit hole: it stays unassigned and the guest sees a
 With ``-cpu max,phys-bits=41`` SeaBIOS puts it at 1 TiB.  QEMU's q35 host bridge then
 reports the window where the BARs actually are (its 64-bit hole grows to cover them), so
 ``-global q35-pcihost.pci-hole64-size=...`` changes nothing with SeaBIOS; `make e2e`
-boots gpu-1t and nvgrace guests with exactly these options (docs/qemu.md).
+boots its guests with exactly these options (docs/e2e.md, docs/qemu.md).
 """
 from __future__ import annotations
 

@@ -24,15 +24,10 @@ class KernelProfile:
     # bypass THP tuneables for PFNMAP VMAs with ->huge_fault" (vma_file_bypass_thp_tuneables)
     # it does not; Debian's 6.12 stable already carries that.
     thp_sysfs_gates_pfnmap: bool = False
-    # nvgrace-gpu generation: 1 = remap_pfn_range at mmap (PTEs, vm_pgoff = pfn),
-    # 2 = fault/huge_fault + readiness check after reset.
-    nvgrace_generation: int = 2
     # memory_failure() handles pfns without struct page (memory_failure_pfn, v6.19).
     pfnmap_memory_failure: bool = True
     # register_pfn_address_space takes a pfn_to_vma_pgoff callback (v6.19-rc4 fixup).
     pfn_to_vma_pgoff_callback: bool = True
-    # nvgrace-gpu registers usemem/resmem for poison handling at open (v7.0).
-    nvgrace_registers_memory: bool = True
     # vfio-pci has ->huge_fault (huge pfnmaps, v6.12); before, ->fault maps the whole VMA
     # with io_remap_pfn_range on the first fault ("remap-vma").
     vfio_fault: str = "huge"
@@ -64,14 +59,20 @@ class KernelProfile:
     # whole-VMA remap_pfn_range mapping warns there)
     pat_warn_line: int = 0
 
+    @property
+    def version(self) -> tuple[int, ...]:
+        """The series as numbers ("6.12.0" -> (6, 12, 0)).  A variant driver states its own
+        history with it ("since v6.19"); the core's differences are the fields above."""
+        return tuple(int(part) for part in self.name.split("."))
+
 
 def _series(name: str, **differences) -> KernelProfile:
     return KernelProfile(name=name, **differences)
 
 
 _6_12_STABLE = dict(vma_split_huge="leaf", bad_pud_line=42, thp_disable_except_advised=False)
-_BEFORE_PFNMAP_MF = dict(nvgrace_generation=1, pfnmap_memory_failure=False, pfn_to_vma_pgoff_callback=False,
-                         nvgrace_registers_memory=False, memory_failure_trace_system="ras")
+_BEFORE_PFNMAP_MF = dict(pfnmap_memory_failure=False, pfn_to_vma_pgoff_callback=False,
+                         memory_failure_trace_system="ras")
 
 PROFILES: dict[str, KernelProfile] = {
     "6.1": _series("6.1", vfio_fault="remap-vma", fault_vma_lock_retry=False, thp_sysfs_gates_pfnmap=True,
@@ -80,7 +81,7 @@ PROFILES: dict[str, KernelProfile] = {
     "6.16": _series("6.16", bad_pud_line=42, thp_sysfs_gates_pfnmap=True, thp_disable_except_advised=False, **_BEFORE_PFNMAP_MF),
     "6.17": _series("6.17", bad_pud_line=42, thp_sysfs_gates_pfnmap=True, thp_disable_except_advised=False, **_BEFORE_PFNMAP_MF),
     "6.18": _series("6.18", bad_pud_line=43, thp_sysfs_gates_pfnmap=True, **_BEFORE_PFNMAP_MF),
-    "6.19": _series("6.19", thp_sysfs_gates_pfnmap=True, nvgrace_registers_memory=False),
+    "6.19": _series("6.19", thp_sysfs_gates_pfnmap=True),
     "7.0": _series("7.0"),
     "7.1": _series("7.1"),
     "7.2": _series("7.2"),

@@ -6,6 +6,11 @@ into the signal the architecture sends (ref 1.7).  ``hw_poison`` is the hook for
 hardware poison: None by default; when set, every completed load of a poisoned line is
 handed to it as a consumption (the machine check path).  Stores consume nothing: a BAR is
 mapped uncached, so a store is a posted write that the device takes as it is.
+
+What a machine has is what its constructor says: ``memory_failure`` (the memory-failure model,
+CONFIG_MEMORY_FAILURE=y by default, or its =n stubs, or a factory of another implementation)
+and ``drivers`` (the registry the driver names of add_device come from).  Nothing that is
+imported elsewhere changes a machine.
 """
 from __future__ import annotations
 
@@ -14,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from . import kernel as kernel_mod
-from .drivers import DRIVERS
 from .drivers.pci import PciBar, PciDevice
+from .drivers.registry import DriverRegistry, default_registry
 from .klog import KernelLog
+from .memory_failure.core import MemoryFailure
 from .mm.constants import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, VFIO_PCI_PGOFF_SHIFT, VM_READ, VM_WRITE
 from .mm.fork import exit_process, fork_process
 from .mm.pat import MemtypeTree
@@ -44,9 +50,15 @@ HSTATE_SHIFTS = (21, 30)
 
 _SIGNALLING = VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_HWPOISON | VM_FAULT_HWPOISON_LARGE
 
-# Called with every new Machine (optional packages such as hugepfn.host.memory_failure add
-# themselves here when imported).
-MACHINE_EXTENSIONS: list[Callable[["Machine"], None]] = []
+
+
+class MemoryFailureModel(Protocol):
+    """What the machine itself asks of its memory-failure model (hugepfn.host.memory_failure's
+    MemoryFailure implements it, and much more)."""
+
+    def register_pfn_address_space(self, space: "PfnAddressSpace") -> int: ...
+
+    def unregister_pfn_address_space(self, space: "PfnAddressSpace") -> None: ...
 
 
 class HwPoisonHook(Protocol):
@@ -103,16 +115,13 @@ class TouchResult:
     stopped_at: int | None = None               # address whose access raised a signal
 
 
-def _disabled_register(space: "PfnAddressSpace") -> int:
-    """register_pfn_address_space with CONFIG_MEMORY_FAILURE=n (the v7.0 stub)."""
-    return -errno.EOPNOTSUPP
-
-
 class Machine:
     def __init__(self, kernel: str = "7.3", arch: str = "x86_64", thp: str = "always",
                  policy: str = "upstream", sysctl: dict[str, int] | None = None,
                  thp_sysfs_gates_pfnmap: bool | None = None, dyndbg: bool = True,
-                 boot: dict | None = None) -> None:
+                 boot: dict | None = None,
+                 memory_failure: bool | Callable[["Machine"], MemoryFailureModel] = True,
+                 drivers: DriverRegistry | None = None) -> None:
         self.profile = kernel_mod.profile(kernel)
         self.arch = kernel_mod.arch(arch)
         if thp not in kernel_mod.THP_MODES:
@@ -140,12 +149,20 @@ class Machine:
         self.call_path: tuple[str, ...] = ()      # the syscall path a WARN splat names (innermost first)
         self._warned: set[str] = set()
         self.hw_poison: HwPoisonHook | None = None
-        # registration of device pfns for memory failure; replaced by hugepfn.host.memory_failure
-        self.register_pfn_address_space: Callable[["PfnAddressSpace"], int] = _disabled_register
-        self.unregister_pfn_address_space: Callable[["PfnAddressSpace"], None] = lambda space: None
+        self.drivers = drivers if drivers is not None else default_registry()
+        # per-machine state of the models built around it (served devices, BAR placement cursor)
         self.extensions: dict[str, Any] = {}
-        for extend in MACHINE_EXTENSIONS:
-            extend(self)
+        if callable(memory_failure):
+            self.memory_failure = memory_failure(self)
+        else:
+            self.memory_failure = MemoryFailure(self, config_memory_failure=bool(memory_failure))
+
+    def register_pfn_address_space(self, space: "PfnAddressSpace") -> int:
+        """register_pfn_address_space(): 0 or -errno (-EOPNOTSUPP before v6.19 and with the =n stub)."""
+        return self.memory_failure.register_pfn_address_space(space)
+
+    def unregister_pfn_address_space(self, space: "PfnAddressSpace") -> None:
+        self.memory_failure.unregister_pfn_address_space(space)
 
     def warn_once(self, key: str, file: str, line: int, func: str, frames: tuple[str, ...]) -> None:
         """WARN_ON_ONCE: the splat once per boot, as one line (the crosscheck folds the kernel's
@@ -162,19 +179,17 @@ class Machine:
     def add_device(self, name: str, driver: str = "vfio-pci", bdf: str = "0000:01:00.0",
                    bars: list[PciBar] | None = None, pdev: PciDevice | None = None, open: bool = True,
                    **driver_args: Any) -> "VfioPciCoreDevice":
-        """Bind ``driver`` to a PCI device and open it (the host opens devices at start-up).
-        ``driver_args`` go to the driver class (nvgrace-gpu: usemem=(memphys, memlength), resmem=...)."""
+        """Bind ``driver`` (a name in ``self.drivers``) to a PCI device and open it (the host opens
+        devices at start-up).  ``driver_args`` go to the driver class (its declared fields)."""
         if name in self.devices:
             raise ValueError(f"device {name!r} already exists")
-        try:
-            cls = DRIVERS[driver]
-        except KeyError:
-            raise ValueError(f"unknown driver {driver!r} (choose from {', '.join(DRIVERS)})") from None
+        cls = self.drivers.get(driver)          # DriverError (a ValueError) listing the installed ones
         if pdev is None:
             pdev = PciDevice(bdf=bdf, bars={b.index: b for b in bars or []})
         if pdev.clock is None:
             pdev.clock = self.clock
         dev = cls(self, pdev, name, **driver_args)
+        dev.registered_as = driver
         if open:
             ret = dev.open_device()
             if ret:

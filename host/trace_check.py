@@ -236,11 +236,9 @@ class _Checker:
 
 def _known_step_kinds() -> dict:
     """The step kinds of this installation, with their field schemas (optional models included)."""
-    from .scenario.runner import load_extensions
-    from .scenario.steps import STEP_KINDS
+    from .scenario.wiring import default_registry
 
-    load_extensions()
-    return {name: kind.fields for name, kind in STEP_KINDS.items()}
+    return {name: kind.fields for name, kind in default_registry().step_kinds.items()}
 
 
 def check_trace(data: Any) -> list[str]:

@@ -16,12 +16,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hugepfn.device.poison import DEFAULT_GRANULARITY
+from hugepfn.host.attach import BoundDevice, bind_served, error_source
 from hugepfn.host.machine import AccessResult, Machine, TouchResult
-from hugepfn.host.memory_failure import memory_failure_of, region_space
 from hugepfn.host.mm.constants import PAGE_SIZE, PUD_SIZE
-
-from . import wiring
-from .wiring import BoundDevice
 
 if TYPE_CHECKING:
     from hugepfn.host.tasks import Process, Signal
@@ -227,7 +224,7 @@ class Host:
     def __init__(self, machine: Machine, publisher=None, events: str | None = None,
                  events_dir: str | os.PathLike | None = None, netns: str | None = None) -> None:
         self.machine = machine
-        self.mf = memory_failure_of(machine)
+        self.mf = machine.memory_failure
         self.publisher = publisher
         self.events, self.events_dir, self.netns = events, events_dir, netns
         self.devices: dict[str, BoundDevice] = {}
@@ -245,21 +242,25 @@ class Host:
         (default: bus 1 for the first device, 2 for the second, ...).  Each device's BARs are
         placed after the previous device's, so their pfns never overlap.
 
-        ``register`` registers each memory BAR's pfns for memory_failure (what a variant
-        driver does; plain upstream vfio-pci registers nothing, so its pfns are Ignored).
+        ``register`` registers each memory BAR's pfns for memory_failure, with the driver's own
+        callbacks (what a variant driver does; plain upstream vfio-pci registers nothing, so its
+        pfns are Ignored); a BAR the driver registered itself when it opened is left to it.
         The return of each registration is kept in ``registrations[(name, bar)]`` (0, or
         -EOPNOTSUPP on kernels before 6.19).  ``ghes`` is the error source's mode: "async"
         (memory_failure from a kworker) or "sync" (arm64 SEA: task work on the consumer)."""
         if name in self.devices:
             raise ValueError(f"a device named {name!r} is already attached")
         bdf = bdf or f"0000:{len(self.devices) + 1:02x}:00.0"
-        bound = wiring.bind(self.machine, served, name, driver, bdf)
+        bound = bind_served(self.machine, name, served.socket_path, driver, bdf, device_model=served.device,
+                            served=served)
         self.devices[name] = bound
         if register:
             for bar in served.device.memory:
-                space = region_space(bound.host_device, bar)
+                if any(space.region == bar for space in bound.host_device.registered):
+                    continue
+                space = bound.host_device.pfn_address_space(bar)
                 self.registrations[(name, bar)] = self.machine.register_pfn_address_space(space)
-        bound.error_source = wiring.error_source(self.machine, bound, self.publisher, ghes)
+        error_source(self.machine, bound, served.device.profile.error_vector, ghes, publisher=self.publisher)
         return bound
 
     def device(self, device: BoundDevice | str) -> BoundDevice:

@@ -5,7 +5,8 @@ Fixtures (testing/fixtures.py): hugepfn_served_device, hugepfn_host (and their m
 session_ scoped forms), hugepfn_monitor, hugepfn_kernel, hugepfn_backend, hugepfn_workdir,
 hugepfn_events_dir, hugepfn_netns.  Helpers (import from hugepfn.testing): assert_signal,
 assert_no_signal, assert_mapping, run_scenario.  Option: --hugepfn-backend.  Ini keys:
-hugepfn_backend, hugepfn_drivers, hugepfn_state_dir.  Marker: hugepfn_kernel("6.19", "7.0").
+hugepfn_backend, hugepfn_drivers (driver modules; drivers installed through the hugepfn.drivers
+entry point need nothing), hugepfn_state_dir.  Marker: hugepfn_kernel("6.19", "7.0").
 See docs/fault-injection.md.
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ from .fixtures import (_hugepfn_module_scope, _hugepfn_scope, _hugepfn_session_s
                        hugepfn_module_served_device, hugepfn_monitor, hugepfn_netns, hugepfn_served_device,
                        hugepfn_session_host, hugepfn_session_served_device, hugepfn_workdir, kernel_params)
 
+# how the plugin joins a served device to the host model (printed in the report header)
+PIPELINE = "hugepfn.host.attach + hugepfn.host.ghes (MSI-X error vector)"
 # pytest registers the fixtures it finds in this module's namespace
 __all__ = ["_hugepfn_module_scope", "_hugepfn_scope", "_hugepfn_session_scope", "hugepfn_backend",
            "hugepfn_events_dir", "hugepfn_host", "hugepfn_kernel", "hugepfn_module_host",
@@ -34,24 +37,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "hugepfn_backend, else auto)")
     parser.addini("hugepfn_backend", "default vfio-user backend of served devices: auto, python or libvfio-user",
                   default="auto")
-    parser.addini("hugepfn_drivers", "modules to import at start-up that register variant drivers "
-                                     "(hugepfn.host.drivers.register_driver), one per line", type="linelist",
+    parser.addini("hugepfn_drivers", "driver modules whose HUGEPFN_DRIVERS the hosts of this session may bind "
+                                     "(as --driver-module does for hugepfn run), one per line", type="linelist",
                   default=[])
     parser.addini("hugepfn_state_dir", "directory where served devices keep their poison state, one "
                                        "subdirectory per test (emptied when it starts); default: none", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    import importlib
+    from hugepfn.host.drivers import DriverError, load_driver_modules
 
     backend = configured_backend(config)
     if backend not in CHOICES:
         raise pytest.UsageError(f"hugepfn_backend: unknown backend {backend!r} (choose from {', '.join(CHOICES)})")
-    for module in config.getini("hugepfn_drivers"):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise pytest.UsageError(f"hugepfn_drivers: cannot import {module!r}: {exc}") from None
+    try:
+        load_driver_modules(config.getini("hugepfn_drivers"), source="ini key hugepfn_drivers")
+    except DriverError as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.addinivalue_line(
         "markers", "hugepfn_kernel(*versions): run the test once per kernel profile "
                    "(e.g. 6.1, 6.12, 6.16, 7.3; none named: all); hugepfn_host uses it")
@@ -70,8 +72,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     from hugepfn.device.vfio_user.backends import BackendUnavailable, select_backend
-
-    from .wiring import PIPELINE
 
     requested = configured_backend(config)
     try:

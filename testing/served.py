@@ -2,70 +2,21 @@
 
 ``serve_device`` is what the ``hugepfn_served_device`` fixture calls; it can be used
 without pytest too.  The socket lives in a directory the caller owns (one per test under
-the plugin), so parallel workers never share a path.
+the plugin), so parallel workers never share a path.  The serving itself is
+hugepfn.device.serving, which `hugepfn serve` and the scenarios' served devices use too.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from hugepfn.device.control import ControlClient, ControlServer, control_path
-from hugepfn.device.gpu import GpuDevice
-from hugepfn.device.vfio_user.backends import CHOICES, BackendUnavailable, select_backend
+from hugepfn.device.serving import Serving as ServedDevice, serve
+from hugepfn.device.vfio_user.backends import CHOICES, BackendUnavailable
 
 SOCKET_NAME = "vfio-user.sock"
 
-
-@dataclass
-class ServedDevice:
-    """One running server: ``device`` (the GpuDevice, in this process), ``socket_path``,
-    ``backend_name`` ("python" | "libvfio-user"), ``backend_reason`` (why that backend) and
-    ``control_path``, the control socket `hugepfn inject` / `hugepfn status` talk to."""
-    device: GpuDevice
-    socket_path: Path
-    backend_name: str
-    backend_reason: str
-    server: object
-    control_server: ControlServer | None = None
-    closed: bool = field(default=False, init=False)
-
-    @property
-    def control_path(self) -> str:
-        return control_path(self.socket_path)
-
-    def control(self) -> ControlClient:
-        """A new client of the control socket (close it, or use it as a context manager)."""
-        return ControlClient(self.control_path)
-
-    @property
-    def profile(self) -> str:
-        return self.device.profile.name
-
-    def close(self) -> None:
-        """Stop the server, then release the device's memory (idempotent)."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            if self.control_server is not None:
-                self.control_server.close()
-        finally:
-            try:
-                self.server.close()
-            finally:
-                self.device.close()
-
-    def __enter__(self) -> "ServedDevice":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "serving"
-        return f"<ServedDevice {self.profile} on {self.socket_path} ({self.backend_name}, {state})>"
+__all__ = ["SOCKET_NAME", "ServedDevice", "serve_device", "short_dir"]
 
 
 def serve_device(directory: str | os.PathLike, profile: str | os.PathLike = "tiny", backend: str = "auto",
@@ -76,24 +27,10 @@ def serve_device(directory: str | os.PathLike, profile: str | os.PathLike = "tin
     Raises BackendUnavailable (a ValueError) with the reason when the backend cannot run here."""
     if backend not in CHOICES:
         raise BackendUnavailable(f"unknown backend {backend!r} (choose from {', '.join(CHOICES)})")
-    choice, why = select_backend(backend)
     socket_path = Path(directory) / name
     if socket_path.exists():
         raise FileExistsError(f"{socket_path} already exists: give each served device its own name")
-    device = GpuDevice.from_profile(profile, state_dir=state_dir)
-    try:
-        server = choice.Server(device, socket_path)
-        server.start()
-    except BaseException:
-        device.close()
-        raise
-    served = ServedDevice(device, socket_path, getattr(server, "backend_name", choice.name), why, server)
-    try:
-        served.control_server = ControlServer(device, control_path(socket_path), server).start()
-    except BaseException:
-        served.close()
-        raise
-    return served
+    return serve(profile, socket_path, backend, state_dir=state_dir)
 
 
 def short_dir(preferred: str | os.PathLike, limit: int = 80) -> tuple[str, bool]:

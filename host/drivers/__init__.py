@@ -1,19 +1,12 @@
-"""Host drivers: the vfio-pci core and its variants, by driver name."""
+"""Host drivers: the vfio-pci core every variant builds on, and the registry of drivers by name
+(entry points ``hugepfn.drivers``, driver modules, register_driver; host/drivers/registry.py)."""
 from __future__ import annotations
 
-from .nvgrace_gpu import NvgraceGpuDevice
 from .pci import PciBar, PciDevice
+from .registry import (DriverError, DriverRegistry, default_registry, load_driver_modules, register_driver,
+                       unregister_driver)
 from .vfio_pci_core import VfioPciCoreDevice, is_aligned_for_order, vma_region_index, vma_region_pgoff
 
-# driver name (as in a scenario's `driver = ...`) -> device class
-DRIVERS: dict[str, type[VfioPciCoreDevice]] = {
-    "vfio-pci": VfioPciCoreDevice,
-    "nvgrace-gpu": NvgraceGpuDevice,
-}
-
-
-def register_driver(name: str, cls: type[VfioPciCoreDevice]) -> None:
-    """Make a variant driver available to Machine.add_device and to scenarios by name."""
-    if not (isinstance(cls, type) and issubclass(cls, VfioPciCoreDevice)):
-        raise TypeError("a driver must subclass VfioPciCoreDevice")
-    DRIVERS[name] = cls
+__all__ = ["DriverError", "DriverRegistry", "PciBar", "PciDevice", "VfioPciCoreDevice", "default_registry",
+           "is_aligned_for_order", "load_driver_modules", "register_driver", "unregister_driver",
+           "vma_region_index", "vma_region_pgoff"]

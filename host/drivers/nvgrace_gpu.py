@@ -6,6 +6,11 @@ reported with a power-of-two size.  Generation 1 (profiles 6.12/6.15) maps the w
 with PTEs at mmap time (remap_pfn_range, vm_pgoff = pfn, no fault handler); generation 2
 (6.19, 7.0) faults with its own huge_fault and checks GPU readiness after a reset.
 On 7.0 the regions are registered for poison handling when the device is opened.
+
+It is written against the same driver contract as a third-party variant
+(docs/driver-authors.md): it declares its scenario fields (usemem, resmem, pgoff_callback),
+the memory of its fake BARs (region_extent), the ops table of their VMAs (region_vm_ops) and
+its own history per kernel series, and is registered through the hugepfn.drivers entry point.
 """
 from __future__ import annotations
 
@@ -19,7 +24,9 @@ from ..mm.fault import VmFaultCtx
 from ..mm.pfn_space import PfnAddressSpace
 from ..mm.vm_fault import VM_FAULT_FALLBACK, VM_FAULT_SIGBUS
 from ..mm.vma import Vma, VmOperations
+from ..scenario.fields import Field
 from .pci import PciDevice
+from .poison import CALLBACK_VARIANTS, check_variant
 from .vfio_pci_core import (ULONG_MASK, VfioPciCoreDevice, is_aligned_for_order, vma_region_index,
                             vma_region_pgoff)
 
@@ -34,6 +41,11 @@ STATUS_READY = 0xFF
 POLL_QUANTUM_MS = 1000
 POLL_TIMEOUT_MS = 30000
 U64_MAX = (1 << 64) - 1
+# The driver's own history (ref 2.2): fault/huge_fault and the readiness check after reset since
+# v6.19 (generation 2; before it, remap_pfn_range at mmap), its memory registered for poison
+# handling at open since v7.0.
+HUGE_FAULT_SINCE = (6, 19)
+REGISTERS_MEMORY_SINCE = (7, 0)
 
 
 def roundup_pow_of_two(n: int) -> int:
@@ -61,20 +73,40 @@ class MemRegion:
         return self.memlength >> PAGE_SHIFT
 
 
+def _memory_field(name: str) -> Field:
+    """usemem / resmem in a scenario: { memphys = ..., memlength = ... } -> (memphys, memlength)."""
+    return Field(name, "table", required=False, default=None, fields=(Field("memphys"), Field("memlength")),
+                 build=lambda t: (t["memphys"], t["memlength"]))
+
+
 class NvgraceGpuDevice(VfioPciCoreDevice):
     driver_name = "nvgrace_gpu_vfio_pci"          # KBUILD_MODNAME of nvgrace-gpu-vfio-pci.ko
     has_reset_done = True                         # nvgrace_gpu_vfio_pci_reset_done
     nv_vm_ops_name = "nvgrace_gpu_vfio_pci_mmap_ops"     # its own ops; BARs keep the core's
+    fields = (_memory_field("usemem"), _memory_field("resmem"),
+              # the model's option: the merged callback ("literal") or one with the upper-bound
+              # check its commit message describes ("fixed"), ref 2.2 / open question 5
+              Field("pgoff_callback", "str", required=False, default="literal", choices=CALLBACK_VARIANTS))
 
     def __init__(self, machine: "Machine", pdev: PciDevice, name: str | None = None,
-                 usemem: tuple[int, int] | None = None, resmem: tuple[int, int] | None = None) -> None:
+                 usemem: tuple[int, int] | None = None, resmem: tuple[int, int] | None = None,
+                 pgoff_callback: str = "literal") -> None:
         super().__init__(machine, pdev, name)
         self.usemem = MemRegion(USEMEM_REGION_INDEX, *usemem) if usemem else None
         self.resmem = MemRegion(RESMEM_REGION_INDEX, *resmem) if resmem and resmem[1] > 0 else None
         self.reset_done_flag = False
-        self.registered: list[PfnAddressSpace] = []
-        self.generation = self.profile.nvgrace_generation
+        self.callback_variant = check_variant(pgoff_callback)
+        self.generation = 2 if self.profile.version >= HUGE_FAULT_SINCE else 1
         self.nv_vm_ops = VmOperations(self.nv_vm_ops_name, fault=self.nv_fault, huge_fault=self.nv_huge_fault)
+
+    @classmethod
+    def adopt_served_memory(cls, args: dict, memory: list[tuple[int, int, int]]) -> dict:
+        """A served device without usemem/resmem: its first memory BAR, where firmware placed it,
+        is usemem (the host physical address the firmware reports for the GPU's memory)."""
+        if args.get("usemem") is None and args.get("resmem") is None and memory:
+            _index, address, size = memory[0]
+            args = {**args, "usemem": (address, size)}
+        return args
 
     # -- regions ------------------------------------------------------------------------------
     def memregion(self, index: int) -> MemRegion | None:
@@ -89,16 +121,33 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
         region = self.memregion(index)
         return region.bar_size if region is not None else super().region_size(index)
 
+    def region_extent(self, index: int) -> tuple[int, int] | None:
+        region = self.memregion(index)
+        return (region.start_pfn, region.memlength) if region is not None else super().region_extent(index)
+
+    def region_vm_ops(self, index: int) -> VmOperations | None:
+        return self.nv_vm_ops if self.memregion(index) is not None else super().region_vm_ops(index)
+
+    def vm_ops_tables(self) -> tuple[VmOperations, ...]:
+        return (self.nv_vm_ops, self.vm_ops)
+
+    def pgoff_callback(self, index: int, variant: str = "literal"):
+        """Its own callback (as merged, below) for a memregion; the generic ones otherwise."""
+        if self.memregion(index) is not None and check_variant(variant) == "literal":
+            return self.pfn_to_vma_pgoff
+        return super().pgoff_callback(index, variant)
+
     # -- open / registration (v7.0) ----------------------------------------------------------------
     def open_device(self) -> int:
         ret = super().open_device()
-        if ret or not self.profile.nvgrace_registers_memory:
+        if ret or self.profile.version < REGISTERS_MEMORY_SINCE:
             return ret
         for region in (self.resmem, self.usemem):
             if region is None:
                 continue
             space = PfnAddressSpace(region.start_pfn, region.start_pfn + region.nr_pages - 1, self.mapping,
-                                    self.pfn_to_vma_pgoff, owner=self, region=region.index)
+                                    self.pgoff_callback(region.index, self.callback_variant),
+                                    failure=self.pfn_memory_failure, owner=self, region=region.index)
             ret = self.machine.register_pfn_address_space(space)
             if ret == -errno.EOPNOTSUPP:
                 continue        # CONFIG_MEMORY_FAILURE=n stub: tolerated
@@ -175,7 +224,12 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
     def nv_huge_fault(self, vmf: VmFaultCtx, order: int) -> int:
         """nvgrace_gpu_vfio_pci_huge_fault (ref 2.2): no memregion -> SIGBUS silently; misaligned ->
         FALLBACK; runtime-PM engaged or not ready after reset -> SIGBUS silently; else the core
-        insert helper.  The debug line is printed for FALLBACK and insert results."""
+        insert helper.  The debug line is printed for FALLBACK and insert results.  With recorded
+        poison (a proposal policy), Peter Xu's rule first (the core's poison_fault)."""
+        if self.poison_record is not None:
+            ret = self.poison_fault(vmf, order, self._report_nv_fault)
+            if ret:
+                return ret
         vma = vmf.vma
         region = self.memregion(vma_region_index(vma))
         if region is None:
@@ -195,6 +249,9 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
         if self.klog.dyndbg:
             self.klog.debug_ratelimited("nvgrace_gpu_vfio_pci_huge_fault", self._fmt_nv_fault, order, pfn, ret)
         return ret
+
+    def _report_nv_fault(self, vmf: VmFaultCtx, order: int, addr: int, pfn: int, ret: int) -> None:
+        self.klog.debug_ratelimited("nvgrace_gpu_vfio_pci_huge_fault", self._fmt_nv_fault, order, pfn, ret)
 
     # -- reset readiness -----------------------------------------------------------------------------
     def reset_done(self) -> None:

@@ -48,7 +48,7 @@ class PciDevice:
     is_virtfn: bool = False          # VFs have no_command_memory
     reset_works: bool = True
     current_state: int = PCI_D0
-    # BAR0 32-bit register reads (nvgrace readiness).  None: status registers read 0xFF
+    # BAR0 32-bit register reads (a variant's status registers, e.g. GPU readiness).  None: status registers read 0xFF
     # (ready), except for ``ready_after_ms`` of (virtual) time after a reset, when they read 0.
     bar0_read32: Callable[[int], int] | None = None
     ready_after_ms: int = 0

@@ -1,13 +1,17 @@
 """The vfio-pci core driver: BAR mmap checks, the huge_fault handler per kernel profile,
 the insert helper variants reuse, and the zaps on memory-disable / reset / low-power.
 
-Variant drivers subclass VfioPciCoreDevice and override only what differs (see
-nvgrace_gpu.py and docs/driver-authors.md).  Kernel references: ref 1.3, 1.5, 1.6, 2.1, 3.3.
+Variant drivers subclass VfioPciCoreDevice and override only what differs
+(docs/driver-authors.md).  What a variant declares — its scenario fields, the vm_operations
+tables its mmap installs, where its regions' memory is — and how it hears of poison (the
+pfn_address_space it registers, with pfn_to_vma_pgoff and the failure notification) are
+methods and class attributes here, so the generic code asks the driver and never its type.
+Kernel references: ref 1.3, 1.5, 1.6, 2.1, 3.3.
 """
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..mm.constants import (PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER, VFIO_PCI_OFFSET_SHIFT,
                             VFIO_PCI_PGOFF_MASK, VFIO_PCI_PGOFF_SHIFT, VM_ALLOW_ANY_UNCACHED, VM_DONTDUMP,
@@ -15,14 +19,20 @@ from ..mm.constants import (PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER, VFIO_PC
 from ..mm.fault import VmFaultCtx
 from ..mm.insert import vmf_insert_pfn, vmf_insert_pfn_pmd, vmf_insert_pfn_pud
 from ..mm.mapping import AddressSpace, File
-from ..mm.vm_fault import VM_FAULT_FALLBACK, VM_FAULT_NOPAGE, VM_FAULT_SIGBUS
+from ..mm.pfn_space import PfnAddressSpace
+from ..mm.vm_fault import VM_FAULT_FALLBACK, VM_FAULT_HWPOISON, VM_FAULT_NOPAGE, VM_FAULT_SIGBUS
 from ..mm.vma import Vma, VmOperations
 from ..mm.zap import VmaZap, unmap_mapping_range, zap_vma_range
 from .pci import (PCI_COMMAND, PCI_COMMAND_MEMORY, PCI_D0, PCI_D3hot, PCI_PM_CTRL, PCI_PM_CTRL_STATE_MASK,
                   PciDevice)
+from .poison import PoisonRecord, check_variant, pgoff_callback
 
 if TYPE_CHECKING:
     from ..machine import Machine
+    from ..scenario.fields import Field
+
+# report(vmf, order, block address, pfn, ret): a driver's dynamic-debug line for a fault result
+FaultReport = Callable[[VmFaultCtx, int, int, int, int], None]
 
 VFIO_PCI_BAR0_REGION_INDEX = 0
 VFIO_PCI_ROM_REGION_INDEX = 6
@@ -89,11 +99,15 @@ class VfioPciCoreDevice:
 
     driver_name = "vfio-pci"                       # the dev_dbg prefix's driver part
     vm_ops_name = "vfio_pci_mmap_ops"
+    # The [[device]] fields of scenario files this driver adds (typed, with defaults, validated
+    # like the built-in ones); their values are keyword arguments of the constructor.
+    fields: ClassVar[tuple["Field", ...]] = ()
 
     def __init__(self, machine: "Machine", pdev: PciDevice, name: str | None = None) -> None:
         self.machine = machine
         self.pdev = pdev
         self.name = name or pdev.bdf
+        self.registered_as = self.driver_name      # the registry name add_device bound it by
         self.profile = machine.profile
         self.klog = machine.klog
         self.mapping = AddressSpace(host=self, name=f"vfio {pdev.bdf}")
@@ -114,6 +128,8 @@ class VfioPciCoreDevice:
         self.vma_list: list[Vma] = []
         self.dev_prefix = f"{self.driver_name} {pdev.bdf}: "
         self._align_faulting_page = self.profile.vfio_alignment == "page"
+        self.registered: list[PfnAddressSpace] = []     # what this driver registered for memory failure
+        self.poison_record: PoisonRecord | None = None  # created on the first poison report it records
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.pdev.bdf}>"
@@ -151,6 +167,128 @@ class VfioPciCoreDevice:
     def region_size(self, index: int) -> int:
         bar = self.pdev.bar(index)
         return 0 if bar is None else bar.size
+
+    # -- what the driver declares -----------------------------------------------------------------
+    @classmethod
+    def adopt_served_memory(cls, args: dict[str, Any], memory: list[tuple[int, int, int]]) -> dict[str, Any]:
+        """The driver arguments for a device served over vfio-user, given its memory BARs as
+        (BAR index, bus address firmware placed it at, bytes of memory): the core needs nothing."""
+        return args
+
+    def region_extent(self, index: int) -> tuple[int, int] | None:
+        """(first pfn, length in bytes) of region ``index``'s memory, or None (no such memory,
+        I/O or empty BAR).  The core's regions are its BARs."""
+        bar = self.pdev.bars.get(index)
+        if bar is None or bar.io or bar.size == 0:
+            return None
+        return bar.phys >> PAGE_SHIFT, bar.size
+
+    def region_vm_ops(self, index: int) -> VmOperations | None:
+        """The vm_operations table mmap installs for region ``index`` (None: not mmap-able)."""
+        return self.vm_ops if 0 <= index < VFIO_PCI_ROM_REGION_INDEX else None
+
+    def vm_ops_tables(self) -> tuple[VmOperations, ...]:
+        """Every vm_operations table this driver's VMAs can carry."""
+        return (self.vm_ops,)
+
+    def region_pfn(self, index: int, offset: int) -> int | None:
+        """pfn of byte ``offset`` of region ``index``, or None if outside it."""
+        extent = self.region_extent(index)
+        if extent is None or offset >= extent[1]:
+            return None
+        return extent[0] + (offset >> PAGE_SHIFT)
+
+    def vma_base_pfn(self, vma: Vma) -> int | None:
+        """pfn mapped at vma.vm_start, computed as the driver does (region start + VMA offset)."""
+        extent = self.region_extent(vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT)
+        return None if extent is None else extent[0] + (vma.vm_pgoff & VFIO_PCI_PGOFF_MASK)
+
+    def pfn_file_offset(self, pfn: int) -> int | None:
+        """The file offset (region index << 40 | offset in the region) that maps ``pfn``, for
+        ``zap``; None when no region of this device holds it."""
+        for index in range(VFIO_PCI_ROM_REGION_INDEX):
+            extent = self.region_extent(index)
+            if extent is not None and extent[0] <= pfn < extent[0] + (extent[1] >> PAGE_SHIFT):
+                return vfio_pci_index_to_offset(index) + ((pfn - extent[0]) << PAGE_SHIFT)
+        return None
+
+    # -- poison: the registration and the notification ------------------------------------------------
+    def pgoff_callback(self, index: int, variant: str = "literal"):
+        """The pfn_to_vma_pgoff this driver registers for region ``index``: "literal" checks the
+        pfn against the VMA's start only (as v7.0's merged callback does), "fixed" its end too."""
+        return pgoff_callback(self, self.region_vm_ops(index), check_variant(variant) == "fixed")
+
+    def pfn_address_space(self, index: int, variant: str = "literal") -> PfnAddressSpace | None:
+        """The pfn_address_space of region ``index`` (its pfns, this device's file mapping, the
+        pgoff callback and the failure notification); None if the region has no memory."""
+        extent = self.region_extent(index)
+        if extent is None:
+            return None
+        start, last = extent[0], extent[0] + max(extent[1] >> PAGE_SHIFT, 1) - 1
+        return PfnAddressSpace(start, last, self.mapping, self.pgoff_callback(index, variant),
+                               failure=self.pfn_memory_failure, owner=self, region=index)
+
+    def pfn_memory_failure(self, space: PfnAddressSpace, pfn: int) -> str | None:
+        """The failure notification of a registered space (``ops->failure`` of the 2023
+        proposals): memory_failure_pfn calls it for every registered space holding ``pfn``,
+        after collecting the processes and before signalling them.  Returns the action token
+        of the event ("signalled", "zapped", "split", or the driver's own).
+
+        The core follows the machine's poison policy (hugepfn.host.memory_failure.policies):
+        ``upstream`` does nothing (v7.0 drivers have no such notification), ``hard-offline``
+        records the pfn and zaps its page, ``split`` records it and splits the covering leaf.
+        A variant overrides this to do what it wants, with the same building blocks."""
+        return self.machine.memory_failure.policy.failure(self, space, pfn)
+
+    def record_poison(self, pfn: int) -> bool:
+        """Remember ``pfn`` as bad (the PoisonRecord the fault handlers consult); False if known."""
+        record = self.poison_record
+        if record is None:
+            record = self.machine.memory_failure.driver_state(self)
+        return record.record(pfn)
+
+    def poison_fault(self, vmf: VmFaultCtx, order: int, report: FaultReport) -> int:
+        """Peter Xu's rule for recorded poison (ref 2.3 rules 2-3), as a building block for
+        huge_fault: order > 0 and [pfn, pfn + 2^order) holds a recorded pfn -> VM_FAULT_FALLBACK
+        (never HWPOISON: that would end the fault and SIGBUS clean pages); order 0 on a recorded
+        pfn -> VM_FAULT_HWPOISON; else 0 (the driver's own handler decides).  ``report`` prints
+        the driver's debug line for the result it returns."""
+        record = self.poison_record
+        if record is None or not record.pfns:
+            return 0
+        vma = vmf.vma
+        base = self.vma_base_pfn(vma)
+        if base is None:
+            return 0
+        if order:
+            addr = vmf.address & -(PAGE_SIZE << order)
+            pfn = base + ((addr - vma.vm_start) >> PAGE_SHIFT)
+            if not record.pfns.any_in(pfn, pfn + (1 << order)):
+                return 0
+            record.fallbacks += 1
+            if self.klog.dyndbg:
+                report(vmf, order, addr, pfn & ULONG_MASK, VM_FAULT_FALLBACK)
+            return VM_FAULT_FALLBACK
+        pfn = base + ((vmf.address - vma.vm_start) >> PAGE_SHIFT)
+        if pfn not in record.pfns:
+            return 0
+        record.hwpoison_faults += 1
+        if self.klog.dyndbg:
+            report(vmf, 0, vmf.address, pfn, VM_FAULT_HWPOISON)
+        owner = vma.vm_mm.owner
+        if owner is not None:
+            self.machine.memory_failure.consumed_by_fault(owner, pfn)
+        return VM_FAULT_HWPOISON
+
+    def _report_fault(self, vmf: VmFaultCtx, order: int, addr: int, pfn: int, ret: int) -> None:
+        """vfio_pci_mmap_huge_fault's debug line for a result poison_fault returned."""
+        vma = vmf.vma
+        if self._align_faulting_page:
+            pgoff = vmf.pgoff - vma.vm_pgoff
+        else:
+            pgoff = ((addr - vma.vm_start) & ULONG_MASK) >> PAGE_SHIFT
+        self.klog.debug_ratelimited("vfio_pci_mmap_huge_fault", self._fmt_huge_fault, order,
+                                    vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT, pgoff, ret)
 
     def vma_to_pfn(self, vma: Vma) -> int:
         pgoff = vma.vm_pgoff
@@ -198,6 +336,10 @@ class VfioPciCoreDevice:
         """vfio_pci_mmap_fault (6.1): SIGBUS while memory is off or low power is engaged; a VMA
         already on the list was populated (NOPAGE, nothing to do); else io_remap_pfn_range of
         the whole VMA and the VMA goes on the list."""
+        if self.poison_record is not None:
+            ret = self.poison_fault(vmf, 0, self._report_fault)
+            if ret:
+                return ret
         vma = vmf.vma
         self.memory_lock.read_acquisitions += 1
         if self.pm_runtime_engaged or not self.memory_enabled():
@@ -228,7 +370,12 @@ class VfioPciCoreDevice:
         return self.huge_fault(vmf, 0)
 
     def huge_fault(self, vmf: VmFaultCtx, order: int) -> int:
-        """vfio_pci_mmap_huge_fault for the machine's kernel profile (ref 1.3 / 1.5)."""
+        """vfio_pci_mmap_huge_fault for the machine's kernel profile (ref 1.3 / 1.5); with
+        recorded poison, Peter Xu's rule first (poison_fault)."""
+        if self.poison_record is not None:
+            ret = self.poison_fault(vmf, order, self._report_fault)
+            if ret:
+                return ret
         vma = vmf.vma
         if self._align_faulting_page:
             # v6.12 .. v6.15-rc5: the faulting page itself must be order aligned
@@ -285,6 +432,8 @@ class VfioPciCoreDevice:
         in one go: the same PTEs, memory_lock read count and debug lines (VmOperations.fault_run).
         Declines (0) whenever the first fault would not return VM_FAULT_NOPAGE."""
         pdev = self.pdev
+        if self.poison_record is not None and self.poison_record.pfns:
+            return 0                        # recorded poison: each fault decides for itself
         if (self.memory_lock.writer or self.pm_runtime_engaged or pdev.current_state >= PCI_D3hot
                 or not (pdev.is_virtfn or pdev.command_reg & PCI_COMMAND_MEMORY)    # as vmf_insert_pfn
                 or vma.vm_flags & (VM_PFNMAP | VM_MIXEDMAP | VM_SHARED) != VM_PFNMAP | VM_SHARED
@@ -404,5 +553,6 @@ class VfioPciCoreDevice:
         return 0
 
     def zap(self, offset: int, length: int) -> list[VmaZap]:
-        """unmap_mapping_range on this device's file (the scenario's `zap` step)."""
+        """unmap_mapping_range on this device's file (the scenario's `zap` step).  ``offset`` is
+        a file offset: region index << 40 | offset in the region (pfn_file_offset gives it)."""
         return unmap_mapping_range(self.mapping, offset, length, True)

@@ -1,8 +1,8 @@
 """memory_failure() and memory_failure_pfn() for device memory without struct page (ref 4).
 
-One MemoryFailure object per Machine (machine.extensions["memory_failure"]) holds the
-pfn_address_space registry, the latch of a real hardware failure, the trace buffer of
-memory_failure_event, the poison policy the driver follows, and what each call did.
+One MemoryFailure object per Machine (``machine.memory_failure``) holds the pfn_address_space
+registry, the latch of a real hardware failure, the trace buffer of memory_failure_event, the
+poison policy the core drivers follow, and what each call did.
 Nothing here keeps poison state for the upstream policy: a repeated report repeats
 everything, and no counter moves (num_poisoned_pages, per-node stats).
 """
@@ -12,6 +12,7 @@ import errno
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from ..driver_error import DriverError
 from ..mm.pfn_space import PfnAddressSpace
 from ..tasks import Signal, Thread
 from .collect import ProcessOrder, ToKill, collect_procs_pfn
@@ -23,6 +24,7 @@ from .registry import PfnSpaceRegistry
 from .tracefs import TraceBuffer
 
 if TYPE_CHECKING:
+    from ..drivers.poison import PoisonRecord
     from ..machine import Machine
     from ..mm.zap import VmaZap
     from .policies.base import PoisonPolicy
@@ -50,7 +52,7 @@ def _recovery_line(pfn: int, action: str) -> str:
 
 class MemoryFailure:
     def __init__(self, machine: "Machine", config_memory_failure: bool = True,
-                 policy: "PoisonPolicy | None" = None, nvgrace_callback: str = "literal") -> None:
+                 policy: "PoisonPolicy | None" = None) -> None:
         from .hardware import HardwarePoison
         from .policies import make_policy
 
@@ -73,21 +75,13 @@ class MemoryFailure:
         self.outcomes: list[MfOutcome] = []
         self.repaired_at: dict[int, int] = {}  # pfn -> len(outcomes) when the device reported it repaired
         self.listeners: list[Callable[[MfOutcome], None]] = []
-        self.drivers: dict[int, object] = {}    # id(device) -> policies.driver_state.DriverPoison
+        self.drivers: dict[int, "PoisonRecord"] = {}    # id(device) -> the poison record that driver keeps
         self.hardware = HardwarePoison(self)
-        if nvgrace_callback not in ("literal", "fixed"):
-            raise ValueError(f"nvgrace_callback must be 'literal' or 'fixed', got {nvgrace_callback!r}")
-        self.nvgrace_callback = nvgrace_callback
 
     # -- registration (ref 5) -----------------------------------------------------------------
     def register_pfn_address_space(self, space: PfnAddressSpace) -> int:
         if not self.profile.pfnmap_memory_failure:
             return -errno.EOPNOTSUPP        # the API does not exist before v6.19
-        owner = space.owner
-        if (self.nvgrace_callback == "fixed" and owner is not None
-                and space.pfn_to_vma_pgoff == getattr(owner, "pfn_to_vma_pgoff", None)):
-            from .callbacks import make_callback
-            space.pfn_to_vma_pgoff = make_callback(owner, "nv_vm_ops", fixed=True)
         return self.registry.register(space)
 
     def unregister_pfn_address_space(self, space: PfnAddressSpace) -> None:
@@ -130,7 +124,7 @@ class MemoryFailure:
         early_kill = m.sysctl.get("vm.memory_failure_early_kill", 0)
         for space in spaces:
             collect_procs_pfn(space, pfn, current, early_kill, self.order, m.klog, out.tokill)
-            out.actions.append(self.policy.on_memory_failure(self, space, pfn))
+            out.actions.append(self._notify(space, pfn))
         out.spaces = spaces
         out.zapped = m.zap_journal[zap_mark:]
         flags |= MF_ACTION_REQUIRED | MF_MUST_KILL
@@ -139,6 +133,22 @@ class MemoryFailure:
         out.result = MfResult.MF_RECOVERED
         self._finish(out)
         return out.ret
+
+    @staticmethod
+    def _notify(space: PfnAddressSpace, pfn: int) -> str:
+        """The space's failure notification (the driver decides what to do); its action token."""
+        failure = space.failure
+        if failure is None:
+            return "signalled"              # v7.0: memory_failure_pfn only signals
+        action = failure(space, pfn)
+        if action is None:
+            return "signalled"
+        if not isinstance(action, str):
+            owner = space.owner
+            name = getattr(owner, "registered_as", None) or type(owner).__name__
+            raise DriverError(f"driver {name}: pfn_memory_failure for pfn {pfn:#x} returned {action!r}, "
+                              "not an action token (a string such as \"zapped\") or None")
+        return action
 
     def action_result(self, pfn: int, result: MfResult) -> int:
         """Trace event + log line; MF_MSG_PFN_MAP changes no counter.  0 for Recovered/Delayed."""
@@ -167,12 +177,14 @@ class MemoryFailure:
         the process's main thread stands for it)."""
         self.guard_consumed(proc, proc.main_thread.tid, pfn, "fault")
 
-    # -- driver-side poison records (policies) ----------------------------------------------------
-    def driver_state(self, device):
-        """The poison record the driver keeps under a recording policy (created on first use)."""
-        from .policies.driver_state import DriverPoison
+    # -- driver-side poison records ------------------------------------------------------------------
+    def driver_state(self, device) -> "PoisonRecord":
+        """The poison record ``device`` keeps (created on its first record, and known here so that
+        summaries, repair and collapse see it)."""
+        record = device.poison_record
+        if record is None:
+            from ..drivers.poison import PoisonRecord
 
-        state = self.drivers.get(id(device))
-        if state is None:
-            state = self.drivers[id(device)] = DriverPoison(self, device)
-        return state
+            record = device.poison_record = PoisonRecord(device)
+            self.drivers[id(device)] = record
+        return record

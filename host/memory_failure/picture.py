@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..drivers.vfio_pci_core import VfioPciCoreDevice
 from ..mm.constants import PAGE_SHIFT, PAGE_SIZE, PMD_SIZE, PUD_SIZE, VFIO_PCI_PGOFF_MASK, VFIO_PCI_PGOFF_SHIFT
-from .regions import region_extent
 from .summary import format_bytes
 
 if TYPE_CHECKING:
@@ -55,10 +55,10 @@ def _region_of(machine):
             continue
         for vma in proc.mm:
             dev = vma.vm_private_data
-            if dev is None or getattr(dev, "pdev", None) is None:
+            if not isinstance(dev, VfioPciCoreDevice):
                 continue
             index = vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT
-            base = region_extent(dev, index)
+            base = dev.region_extent(index)
             if base is None:
                 continue
             hit = any(base[0] <= p < base[0] + (base[1] >> PAGE_SHIFT) for p in poisoned)

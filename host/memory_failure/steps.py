@@ -1,14 +1,13 @@
-"""Scenario step handlers for the poison kinds (spec/scenario-format.md) and a few extension kinds.
+"""Scenario step kinds of the memory-failure model (spec/scenario-format.md): poison,
+memory_failure, hard_offline_page, register, unregister, and the extensions of the format
+repair, collapse, consumption_guard, corrupt_pfn, unpoison_pfn, madvise_hwpoison (STEP_KINDS).
 
-Declared by the scenario package, completed here: poison, memory_failure, hard_offline_page,
-register, unregister.  Added here (extensions of the format): repair, collapse,
-consumption_guard, corrupt_pfn, unpoison_pfn, madvise_hwpoison.
-
-Every handler (the scenario package's too) is wrapped so that a step records the
-memory_failure_event trace lines it produced (``trace_events``) and the memory-failure events
-it published (``events``), and so that after a kernel
-panic (vm.memory_failure_recovery = 0) the machine runs nothing more: later steps are recorded
-with ``skipped`` and change nothing.
+``record_memory_failure`` wraps every handler (the scenario package's too; the wiring applies
+it) so that a step records the memory_failure_event trace lines it produced (``trace_events``)
+and the memory-failure events it published (``events``), and so that after a kernel panic
+(vm.memory_failure_recovery = 0) the machine runs nothing more: later steps are recorded with
+``skipped`` and change nothing.  ``poison_summary`` is the run finisher that adds the
+per-policy summary to traces of runs that handled poison.
 """
 from __future__ import annotations
 
@@ -17,12 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..scenario.errors import ScenarioError
 from ..scenario.fields import Field
-from ..scenario.steps import STEP_KINDS, register_step_kind, set_step_handler
-from .callbacks import region_space
+from ..scenario.steps import StepKind, check_current, check_mf_flags, check_region, device_field, step_kind
 from .flags import KernelPanic, parse_mf_flags
 from .inject import corrupt_pfn, hard_offline_page, madvise_hwpoison, unpoison_pfn
 from .policies.repair import collapse, repair_pfn
-from .regions import region_pfn
 
 if TYPE_CHECKING:
     from ..scenario.runner import ScenarioRun
@@ -31,8 +28,7 @@ if TYPE_CHECKING:
 
 
 def _mf(run: "ScenarioRun") -> "MemoryFailure":
-    from . import memory_failure_of
-    return memory_failure_of(run.machine)
+    return run.machine.memory_failure
 
 
 def _current(run: "ScenarioRun", value: Any):
@@ -43,7 +39,7 @@ def _current(run: "ScenarioRun", value: Any):
 def _step_pfn(run: "ScenarioRun", step: "Step") -> int | None:
     """The pfn a (device, region, offset) step names, recorded in the trace; None if outside."""
     f = step.fields
-    pfn = region_pfn(run.machine.device(f["device"]), f["region"], f["offset"])
+    pfn = run.machine.device(f["device"]).region_pfn(f["region"], f["offset"])
     if pfn is not None:
         run.record.extra["pfn"] = f"{pfn:#x}"
     return pfn
@@ -75,7 +71,7 @@ def _spaces(run: "ScenarioRun") -> dict:
 def do_register(run: "ScenarioRun", step: "Step") -> int:
     f = step.fields
     dev = run.machine.device(f["device"])
-    space = region_space(dev, f["region"], f["callback"])
+    space = dev.pfn_address_space(f["region"], f["callback"])
     if space is None:
         return -errno.EINVAL
     ret = run.machine.register_pfn_address_space(space)
@@ -91,13 +87,13 @@ def do_unregister(run: "ScenarioRun", step: "Step") -> int:
     dev = run.machine.device(f["device"])
     space = _spaces(run).pop((f["device"], f["region"]), None)
     if space is None:
-        for s in list(getattr(dev, "registered", [])):
+        for s in list(dev.registered):
             if s.region == f["region"]:
                 space = s
                 dev.registered.remove(s)        # the driver will not unregister it again at close
                 break
     if space is None:
-        space = region_space(dev, f["region"])
+        space = dev.pfn_address_space(f["region"])
         if space is None:
             return -errno.EINVAL
     try:
@@ -146,9 +142,8 @@ def do_madvise_hwpoison(run: "ScenarioRun", step: "Step") -> int:
 
 
 # -- wrapping: trace events, panic ------------------------------------------------------------------
-def _wrap(kind_name: str, handler):
-    if getattr(handler, "_mf_wrapped", False):
-        return handler
+def record_memory_failure(kind_name: str, handler):
+    """The step wrapper: trace events and published events of the step, and nothing after a panic."""
 
     def wrapped(run: "ScenarioRun", step: "Step"):
         mf = _mf(run)
@@ -171,40 +166,49 @@ def _wrap(kind_name: str, handler):
             rec.extra["events"] = [event.to_trace() for event in mf.events[events_mark:]]
         return ret
 
-    wrapped._mf_wrapped = True
     wrapped.__name__ = getattr(handler, "__name__", kind_name)
     return wrapped
 
 
+def poison_summary(run: "ScenarioRun") -> None:
+    """Run finisher: the per-policy summary, for runs that handled poison."""
+    from .summary import policy_summary
+
+    mf = _mf(run)
+    if mf.outcomes or mf.hardware.poisoned_pfns() or mf.drivers:
+        summary = policy_summary(run.machine)
+        del summary["policy"]                   # the trace header says it
+        run.trace.extra["poison_summary"] = summary
+
+
 def _region_field() -> Field:
-    return Field("region", "int", check=lambda v: None if 0 <= v < 16 else f"must be a region index 0..15, got {v}")
+    return Field("region", "int", check=check_region)
 
 
-def install() -> None:
-    for name, handler in (("poison", do_poison), ("memory_failure", do_memory_failure),
-                          ("hard_offline_page", do_hard_offline_page), ("unregister", do_unregister)):
-        set_step_handler(name, handler)
-    # `register` gains an optional `callback` field ("literal" | "fixed"): an extension.
-    register_step_kind("register", (Field("device", "str"), _region_field(),
-                                    Field("callback", "str", required=False, default="literal",
-                                          choices=("literal", "fixed"))),
-                       do_register, doc="register_pfn_address_space for a region's pfns")
-    register_step_kind("repair", (Field("device", "str"), _region_field(), Field("offset")), do_repair,
-                       doc="the device reports a poisoned page repaired (extension)")
-    register_step_kind("collapse", (Field("pid", "int"), Field("addr"), Field("length")), do_collapse,
-                       doc="retract small page tables of clean blocks so huge leaves can return (extension)")
-    register_step_kind("consumption_guard", (Field("threshold", "int"),), do_consumption_guard,
-                       doc="threshold of the per-process consumption-loop guard (extension)")
-    register_step_kind("corrupt_pfn", (Field("pfn"),), do_corrupt_pfn,
-                       doc="write to debugfs hwpoison/corrupt-pfn (extension)")
-    register_step_kind("unpoison_pfn", (Field("pfn"),), do_unpoison_pfn,
-                       doc="write to debugfs hwpoison/unpoison-pfn (extension)")
-    register_step_kind("madvise_hwpoison", (Field("tid", "int"), Field("addr"), Field("length")),
-                       do_madvise_hwpoison, thread_field="tid", doc="madvise(MADV_HWPOISON) (extension)")
-    for name, kind in STEP_KINDS.items():
-        if kind.handler is not None:
-            kind.handler = _wrap(name, kind.handler)
-
-
-install()
-
+STEP_KINDS: tuple[StepKind, ...] = (
+    step_kind("poison", (device_field(), _region_field(), Field("offset")), do_poison,
+              doc="the hardware marks memory bad (no report yet)"),
+    step_kind("memory_failure", (Field("pfn"), Field("flags", "strlist", required=False, default=[],
+                                                     check=check_mf_flags),
+                                 Field("current", "any", required=False, default="kworker", check=check_current)),
+              do_memory_failure, thread_field="current", doc="memory_failure() as called by an error handler"),
+    step_kind("hard_offline_page", (Field("phys"), Field("current", "int")), do_hard_offline_page,
+              thread_field="current", doc="write to /sys/devices/system/memory/hard_offline_page"),
+    # `register` has an optional `callback` field ("literal" | "fixed"): an extension.
+    step_kind("register", (device_field(), _region_field(),
+                           Field("callback", "str", required=False, default="literal", choices=("literal", "fixed"))),
+              do_register, doc="register_pfn_address_space for a region's pfns"),
+    step_kind("unregister", (device_field(), _region_field()), do_unregister,
+              doc="unregister_pfn_address_space for a region's pfns"),
+    step_kind("repair", (device_field(), _region_field(), Field("offset")), do_repair,
+              doc="the device reports a poisoned page repaired (extension)"),
+    step_kind("collapse", (Field("pid", "int"), Field("addr"), Field("length")), do_collapse,
+              doc="retract small page tables of clean blocks so huge leaves can return (extension)"),
+    step_kind("consumption_guard", (Field("threshold", "int"),), do_consumption_guard,
+              doc="threshold of the per-process consumption-loop guard (extension)"),
+    step_kind("corrupt_pfn", (Field("pfn"),), do_corrupt_pfn, doc="write to debugfs hwpoison/corrupt-pfn (extension)"),
+    step_kind("unpoison_pfn", (Field("pfn"),), do_unpoison_pfn,
+              doc="write to debugfs hwpoison/unpoison-pfn (extension)"),
+    step_kind("madvise_hwpoison", (Field("tid", "int"), Field("addr"), Field("length")), do_madvise_hwpoison,
+              thread_field="tid", doc="madvise(MADV_HWPOISON) (extension)"),
+)

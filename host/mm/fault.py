@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..driver_error import bad_fault_result
 from .constants import PAGE_MASK, PAGE_SHIFT, PMD_ORDER, PMD_SHIFT, PUD_ORDER, PUD_SHIFT
 from .pagetable import INDEX_MASK, TABLE_SHIFT, PmdTable
 from .thp import PMD_BIT, PUD_BIT, thp_vma_allowable_orders
@@ -92,8 +93,11 @@ def _handle_mm_fault(vma: "Vma", address: int, write: bool, calls: list[tuple[in
                 ret = huge_fault(vmf, PUD_ORDER)
                 if calls is not None:
                     calls.append((PUD_ORDER, ret))
-                if not ret & VM_FAULT_FALLBACK:
-                    return ret
+                try:
+                    if not ret & VM_FAULT_FALLBACK:
+                        return ret
+                except TypeError:
+                    raise bad_fault_result(vma, "huge_fault", PUD_ORDER, address, ret) from None
         if pud_idx in pt.pud_leaves:        # a driver that installed and still said FALLBACK
             return 0
         if pt.fail_allocs and pt.alloc_fails():
@@ -112,8 +116,11 @@ def _handle_mm_fault(vma: "Vma", address: int, write: bool, calls: list[tuple[in
             ret = huge_fault(vmf, PMD_ORDER)
             if calls is not None:
                 calls.append((PMD_ORDER, ret))
-            if not ret & VM_FAULT_FALLBACK:
-                return ret
+            try:
+                if not ret & VM_FAULT_FALLBACK:
+                    return ret
+            except TypeError:
+                raise bad_fault_result(vma, "huge_fault", PMD_ORDER, address, ret) from None
             if table.leaves[pmd_idx & INDEX_MASK]:
                 return 0
     elif ptes[(addr >> PAGE_SHIFT) & INDEX_MASK]:
@@ -128,4 +135,6 @@ def _handle_mm_fault(vma: "Vma", address: int, write: bool, calls: list[tuple[in
     ret = fault(vmf)
     if calls is not None:
         calls.append((0, ret))
+    if ret.__class__ is not int and not isinstance(ret, int):
+        raise bad_fault_result(vma, "fault", 0, address, ret)
     return ret

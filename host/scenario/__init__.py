@@ -4,11 +4,30 @@
     trace = run_scenario("fixtures/scenarios/demo.toml")
     print(trace.render())          # or trace.to_json()
 
-New step kinds (or handlers for declared ones) are registered with register_step_kind /
-set_step_handler from hugepfn.host.scenario.steps.
+What files may say is the registry of hugepfn.host.scenario.wiring (step kinds, device fields,
+preparers, finishers); parse_scenario and ScenarioRun take another registry when given one.
+The names below are loaded on first use, so that importing a submodule (fields, errors) does
+not load the runner and everything it needs.
 """
-from .errors import ScenarioError
-from .fields import Field, parse_number
-from .runner import ScenarioRun, build_machine, run_scenario
-from .spec import Scenario, Step, load_scenario, parse_scenario
-from .steps import STEP_KINDS, register_step_kind, set_step_handler
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ScenarioError": "errors", "Field": "fields", "ScenarioRun": "runner", "build_machine": "runner",
+    "run_scenario": "runner", "Scenario": "spec", "Step": "spec", "load_scenario": "spec", "parse_scenario": "spec",
+    "ScenarioRegistry": "registry", "default_registry": "wiring", "build_default_registry": "wiring",
+    "StepKind": "steps", "step_kind": "steps",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -32,9 +32,11 @@ def parse_number(value: Any) -> int:
 
 @dataclass(frozen=True)
 class Field:
-    """One field of a step (or machine table).  ``kind``: "num" (address/size, shown in hex),
-    "int" (ids, counts), "str", "bool", "strlist"; ``choices`` limits str values;
-    ``check`` validates the converted value (returns an error text or None)."""
+    """One field of a step, a [[device]] table or a driver.  ``kind``: "num" (address/size,
+    shown in hex), "int" (ids, counts), "str", "bool", "strlist", "table" (a TOML table checked
+    against ``fields``), "any"; ``choices`` limits str values; ``check`` validates the converted
+    value (returns an error text or None); ``build`` turns the checked value into what the code
+    takes (e.g. a table into a tuple)."""
     name: str
     kind: str = "num"
     required: bool = True
@@ -42,12 +44,19 @@ class Field:
     choices: tuple[str, ...] | None = None
     check: Callable[[Any], str | None] | None = None
     hex_in_trace: bool | None = None        # default: True for "num"
+    fields: tuple["Field", ...] = ()        # kind "table": its own fields
+    build: Callable[[Any], Any] | None = None
 
     @property
     def shows_hex(self) -> bool:
         return self.kind == "num" if self.hex_in_trace is None else self.hex_in_trace
 
     def convert(self, raw: Any, where: str) -> Any:
+        if self.kind == "table":
+            if not isinstance(raw, dict):
+                raise ScenarioError(f"{where}.{self.name}: expected a table, got {raw!r}")
+            value = convert_fields(self.fields, raw, f"{where}.{self.name}")
+            return self.build(value) if self.build is not None else value
         try:
             value = self._convert(raw)
         except ValueError as exc:
@@ -59,7 +68,7 @@ class Field:
             problem = self.check(value)
             if problem:
                 raise ScenarioError(f"{where}: {self.name}: {problem}")
-        return value
+        return self.build(value) if self.build is not None else value
 
     def _convert(self, raw: Any) -> Any:
         if self.kind == "num":

@@ -1,9 +1,9 @@
 """Running a parsed scenario: build the Machine, open devices, run each step through its
-handler and record what it did into the Trace."""
+handler and record what it did into the Trace.  What the run can do comes from the registry
+the scenario was parsed with (hugepfn.host.scenario.wiring for the default one)."""
 from __future__ import annotations
 
 import errno
-import importlib
 from pathlib import Path
 from typing import Callable
 
@@ -12,45 +12,25 @@ from ..machine import Machine
 from ..oops import KernelOops
 from ..trace import StepRecord, Trace, errno_name
 from .errors import ScenarioError
+from .registry import ScenarioRegistry
 from .spec import Scenario, Step, load_scenario
-from .steps import STEP_KINDS
-
-# Called with the ScenarioRun after its last step (optional models add trace facts here).
-RUN_FINISHERS: list = []
-
-# Optional packages that add step handlers / machine extensions when imported.
-OPTIONAL_EXTENSIONS = ("hugepfn.host.memory_failure", "hugepfn.host.scenario.served")
-
-# prepare(machine, device_spec) -> PciDevice | None, asked before a device is bound: an optional
-# model may supply the PCI device itself (a served device, its BARs placed as firmware does).
-DEVICE_PREPARERS: list = []
-
-
-def load_extensions() -> None:
-    for name in OPTIONAL_EXTENSIONS:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
 
 
 def build_machine(scenario: Scenario, boot: dict | None = None) -> Machine:
     machine = Machine(scenario.kernel, scenario.arch, scenario.thp, scenario.policy, scenario.sysctl,
-                      scenario.thp_sysfs_gates_pfnmap, scenario.dyndbg, boot=boot)
+                      scenario.thp_sysfs_gates_pfnmap, scenario.dyndbg, boot=boot, drivers=scenario.drivers)
     for p in scenario.processes:
         machine.create_process(p.pid, p.comm, p.threads)
     for d in scenario.devices:
-        pdev = next((p for p in (prepare(machine, d) for prepare in DEVICE_PREPARERS) if p is not None), None) \
-            or PciDevice(bdf=d.bdf, bars={b["index"]: PciBar(b["index"], b["phys"], b["size"], b["io"])
-                                          for b in d.bars},
-                         is_virtfn=d.virtfn, reset_works=d.reset_works, ready_after_ms=d.ready_after_ms)
-        args = {}
-        if d.driver == "nvgrace-gpu":
-            args = {"usemem": (d.usemem["memphys"], d.usemem["memlength"]) if d.usemem else None,
-                    "resmem": (d.resmem["memphys"], d.resmem["memlength"]) if d.resmem else None}
         try:
-            machine.add_device(d.name, d.driver, d.bdf, pdev=pdev, **args)
+            for prepare in scenario.registry.preparers:     # a model that binds the device itself
+                if prepare(machine, d, d.driver_args) is not None:
+                    break
+            else:
+                pdev = PciDevice(bdf=d.bdf, bars={b["index"]: PciBar(b["index"], b["phys"], b["size"], b["io"])
+                                                  for b in d.bars},
+                                 is_virtfn=d.virtfn, reset_works=d.reset_works, ready_after_ms=d.ready_after_ms)
+                machine.add_device(d.name, d.driver, d.bdf, pdev=pdev, **d.driver_args)
         except OSError as exc:
             raise ScenarioError(f"device {d.name}: {exc.strerror}") from None
     return machine
@@ -60,16 +40,17 @@ class ScenarioRun:
     """One execution: the machine, the trace being built and the record of the current step."""
 
     def __init__(self, scenario: Scenario, machine: Machine | None = None) -> None:
-        load_extensions()
         self.scenario = scenario
+        self.registry: ScenarioRegistry = scenario.registry
         self.machine = machine or build_machine(scenario)
         self.trace = Trace(scenario.kernel, scenario.arch, scenario.policy, scenario.thp, scenario.description)
         self.record: StepRecord | None = None
         self.crash: KernelOops | None = None
 
     def run_step(self, step: Step) -> StepRecord:
-        kind = STEP_KINDS[step.kind]
-        if kind.handler is None:
+        kind = self.registry.step_kinds[step.kind]
+        handler = self.registry.handler(step.kind)
+        if handler is None:
             raise ScenarioError(f"step {step.index}: do = {step.kind!r} is not supported yet")
         m = self.machine
         args = {f.name: f.to_trace(step.fields[f.name]) for f in kind.fields}
@@ -86,7 +67,7 @@ class ScenarioRun:
                 if isinstance(tid, int):
                     m.tasks.thread(tid).handle_signals()    # it ran in user space: pending signals handled
             try:
-                ret = kind.handler(self, step)
+                ret = handler(self, step)
             except KernelOops as oops:
                 self.crash = oops
                 ret = "Oops"
@@ -119,7 +100,7 @@ class ScenarioRun:
                 self.trace.extra["crashed_at"] = step.index
                 break
         self.trace.summary = self.machine.summary()
-        for finish in RUN_FINISHERS:
+        for finish in self.registry.finishers:
             finish(self)
         return self.trace
 

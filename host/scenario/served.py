@@ -26,9 +26,12 @@ before report.  ``scrub``
 default "python"), ``ghes`` ("async" | "sync", default "async": see hugepfn.host.ghes),
 ``irq`` ("msix" | "err", default "msix": the error MSI-X vector or the vfio ERR index),
 ``events`` ("none" | "auto" | "netlink" | "unix", default "none": publish a
-MemoryFailureEvent per record, for `hugepfn monitor`).  A served nvgrace-gpu device without
-usemem/resmem takes its first memory BAR, where firmware placed it, as usemem (region 4).  Traces carry no socket paths, fds or
+MemoryFailureEvent per record, for `hugepfn monitor`).  The driver learns where the served
+device's memory BARs were placed (its adopt_served_memory).  Traces carry no socket paths, fds or
 times: the placement depends only on the profile, so they are deterministic.
+
+Serving is hugepfn.device.serving.serve and binding hugepfn.host.attach.bind_served, the helpers
+`hugepfn serve` and the pytest plugin use too.
 """
 from __future__ import annotations
 
@@ -42,14 +45,15 @@ from typing import TYPE_CHECKING, Any
 
 from hugepfn.device.poison import DEFAULT_GRANULARITY
 
-from ..drivers.pci import PciDevice
+from ..attach import BoundDevice, bind_served, error_source
 from .errors import ScenarioError
 from .fields import Field, convert_fields
-from .runner import DEVICE_PREPARERS, RUN_FINISHERS
-from .spec import DEVICE_EXTENSION_FIELDS
-from .steps import STEP_KINDS, register_step_kind
+from .steps import StepKind, step_kind
 
 if TYPE_CHECKING:
+    from hugepfn.device.serving import Serving
+
+    from ..drivers.vfio_pci_core import VfioPciCoreDevice
     from ..machine import Machine
     from .runner import ScenarioRun
     from .spec import DeviceSpec, Step
@@ -70,31 +74,35 @@ def _check_serve(value: Any) -> str | None:
     return None
 
 
+# the [[device]] field this model adds
+SERVE_FIELD = Field("serve", "any", required=False, default=None, check=_check_serve)
+
+
 @dataclass
 class ServedDevice:
-    """One served device of a run: the device, its servers, the host's client and error source."""
+    """One served device of a run: how it is served, how the host bound it, its error source."""
     name: str
-    device: Any                          # hugepfn.device.gpu.GpuDevice
-    server: Any
-    control_server: Any
-    client: Any                          # hugepfn.host.vfio_user.VfioUserClient
-    placements: dict
+    serving: "Serving"
     directory: Path
     options: dict
-    ghes: Any = None                     # hugepfn.host.ghes.GhesErrorSource
+    bound: BoundDevice | None = None
     publisher: Any = None
     control: Any = None                  # a ControlClient, opened on first use
     closed: bool = field(default=False, init=False)
 
     @property
-    def socket_path(self) -> Path:
-        return self.directory / "vfio-user.sock"
+    def device(self):
+        return self.serving.device
+
+    @property
+    def ghes(self):
+        return None if self.bound is None else self.bound.error_source
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        for part in (self.control, self.client, self.control_server, self.server, self.publisher, self.device):
+        for part in (self.control, self.bound, self.serving, self.publisher):
             if part is not None:
                 try:
                     part.close()
@@ -107,57 +115,11 @@ def served_devices(machine: "Machine") -> dict[str, ServedDevice]:
     return machine.extensions.setdefault(EXTENSION_KEY, {})
 
 
-def start_served(machine: "Machine", spec: "DeviceSpec", options: dict) -> ServedDevice:
-    """Serve the device, attach to it and place its BARs (the part before the driver binds)."""
-    from hugepfn.device.control import ControlServer, control_path
-    from hugepfn.device.gpu import GpuDevice
-    from hugepfn.device.vfio_user.backends import select_backend
+def prepare_device(machine: "Machine", spec: "DeviceSpec", driver_args: dict) -> "VfioPciCoreDevice | None":
+    """Preparer: serve the device of a [[device]] table with ``serve = {...}`` and bind its driver
+    to it over vfio-user (BARs where firmware put them); None for any other device."""
+    from hugepfn.device.serving import serve
 
-    from ..vfio_user.client import VfioUserClient
-    from ..vfio_user.firmware import assign_bar_addresses
-
-    choice, _why = select_backend(options["backend"])
-    directory = Path(tempfile.mkdtemp(prefix="hugepfn-served-"))
-    device = server = control = client = None
-    try:
-        device = GpuDevice.from_profile(options["profile"])
-        socket_path = directory / "vfio-user.sock"
-        server = choice.Server(device, socket_path)
-        server.start()
-        control = ControlServer(device, control_path(socket_path), server=server).start()
-        client = VfioUserClient.attach(socket_path)
-        # one firmware pass per device, each starting where the previous device's BARs end
-        cursor = machine.extensions.setdefault("served_mmio_cursor", {})
-        placements = {p.index: p for p in assign_bar_addresses(client, **cursor)}
-        for p in placements.values():
-            key = "mmio64_base" if p.is_64bit else "mmio32_base"
-            cursor[key] = max(cursor.get(key, 0), p.address + p.size)
-    except BaseException:
-        for part in (client, control, server, device):
-            if part is not None:
-                part.close()
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-    served = ServedDevice(spec.name, device, server, control, client, placements, directory, options)
-    served_devices(machine)[spec.name] = served
-    _watch_memory(machine, device, placements)
-    # a run that fails half-way still stops the servers when the machine goes away
-    weakref.finalize(machine, served.close)
-    return served
-
-
-def _watch_memory(machine: "Machine", device, placements: dict) -> None:
-    """The device's poison model answers for its memory (when the memory-failure model is loaded)."""
-    mf = machine.extensions.get("memory_failure")
-    if mf is None:
-        return
-    from ..memory_failure.hardware import device_memory
-    for memory in device_memory(device, placements):
-        mf.hardware.add_device_memory(memory)
-
-
-def prepare_device(machine: "Machine", spec: "DeviceSpec") -> PciDevice | None:
-    """DEVICE_PREPARERS hook: a served device's PCI view (BARs where firmware put them)."""
     raw = spec.extra.get("serve")
     if raw is None:
         return None
@@ -165,34 +127,30 @@ def prepare_device(machine: "Machine", spec: "DeviceSpec") -> PciDevice | None:
     options = convert_fields(SERVE_FIELDS, raw, where)
     if spec.bars:
         raise ScenarioError(f"{where}: a served device gets its BARs from firmware placement; drop `bars`")
+    directory = Path(tempfile.mkdtemp(prefix="hugepfn-served-"))
     try:
-        served = start_served(machine, spec, options)
+        serving = serve(options["profile"], directory / "vfio-user.sock", options["backend"])
     except (ValueError, OSError) as exc:
+        shutil.rmtree(directory, ignore_errors=True)
         raise ScenarioError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
-    if spec.driver == "nvgrace-gpu" and spec.usemem is None and spec.resmem is None:
-        # nvgrace-gpu exposes device memory as usemem (region 4) at the host physical address
-        # firmware reports; for a served device that is where its memory BAR was placed.
-        bar = served.device.profile.memory_bars[0]
-        spec.usemem = {"memphys": served.placements[bar.index].address, "memlength": bar.memory_size}
-    from ..attach import host_pci_device
-    return host_pci_device(served.client, served.placements, spec.bdf, is_virtfn=spec.virtfn,
-                           reset_works=spec.reset_works)
+    served = served_devices(machine)[spec.name] = ServedDevice(spec.name, serving, directory, options)
+    weakref.finalize(machine, served.close)     # a run that fails half-way still stops the servers
+    served.bound = bind_served(machine, spec.name, serving.socket_path, spec.driver, spec.bdf,
+                               device_model=serving.device, driver_args=driver_args, served=served,
+                               is_virtfn=spec.virtfn, reset_works=spec.reset_works)
+    return served.bound.host_device
 
 
 def _error_source(run: "ScenarioRun", served: ServedDevice):
     """The GHES-like error source, created once the driver is bound (first use)."""
-    if served.ghes is None:
-        from ..ghes import GhesErrorSource
-
+    if served.bound.error_source is None:
         opts = served.options
         if opts["events"] != "none":
             from hugepfn.host.events import publisher
             served.publisher = publisher(opts["events"])
-        served.ghes = GhesErrorSource(run.machine, served.name, served.client, mode=opts["ghes"],
-                                      publisher=served.publisher, irq=opts["irq"],
-                                      error_vector=served.device.profile.error_vector,
-                                      mark_hardware=False)     # the device's own poison model answers loads
-    return served.ghes
+        error_source(run.machine, served.bound, served.device.profile.error_vector, opts["ghes"], opts["irq"],
+                     served.publisher)
+    return served.bound.error_source
 
 
 def _served(run: "ScenarioRun", step: "Step") -> ServedDevice:
@@ -206,8 +164,7 @@ def _served(run: "ScenarioRun", step: "Step") -> ServedDevice:
 def _control(served: ServedDevice):
     """The device's control channel (opened on first use)."""
     if served.control is None:
-        from hugepfn.device.control import ControlClient, control_path
-        served.control = ControlClient(control_path(served.socket_path))
+        served.control = served.serving.control()
     return served.control
 
 
@@ -260,16 +217,16 @@ def do_scrub(run: "ScenarioRun", step: "Step") -> int:
     return 0
 
 
-def _close_all(run: "ScenarioRun") -> None:
-    """RUN_FINISHERS hook: stop every served device of the run; say where BARs were placed."""
+def close_all(run: "ScenarioRun") -> None:
+    """Run finisher: stop every served device of the run; say where BARs were placed."""
     served = served_devices(run.machine)
     if not served:
         return
     run.trace.extra["served"] = {
-        name: {"profile": s.options["profile"], "backend": s.server.backend_name,
+        name: {"profile": s.options["profile"], "backend": s.serving.backend_name,
                "bars": [{"index": p.index, "address": f"{p.address:#x}", "size": f"{p.size:#x}"}
-                        for p in s.placements.values()]}
-        for name, s in served.items()}
+                        for p in s.bound.placements.values()]}
+        for name, s in served.items() if s.bound is not None}
     for s in served.values():
         s.close()
 
@@ -285,41 +242,17 @@ def _injection_fields() -> tuple[Field, ...]:
             Field("error_type", "str", required=False, default="multi-ecc", check=_check_error_type))
 
 
-def _wrapped(name: str, handler):
-    """The memory-failure model's wrapper (trace_events, events, panic handling), when loaded."""
-    try:
-        from ..memory_failure.steps import _wrap
-    except ImportError:
-        return handler
-    return _wrap(name, handler)
-
-
-def install() -> None:
-    if not any(f.name == "serve" for f in DEVICE_EXTENSION_FIELDS):
-        DEVICE_EXTENSION_FIELDS.append(Field("serve", "any", required=False, default=None, check=_check_serve))
-    if prepare_device not in DEVICE_PREPARERS:
-        DEVICE_PREPARERS.append(prepare_device)
-    if _close_all not in RUN_FINISHERS:
-        RUN_FINISHERS.append(_close_all)
-    handler = _wrapped("inject", do_inject)
-    if "inject" not in STEP_KINDS or STEP_KINDS["inject"].handler is None:
-        register_step_kind("inject", _injection_fields() + (Field("current", "int", required=False, default=None),),
-                           handler, thread_field="current",
-                           doc="poison a served device through its control channel; the host's GHES-like error "
-                               "source handles the record in the same step (extension)")
-    if "inject_queued" not in STEP_KINDS or STEP_KINDS["inject_queued"].handler is None:
-        register_step_kind("inject_queued", _injection_fields(), _wrapped("inject_queued", do_inject),
-                           doc="poison a served device; its record waits in the device's queue (extension)")
-    if "process_errors" not in STEP_KINDS or STEP_KINDS["process_errors"].handler is None:
-        register_step_kind("process_errors", (Field("device", "str"),
-                                              Field("current", "int", required=False, default=None)),
-                           _wrapped("process_errors", do_process_errors), thread_field="current",
-                           doc="the host's error source reads and handles the records the device queued (extension)")
-    if "scrub" not in STEP_KINDS or STEP_KINDS["scrub"].handler is None:
-        register_step_kind("scrub", (Field("device", "str"), Field("bar", "int"), Field("offset"),
-                                     Field("length", required=False, default=DEFAULT_GRANULARITY)),
-                           _wrapped("scrub", do_scrub),
-                           doc="the served device repairs a range of its memory itself (extension)")
-
-
-install()
+STEP_KINDS: tuple[StepKind, ...] = (
+    step_kind("inject", _injection_fields() + (Field("current", "int", required=False, default=None),), do_inject,
+              thread_field="current",
+              doc="poison a served device through its control channel; the host's GHES-like error "
+                  "source handles the record in the same step (extension)"),
+    step_kind("inject_queued", _injection_fields(), do_inject,
+              doc="poison a served device; its record waits in the device's queue (extension)"),
+    step_kind("process_errors", (Field("device", "str"), Field("current", "int", required=False, default=None)),
+              do_process_errors, thread_field="current",
+              doc="the host's error source reads and handles the records the device queued (extension)"),
+    step_kind("scrub", (Field("device", "str"), Field("bar", "int"), Field("offset"),
+                        Field("length", required=False, default=DEFAULT_GRANULARITY)),
+              do_scrub, doc="the served device repairs a range of its memory itself (extension)"),
+)

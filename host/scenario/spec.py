@@ -2,6 +2,11 @@
 
 parse_scenario(data) -> Scenario, with every value converted and cross-checked (a step's
 pid, tid and device must exist).  Errors are one-line ScenarioErrors naming the place.
+
+What a file may say comes from two registries: the scenario registry (step kinds, extra device
+fields; hugepfn.host.scenario.wiring) and the driver registry (driver names and the fields each
+driver declares; hugepfn.host.drivers.registry).  ``plugins = ["module", ...]`` adds the
+drivers of those modules for this scenario only.
 """
 from __future__ import annotations
 
@@ -12,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import kernel as kernel_mod
-from ..drivers import DRIVERS
+from ..driver_error import DriverError
+from ..drivers.registry import DriverRegistry, default_registry as default_drivers
 from .errors import ScenarioError
 from .expect import parse_expect
 from .fields import Field, convert_fields
-from .steps import STEP_KINDS, SYSCTLS
+from .registry import ScenarioRegistry
+from .steps import SYSCTLS
 
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 
@@ -30,32 +37,26 @@ MACHINE_FIELDS = (
     Field("dyndbg", "bool", required=False, default=True),
     Field("description", "str", required=False, default=""),
     Field("sysctl", "any", required=False, default={}),
+    Field("plugins", "strlist", required=False, default=[]),
     Field("device", "any", required=False, default=[]),
     Field("process", "any", required=False, default=[]),
     Field("step", "any", required=False, default=[]),
 )
 BAR_FIELDS = (Field("index", "int", check=lambda v: None if 0 <= v <= 5 else f"must be 0..5, got {v}"),
               Field("phys"), Field("size"), Field("io", "bool", required=False, default=False))
-MEM_FIELDS = (Field("memphys"), Field("memlength"))
 PROCESS_FIELDS = (Field("comm", "str"), Field("pid", "int", check=lambda v: None if v > 0 else "must be positive"),
                   Field("threads", "any", required=False, default=None))
-
-
-# Extra [[device]] fields declared by optional models (e.g. `serve`, hugepfn.host.scenario.served);
-# their converted values land in DeviceSpec.extra.
-DEVICE_EXTENSION_FIELDS: list[Field] = []
-
-
-def _device_fields() -> tuple[Field, ...]:
-    return (Field("name", "str"), Field("driver", "str", required=False, default="vfio-pci", choices=tuple(DRIVERS)),
-            Field("bdf", "str", required=False, default=None,
-                  check=lambda v: None if _BDF.match(v) else f"expected a PCI address like 0000:01:00.0, got {v!r}"),
-            Field("bars", "any", required=False, default=[]),
-            Field("usemem", "any", required=False, default=None),
-            Field("resmem", "any", required=False, default=None),
-            Field("virtfn", "bool", required=False, default=False),
-            Field("reset_works", "bool", required=False, default=True),
-            Field("ready_after_ms", "int", required=False, default=0)) + tuple(DEVICE_EXTENSION_FIELDS)
+# The [[device]] fields every driver has; the registry adds the models' (``serve``), the driver its own.
+DEVICE_FIELDS = (
+    Field("name", "str"),
+    Field("driver", "str", required=False, default="vfio-pci"),
+    Field("bdf", "str", required=False, default=None,
+          check=lambda v: None if _BDF.match(v) else f"expected a PCI address like 0000:01:00.0, got {v!r}"),
+    Field("bars", "any", required=False, default=[]),
+    Field("virtfn", "bool", required=False, default=False),
+    Field("reset_works", "bool", required=False, default=True),
+    Field("ready_after_ms", "int", required=False, default=0),
+)
 
 
 @dataclass
@@ -64,12 +65,11 @@ class DeviceSpec:
     driver: str
     bdf: str
     bars: list[dict]
-    usemem: dict | None
-    resmem: dict | None
     virtfn: bool
     reset_works: bool
     ready_after_ms: int
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)            # the registry's device fields (serve)
+    driver_args: dict = field(default_factory=dict)      # the driver's own fields, for its constructor
 
 
 @dataclass
@@ -107,6 +107,10 @@ class Scenario:
     description: str = ""
     source: str = ""
     extra: dict = field(default_factory=dict)
+    plugins: list[str] = field(default_factory=list)
+    # what it was parsed with (and will run with)
+    registry: ScenarioRegistry | None = field(default=None, repr=False, compare=False)
+    drivers: DriverRegistry | None = field(default=None, repr=False, compare=False)
 
     @property
     def expectations(self) -> int:
@@ -126,10 +130,52 @@ def _list_of_tables(value: Any, where: str) -> list[dict]:
     return [_table(v, f"{where}[{i}]") for i, v in enumerate(value)]
 
 
-def parse_scenario(data: dict, source: str = "") -> Scenario:
-    from .runner import load_extensions
-    load_extensions()           # optional models may add step kinds or fields: load them before checking
+def _scenario_drivers(plugins: list[str], drivers: DriverRegistry | None) -> DriverRegistry:
+    base = drivers if drivers is not None else default_drivers()
+    if not plugins:
+        return base
+    own = base.child()
+    try:
+        own.load_modules(plugins, "plugins")
+    except DriverError as exc:
+        raise ScenarioError(f"scenario: {exc}") from None
+    return own
+
+
+def _device(raw: dict, where: str, registry: ScenarioRegistry, drivers: DriverRegistry) -> tuple[dict, dict, dict]:
+    """The [[device]] table as (generic fields, registry fields, driver fields), each converted."""
+    driver = raw.get("driver", "vfio-pci")
+    if not isinstance(driver, str):
+        raise ScenarioError(f"{where}: driver: expected a string, got {driver!r}")
+    try:
+        cls = drivers.get(driver)
+    except DriverError as exc:
+        raise ScenarioError(f"{where}: driver: {exc}") from None
+    own = tuple(cls.fields)
+    shared = DEVICE_FIELDS + tuple(registry.device_fields)
+    known = {f.name for f in shared + own}
+    for key in raw:
+        if key not in known:
+            others = [name for name in drivers.declaring(key) if name != driver]
+            if others:
+                raise ScenarioError(f"{where}: {key}: only {', '.join(others)} devices have {key}")
+            raise ScenarioError(f"{where}: unknown field {key!r} (expected {', '.join(sorted(known))})")
+    values = convert_fields(shared + own, raw, where)
+    generic = {f.name: values[f.name] for f in DEVICE_FIELDS}
+    return (generic, {f.name: values[f.name] for f in registry.device_fields},
+            {f.name: values[f.name] for f in own})
+
+
+def parse_scenario(data: dict, source: str = "", registry: ScenarioRegistry | None = None,
+                   drivers: DriverRegistry | None = None) -> Scenario:
+    """``registry``: the step kinds and device fields (default: hugepfn's own, wiring.py);
+    ``drivers``: the drivers devices may name (default: the process-wide registry), plus the
+    file's own ``plugins``."""
+    if registry is None:
+        from .wiring import default_registry
+        registry = default_registry()
     top = convert_fields(MACHINE_FIELDS, data, "scenario")
+    drivers = _scenario_drivers(top["plugins"], drivers)
     sysctl = {}
     for name, value in _table(top["sysctl"], "sysctl").items():
         if name not in SYSCTLS:
@@ -142,25 +188,18 @@ def parse_scenario(data: dict, source: str = "") -> Scenario:
     devices: list[DeviceSpec] = []
     for i, raw in enumerate(_list_of_tables(top["device"], "device")):
         where = f"device[{i}]"
-        d = convert_fields(_device_fields(), raw, where)
+        d, extra, driver_args = _device(raw, where, registry, drivers)
         if any(x.name == d["name"] for x in devices):
             raise ScenarioError(f"{where}: name: duplicate device name {d['name']!r}")
         bars = [convert_fields(BAR_FIELDS, b, f"{where}.bars[{j}]")
                 for j, b in enumerate(_list_of_tables(d["bars"], f"{where}.bars"))]
         if len({b["index"] for b in bars}) != len(bars):
             raise ScenarioError(f"{where}: bars: duplicate BAR index")
-        mems = {}
-        for key in ("usemem", "resmem"):
-            if d[key] is not None:
-                if d["driver"] != "nvgrace-gpu":
-                    raise ScenarioError(f"{where}: {key}: only nvgrace-gpu devices have {key}")
-                mems[key] = convert_fields(MEM_FIELDS, _table(d[key], f"{where}.{key}"), f"{where}.{key}")
         bdf = d["bdf"] or f"0000:{i + 1:02x}:00.0"
         if any(x.bdf == bdf for x in devices):
             raise ScenarioError(f"{where}: bdf: duplicate PCI address {bdf}")
-        devices.append(DeviceSpec(d["name"], d["driver"], bdf, bars, mems.get("usemem"), mems.get("resmem"),
-                                  d["virtfn"], d["reset_works"], d["ready_after_ms"],
-                                  {f.name: d[f.name] for f in DEVICE_EXTENSION_FIELDS}))
+        devices.append(DeviceSpec(d["name"], d["driver"], bdf, bars, d["virtfn"], d["reset_works"],
+                                  d["ready_after_ms"], extra, driver_args))
 
     processes: list[ProcessSpec] = []
     tids: set[int] = set()
@@ -188,9 +227,10 @@ def parse_scenario(data: dict, source: str = "") -> Scenario:
         do = raw.get("do")
         if do is None:
             raise ScenarioError(f"step {i}: do: missing")
-        if not isinstance(do, str) or do not in STEP_KINDS:
-            raise ScenarioError(f"step {i}: do: unknown step kind {do!r} (known: {', '.join(STEP_KINDS)})")
-        kind = STEP_KINDS[do]
+        kinds = registry.step_kinds
+        if not isinstance(do, str) or do not in kinds:
+            raise ScenarioError(f"step {i}: do: unknown step kind {do!r} (known: {', '.join(kinds)})")
+        kind = kinds[do]
         where = f"step {i} ({do})"
         body = {k: v for k, v in raw.items() if k != "do"}
         note = body.pop("note", None)
@@ -216,10 +256,12 @@ def parse_scenario(data: dict, source: str = "") -> Scenario:
         steps.append(Step(i, do, fields, note, expect))
 
     return Scenario(top["kernel"], top["arch"], top["thp"], top["policy"], sysctl, devices, processes, steps,
-                    top["thp_sysfs_gates_pfnmap"], top["dyndbg"], top["description"], source)
+                    top["thp_sysfs_gates_pfnmap"], top["dyndbg"], top["description"], source,
+                    plugins=list(top["plugins"]), registry=registry, drivers=drivers)
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def load_scenario(path: str | Path, registry: ScenarioRegistry | None = None,
+                  drivers: DriverRegistry | None = None) -> Scenario:
     """Read and parse a scenario file (OSError if it cannot be read)."""
     path = Path(path)
     text = path.read_text()
@@ -227,4 +269,4 @@ def load_scenario(path: str | Path) -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
-    return parse_scenario(data, str(path))
+    return parse_scenario(data, str(path), registry, drivers)

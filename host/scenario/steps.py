@@ -5,9 +5,8 @@ and returns 0 / a negative errno (shown as "-EINVAL") or, for an access, the fau
 already spelled.  It may fill ``run.record`` (calls, mapped, extra facts).  Signals, log
 lines and zaps are collected by the runner around the call.
 
-Other packages add or complete kinds with register_step_kind / set_step_handler: the
-poison kinds are declared here (so files are validated) but have no handler until the
-memory-failure model registers one.
+This module declares the core kinds (CORE_STEP_KINDS); the memory-failure model and the served
+devices declare theirs; hugepfn.host.scenario.wiring puts them in one registry.
 """
 from __future__ import annotations
 
@@ -38,22 +37,10 @@ class StepKind:
     extra_fields: tuple[str, ...] = field(default=("note",))
 
 
-STEP_KINDS: dict[str, StepKind] = {}
-
-
-def register_step_kind(name: str, fields: tuple[Field, ...] | list[Field], handler: Handler | None = None,
-                       thread_field: str | None = None, doc: str = "") -> StepKind:
-    """Declare (or redeclare) a step kind with its field schema and optional handler."""
-    kind = StepKind(name, tuple(fields), handler, thread_field, doc)
-    STEP_KINDS[name] = kind
-    return kind
-
-
-def set_step_handler(name: str, handler: Handler) -> None:
-    """Attach the handler of an already declared kind (e.g. "poison" from the memory-failure model)."""
-    if name not in STEP_KINDS:
-        raise KeyError(f"unknown step kind {name!r}")
-    STEP_KINDS[name].handler = handler
+def step_kind(name: str, fields: tuple[Field, ...] | list[Field], handler: Handler | None = None,
+              thread_field: str | None = None, doc: str = "") -> StepKind:
+    """A step kind with its field schema and handler (None: declared, not runnable)."""
+    return StepKind(name, tuple(fields), handler, thread_field, doc)
 
 
 # -- sysctl / prctl vocabulary ---------------------------------------------------------------------
@@ -101,12 +88,12 @@ def resolve(value: int | str, names: dict[str, int]) -> int:
     return names[value] if isinstance(value, str) else value
 
 
-def _check_flags(value: list[str]) -> str | None:
+def check_mf_flags(value: list[str]) -> str | None:
     bad = [f for f in value if f not in MF_FLAGS]
     return f"unknown flag(s) {', '.join(bad)} (known: {', '.join(MF_FLAGS)})" if bad else None
 
 
-def _check_current(value: Any) -> str | None:
+def check_current(value: Any) -> str | None:
     if value == "kworker" or (isinstance(value, int) and not isinstance(value, bool)):
         return None
     return f'expected a tid or "kworker", got {value!r}'
@@ -120,7 +107,7 @@ def _size_1_2_4(value: int) -> str | None:
     return None if value in (1, 2, 4) else f"must be 1, 2 or 4, got {value}"
 
 
-def _region(value: int) -> str | None:
+def check_region(value: int) -> str | None:
     return None if 0 <= value < 16 else f"must be a region index 0..15, got {value}"
 
 
@@ -254,7 +241,7 @@ def do_prctl(run: "ScenarioRun", step: "Step") -> int:
 
 
 # -- the table -----------------------------------------------------------------------------------------
-def _device() -> Field:
+def device_field() -> Field:
     return Field("device", "str")
 
 
@@ -262,38 +249,6 @@ def _prctl_arg(name: str) -> Field:
     return Field(name, "any", required=False, default=0, check=_prctl_value(PRCTL_ARG_NAMES))
 
 
-register_step_kind("mmap", (Field("pid", "int"), _device(), Field("region", "int", check=_region),
-                            Field("offset", required=False, default=0), Field("length"), Field("addr"),
-                            Field("shared", "bool", required=False, default=True),
-                            Field("prot", "str", required=False, default="rw", choices=tuple(PROTS))), do_mmap,
-                   doc="mmap of a vfio device region at a fixed VA")
-register_step_kind("munmap", (Field("pid", "int"), Field("addr"), Field("length")), do_munmap)
-register_step_kind("madvise", (Field("pid", "int"), Field("addr"), Field("length"),
-                               Field("advice", "str", choices=tuple(MADVICE))), do_madvise)
-register_step_kind("access", (Field("tid", "int"), Field("addr"), Field("write", "bool", required=False,
-                                                                          default=False)),
-                   do_access, thread_field="tid", doc="one CPU load/store; faults if unmapped")
-register_step_kind("touch", (Field("tid", "int"), Field("addr"), Field("length"),
-                             Field("stride", required=False, default=4096, check=_stride),
-                             Field("write", "bool", required=False, default=False)),
-                   do_touch, thread_field="tid",
-                   doc="extension: a loop of accesses addr, addr+stride, ... < addr+length; stops at a signal")
-register_step_kind("config_write", (_device(), Field("offset", hex_in_trace=True),
-                                    Field("size", "int", check=_size_1_2_4), Field("value")), do_config_write)
-register_step_kind("reset", (_device(),), do_reset, doc="VFIO_DEVICE_RESET")
-register_step_kind("zap", (_device(), Field("offset"), Field("length")), do_zap,
-                   doc="unmap_mapping_range on the device file")
-register_step_kind("low_power_entry", (_device(),), do_low_power_entry,
-                   doc="VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY (extension)")
-register_step_kind("low_power_exit", (_device(),), do_low_power_exit,
-                   doc="VFIO_DEVICE_FEATURE_LOW_POWER_EXIT (extension)")
-register_step_kind("sysctl", (Field("name", "str", check=_check_sysctl), Field("value", "int")), do_sysctl)
-register_step_kind("prctl", (Field("tid", "int"),
-                             Field("option", "any", check=_prctl_value(PRCTL_OPTIONS)),
-                             _prctl_arg("arg2"), _prctl_arg("arg3"),
-                             Field("arg4", "int", required=False, default=0),
-                             Field("arg5", "int", required=False, default=0)),
-                   do_prctl, thread_field="tid")
 def do_mprotect(run: "ScenarioRun", step: "Step") -> int:
     f = step.fields
     return run.machine.mprotect(f["pid"], f["addr"], f["length"], PROTS[f["prot"]])
@@ -326,34 +281,52 @@ def do_thp(run: "ScenarioRun", step: "Step") -> int:
     return 0
 
 
-register_step_kind("mprotect", (Field("pid", "int"), Field("addr"), Field("length"),
-                                Field("prot", "str", choices=tuple(PROTS))), do_mprotect,
-                   doc="mprotect(2) of a range (VMAs split at its ends)")
-register_step_kind("mremap", (Field("pid", "int"), Field("addr"), Field("length"), Field("new_length"),
-                              Field("new_addr", required=False, default=0),
-                              Field("flags", "int", required=False, default=MREMAP_MAYMOVE | MREMAP_FIXED)),
-                   do_mremap, doc="mremap(2); flags MREMAP_MAYMOVE=1 | MREMAP_FIXED=2 (default 3)")
-register_step_kind("fork", (Field("pid", "int"), Field("child", "int", check=lambda v: None if v > 0 else "must be positive")),
-                   do_fork, doc="fork(2) by the process's main thread; the child (one thread, tid = child) "
-                             "inherits the mappings")
-register_step_kind("exit", (Field("pid", "int"), Field("code", "int", required=False, default=0)), do_exit,
-                   doc="the process exits (its mappings go)")
-register_step_kind("sleep", (Field("ms", "int", check=lambda v: None if 0 <= v <= 60000 else "must be 0..60000"),),
-                   do_sleep, doc="time passes (rate limits of the kernel log reopen after 5 s)")
-register_step_kind("thp", (Field("mode", "str", choices=("always", "madvise", "never")),), do_thp,
-                   doc="write /sys/kernel/mm/transparent_hugepage/enabled")
-
-# poison kinds: validated now, run by the memory-failure model once it registers handlers
-register_step_kind("poison", (_device(), Field("region", "int", check=_region), Field("offset")),
-                   doc="the hardware marks memory bad (no report yet)")
-register_step_kind("memory_failure", (Field("pfn"), Field("flags", "strlist", required=False, default=[],
-                                                          check=_check_flags),
-                                      Field("current", "any", required=False, default="kworker",
-                                            check=_check_current)),
-                   thread_field="current", doc="memory_failure() as called by an error handler")
-register_step_kind("hard_offline_page", (Field("phys"), Field("current", "int")), thread_field="current",
-                   doc="write to /sys/devices/system/memory/hard_offline_page")
-register_step_kind("register", (_device(), Field("region", "int", check=_region)),
-                   doc="register_pfn_address_space for a region's pfns")
-register_step_kind("unregister", (_device(), Field("region", "int", check=_region)),
-                   doc="unregister_pfn_address_space for a region's pfns")
+CORE_STEP_KINDS: tuple[StepKind, ...] = (
+    step_kind("mmap", (Field("pid", "int"), device_field(), Field("region", "int", check=check_region),
+                       Field("offset", required=False, default=0), Field("length"), Field("addr"),
+                       Field("shared", "bool", required=False, default=True),
+                       Field("prot", "str", required=False, default="rw", choices=tuple(PROTS))), do_mmap,
+              doc="mmap of a vfio device region at a fixed VA"),
+    step_kind("munmap", (Field("pid", "int"), Field("addr"), Field("length")), do_munmap),
+    step_kind("madvise", (Field("pid", "int"), Field("addr"), Field("length"),
+                          Field("advice", "str", choices=tuple(MADVICE))), do_madvise),
+    step_kind("access", (Field("tid", "int"), Field("addr"), Field("write", "bool", required=False, default=False)),
+              do_access, thread_field="tid", doc="one CPU load/store; faults if unmapped"),
+    step_kind("touch", (Field("tid", "int"), Field("addr"), Field("length"),
+                        Field("stride", required=False, default=4096, check=_stride),
+                        Field("write", "bool", required=False, default=False)),
+              do_touch, thread_field="tid",
+              doc="extension: a loop of accesses addr, addr+stride, ... < addr+length; stops at a signal"),
+    step_kind("config_write", (device_field(), Field("offset", hex_in_trace=True),
+                               Field("size", "int", check=_size_1_2_4), Field("value")), do_config_write),
+    step_kind("reset", (device_field(),), do_reset, doc="VFIO_DEVICE_RESET"),
+    step_kind("zap", (device_field(), Field("offset"), Field("length")), do_zap,
+              doc="unmap_mapping_range on the device file"),
+    step_kind("low_power_entry", (device_field(),), do_low_power_entry,
+              doc="VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY (extension)"),
+    step_kind("low_power_exit", (device_field(),), do_low_power_exit,
+              doc="VFIO_DEVICE_FEATURE_LOW_POWER_EXIT (extension)"),
+    step_kind("sysctl", (Field("name", "str", check=_check_sysctl), Field("value", "int")), do_sysctl),
+    step_kind("prctl", (Field("tid", "int"), Field("option", "any", check=_prctl_value(PRCTL_OPTIONS)),
+                        _prctl_arg("arg2"), _prctl_arg("arg3"),
+                        Field("arg4", "int", required=False, default=0),
+                        Field("arg5", "int", required=False, default=0)),
+              do_prctl, thread_field="tid"),
+    step_kind("mprotect", (Field("pid", "int"), Field("addr"), Field("length"),
+                           Field("prot", "str", choices=tuple(PROTS))), do_mprotect,
+              doc="mprotect(2) of a range (VMAs split at its ends)"),
+    step_kind("mremap", (Field("pid", "int"), Field("addr"), Field("length"), Field("new_length"),
+                         Field("new_addr", required=False, default=0),
+                         Field("flags", "int", required=False, default=MREMAP_MAYMOVE | MREMAP_FIXED)),
+              do_mremap, doc="mremap(2); flags MREMAP_MAYMOVE=1 | MREMAP_FIXED=2 (default 3)"),
+    step_kind("fork", (Field("pid", "int"),
+                       Field("child", "int", check=lambda v: None if v > 0 else "must be positive")),
+              do_fork, doc="fork(2) by the process's main thread; the child (one thread, tid = child) "
+                           "inherits the mappings"),
+    step_kind("exit", (Field("pid", "int"), Field("code", "int", required=False, default=0)), do_exit,
+              doc="the process exits (its mappings go)"),
+    step_kind("sleep", (Field("ms", "int", check=lambda v: None if 0 <= v <= 60000 else "must be 0..60000"),),
+              do_sleep, doc="time passes (rate limits of the kernel log reopen after 5 s)"),
+    step_kind("thp", (Field("mode", "str", choices=("always", "madvise", "never")),), do_thp,
+              doc="write /sys/kernel/mm/transparent_hugepage/enabled"),
+)

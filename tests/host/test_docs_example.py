@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hugepfn.host.drivers import DRIVERS, PciBar
+from hugepfn.host.drivers import PciBar, default_registry, unregister_driver
 from hugepfn.host.machine import Machine
 from hugepfn.host.mm.pagetable import Leaf
 
@@ -19,7 +19,7 @@ def driver_module():
     namespace: dict = {}
     exec(compile(blocks[0], str(DOC), "exec"), namespace)
     yield namespace
-    DRIVERS.pop("poison-aware-gpu", None)
+    unregister_driver("poison-aware-gpu")
 
 
 def machine(arch="x86_64"):
@@ -31,7 +31,7 @@ def machine(arch="x86_64"):
 
 
 def test_the_documented_session(driver_module):
-    assert DRIVERS["poison-aware-gpu"] is driver_module["PoisonAwareGpu"]
+    assert default_registry().get("poison-aware-gpu") is driver_module["PoisonAwareGpu"]
     m, gpu = machine()
     assert m.access(4242, VA).leaf == Leaf("pud", VA, 0x3800000)
     gpu.mark_bad(0x3800123)

@@ -164,43 +164,33 @@ class Registry:
         self.results = list(results)
         self.calls = []
 
-    def register(self, space):
+    def register_pfn_address_space(self, space):
         self.calls.append(("register", space.region, space.start, space.last))
         return self.results.pop(0)
 
-    def unregister(self, space):
+    def unregister_pfn_address_space(self, space):
         self.calls.append(("unregister", space.region))
 
 
 def test_v7_registers_resmem_then_usemem_at_open():
     reg = Registry([0, 0])
-
-    def attach(m):
-        m.register_pfn_address_space = reg.register
-        m.unregister_pfn_address_space = reg.unregister
-    from hugepfn.host import machine as machine_mod
-    machine_mod.MACHINE_EXTENSIONS.append(attach)
-    try:
-        m = nv_machine("7.0")
-        assert reg.calls == [("register", 2, 0x3f00000, 0x3f3ffff), ("register", 4, 0x4000000, 0x4200600 - 1)]
-        m.device("G").close_device()
-        assert reg.calls[2:] == [("unregister", 2), ("unregister", 4)]
-        reg.calls.clear()
-        nv_machine("6.19")
-        assert reg.calls == []
-        reg.results = [0, -errno.EBUSY]
-        with pytest.raises(OSError, match="EBUSY"):
-            nv_machine("7.0")
-        assert reg.calls == [("register", 2, 0x3f00000, 0x3f3ffff), ("register", 4, 0x4000000, 0x42005ff),
-                             ("unregister", 2)]
-    finally:
-        machine_mod.MACHINE_EXTENSIONS.remove(attach)
+    # the machine's memory-failure model is whatever its constructor is given: here a recorder
+    m = nv_machine("7.0", memory_failure=lambda machine: reg)
+    assert reg.calls == [("register", 2, 0x3f00000, 0x3f3ffff), ("register", 4, 0x4000000, 0x4200600 - 1)]
+    m.device("G").close_device()
+    assert reg.calls[2:] == [("unregister", 2), ("unregister", 4)]
+    reg.calls.clear()
+    nv_machine("6.19", memory_failure=lambda machine: reg)
+    assert reg.calls == []
+    reg.results = [0, -errno.EBUSY]
+    with pytest.raises(OSError, match="EBUSY"):
+        nv_machine("7.0", memory_failure=lambda machine: reg)
+    assert reg.calls == [("register", 2, 0x3f00000, 0x3f3ffff), ("register", 4, 0x4000000, 0x42005ff),
+                         ("unregister", 2)]
 
 
-def test_registration_stub_eopnotsupp_is_tolerated(monkeypatch):
-    from hugepfn.host import machine as machine_mod
-    monkeypatch.setattr(machine_mod, "MACHINE_EXTENSIONS", [])
-    m = nv_machine("7.0")          # no memory-failure model attached: CONFIG_MEMORY_FAILURE=n stub
+def test_registration_stub_eopnotsupp_is_tolerated():
+    m = nv_machine("7.0", memory_failure=False)          # CONFIG_MEMORY_FAILURE=n: the stub
     assert m.device("G").is_open and m.device("G").registered == []
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from hugepfn.host.scenario import ScenarioError, parse_scenario, run_scenario
 from hugepfn.host.scenario.results import trace_diff
-from hugepfn.host.scenario.steps import STEP_KINDS, set_step_handler
+from hugepfn.host.scenario.steps import step_kind
+from hugepfn.host.scenario.wiring import default_registry
 from hugepfn.host.trace_check import check_trace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,14 +131,16 @@ def scenario_with(step=None, **top):
      "7.1, 7.2, 7.3, 6.12.0, got '5.10'"),
     (scenario_with(None, thp="sometimes"), "scenario: thp: must be one of always, madvise, never, got 'sometimes'"),
     (scenario_with(None, colour=1), "scenario: unknown field 'colour' (expected arch, description, device, dyndbg, "
-                                    "kernel, policy, process, step, sysctl, thp, thp_sysfs_gates_pfnmap)"),
+                                    "kernel, plugins, policy, process, step, sysctl, thp, thp_sysfs_gates_pfnmap)"),
     (scenario_with(None, sysctl={"vm.memory_failure_early_kill": 5}),
      "sysctl: vm.memory_failure_early_kill: must be an integer 0..1, got 5"),
     ({**BASE, "device": [{"name": "D", "bars": [{"index": 7, "phys": 0, "size": 1}]}]},
      "device[0].bars[0]: index: must be 0..5, got 7"),
     ({**BASE, "device": [{"name": "D", "driver": "nouveau"}]},
-     "device[0]: driver: must be one of " + ", ".join(__import__("hugepfn.host.drivers", fromlist=["DRIVERS"]).DRIVERS)
-     + ", got 'nouveau'"),
+     "device[0]: driver: unknown driver 'nouveau' (installed: "
+     + ", ".join(__import__("hugepfn.host.drivers", fromlist=["x"]).default_registry().names())
+     + "; add one with --driver-module MODULE, a scenario's plugins = [\"MODULE\"] or the hugepfn.drivers "
+       "entry point)"),
     ({**BASE, "device": [{"name": "D", "bdf": "1:2:3"}]},
      "device[0]: bdf: expected a PCI address like 0000:01:00.0, got '1:2:3'"),
     ({**BASE, "device": [{"name": "D", "usemem": {"memphys": 0, "memlength": 1}}]},
@@ -160,16 +163,16 @@ def test_numbers_accept_size_strings_and_ints():
     assert s.steps[0].fields["length"] == 1 << 30
 
 
-def test_poison_kinds_are_validated_but_not_run_without_a_handler(monkeypatch):
-    monkeypatch.setattr(STEP_KINDS["poison"], "handler", None)
-    s = parse_scenario(scenario_with({"do": "poison", "device": "D", "region": 0, "offset": "4K"}))
+def test_a_declared_kind_without_a_handler_is_validated_but_not_run():
+    registry = default_registry().without_handler("poison")
+    s = parse_scenario(scenario_with({"do": "poison", "device": "D", "region": 0, "offset": "4K"}), registry=registry)
     with pytest.raises(ScenarioError) as exc:
         run_scenario(s)
     assert str(exc.value) == "step 1: do = 'poison' is not supported yet"
+    assert default_registry().handler("poison") is not None          # the default registry is untouched
 
 
-def test_a_registered_handler_runs_and_its_effects_reach_the_trace(monkeypatch):
-    monkeypatch.setattr(STEP_KINDS["poison"], "handler", None)
+def test_a_registered_handler_runs_and_its_effects_reach_the_trace():
     seen = []
 
     def handler(run, step):
@@ -178,8 +181,10 @@ def test_a_registered_handler_runs_and_its_effects_reach_the_trace(monkeypatch):
         run.machine.tasks.send_sig_mceerr(5, 0x7f0000001000, 12, thread)
         run.machine.klog.printk("test: poison noted")
         return -16
-    set_step_handler("poison", handler)
-    trace = run_scenario(parse_scenario(scenario_with({"do": "poison", "device": "D", "region": 0, "offset": "4K"})))
+    registry = default_registry().copy()
+    registry.add_kinds([step_kind("poison", registry.step_kinds["poison"].fields, handler)])
+    trace = run_scenario(parse_scenario(scenario_with({"do": "poison", "device": "D", "region": 0, "offset": "4K"}),
+                                        registry=registry))
     assert seen == [(1, {"device": "D", "region": 0, "offset": 4096})]
     assert trace.to_json()["steps"] == [{
         "index": 1, "do": "poison", "device": "D", "region": 0, "offset": "0x1000", "ret": "-EBUSY",

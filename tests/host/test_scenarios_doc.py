@@ -7,14 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from hugepfn.host.scenario.runner import load_extensions
+from hugepfn.host.drivers.nvgrace_gpu import NvgraceGpuDevice
 from hugepfn.host.scenario.served import SERVE_FIELDS
-from hugepfn.host.scenario.spec import BAR_FIELDS, MACHINE_FIELDS, MEM_FIELDS, PROCESS_FIELDS, _device_fields
-from hugepfn.host.scenario.steps import STEP_KINDS, SYSCTLS
+from hugepfn.host.scenario.spec import BAR_FIELDS, DEVICE_FIELDS, MACHINE_FIELDS, PROCESS_FIELDS
+from hugepfn.host.scenario.steps import SYSCTLS
+from hugepfn.host.scenario.wiring import default_registry
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = (REPO / "docs" / "scenarios.md").read_text()
-load_extensions()
+STEP_KINDS = default_registry().step_kinds
+# the [[device]] keys: every driver's, the models' (serve) and the built-in drivers' own
+ALL_DEVICE_FIELDS = DEVICE_FIELDS + tuple(default_registry().device_fields) + NvgraceGpuDevice.fields
 
 
 def table_after(heading: str) -> list[list[str]]:
@@ -52,7 +55,7 @@ def test_no_row_for_a_kind_the_parser_does_not_know():
 
 
 @pytest.mark.parametrize("heading, fields", [
-    ("## The machine", MACHINE_FIELDS), ("### `[[device]]`", _device_fields()),
+    ("## The machine", MACHINE_FIELDS), ("### `[[device]]`", ALL_DEVICE_FIELDS),
     ("**`serve = { ... }`**", SERVE_FIELDS), ("### `[[process]]`", PROCESS_FIELDS),
 ], ids=["machine", "device", "serve", "process"])
 def test_every_key_has_a_row(heading, fields):
@@ -64,7 +67,8 @@ def test_bar_memory_and_sysctl_keys_are_named():
     device_rows = {name: row for row in table_after("### `[[device]]`") for name in names(row[0])}
     for f in BAR_FIELDS:
         assert f.name in device_rows["bars"][1]
-    for f in MEM_FIELDS:
+    usemem = next(f for f in NvgraceGpuDevice.fields if f.name == "usemem")
+    for f in usemem.fields:
         assert f.name in device_rows["usemem"][1]
     assert {f'"{name}"' for name in SYSCTLS} == set().union(*(names(r[0]) for r in table_after("### `[sysctl]`")))
 

@@ -18,14 +18,12 @@ MiB = 1 << 20
 
 
 def nvgrace_machine(kernel: str = "7.0", policy: str = "upstream", arch: str = "x86_64", resmem: bool = True,
-                    sysctl: dict | None = None, **attach_args) -> Machine:
-    m = Machine(kernel=kernel, arch=arch, policy=policy, sysctl=sysctl)
-    if attach_args:
-        from hugepfn.host.memory_failure import attach
-        attach(m, **attach_args)
+                    sysctl: dict | None = None, config_memory_failure: bool = True,
+                    pgoff_callback: str = "literal") -> Machine:
+    m = Machine(kernel=kernel, arch=arch, policy=policy, sysctl=sysctl, memory_failure=config_memory_failure)
     m.create_process(4242, "qemu", [4242, 4243])
     m.add_device("gpu", "nvgrace-gpu", "0000:09:01.0", usemem=(USEMEM_PHYS, 4 * GiB),
-                 resmem=(RESMEM_PHYS, GiB) if resmem else None)
+                 resmem=(RESMEM_PHYS, GiB) if resmem else None, pgoff_callback=pgoff_callback)
     return m
 
 

@@ -146,7 +146,7 @@ def test_literal_nvgrace_callback_kills_the_owner_of_a_vma_that_ends_before_the_
 
 
 def test_fixed_nvgrace_callback_skips_that_vma():
-    m = nvgrace_machine(nvgrace_callback="fixed")
+    m = nvgrace_machine(pgoff_callback="fixed")
     assert m.mmap(4242, "gpu", 4, 0, 2 * MiB, VA) == 0
     far = USEMEM_PFN + 0x300
     ret, log, signals, _ = run(m, far, current=m.tasks.thread(4243))
@@ -204,10 +204,9 @@ def test_before_6_19_device_memory_is_outside_kernel_control(kernel):
 
 
 def test_6_19_handles_a_space_registered_by_hand_and_uses_the_same_trace_system():
-    from hugepfn.host.memory_failure import region_space
     m = nvgrace_machine("6.19")
     dev = m.device("gpu")
-    assert m.register_pfn_address_space(region_space(dev, 4)) == 0
+    assert m.register_pfn_address_space(dev.pfn_address_space(4)) == 0
     assert m.mmap(4242, "gpu", 4, 0, GiB, VA) == 0
     ret, _, signals, trace = run(m, current=m.tasks.thread(4242))
     assert ret == 0 and len(signals) == 1

@@ -164,11 +164,10 @@ def test_collapse_retracts_only_clean_blocks():
 def test_poison_on_a_vfio_pci_bar_registered_by_a_scenario_style_space():
     from hugepfn.host.drivers.pci import PciBar
     from hugepfn.host.machine import Machine
-    from hugepfn.host.memory_failure import region_space
     m = Machine(kernel="7.0", policy="hard-offline")
     m.create_process(10, "q")
     dev = m.add_device("D", "vfio-pci", bars=[PciBar(0, 0x3800000000, 4 * GiB)])
-    assert m.register_pfn_address_space(region_space(dev, 0)) == 0
+    assert m.register_pfn_address_space(dev.pfn_address_space(0)) == 0
     assert m.mmap(10, "D", 0, 0, 4 * GiB, VA) == 0
     m.access(10, VA + 3 * GiB)
     mark = len(m.klog)

@@ -6,26 +6,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from hugepfn.device.control import ControlClient, ControlServer, control_path
-from hugepfn.device.gpu import GpuDevice
-from hugepfn.device.vfio_user.backend_python import Server
-from hugepfn.host.attach import attach_vfio_user
+from hugepfn.device.serving import Serving, serve as start_serving
+from hugepfn.host.attach import BoundDevice, bind_served
 from hugepfn.host.machine import Machine
-from hugepfn.host.memory_failure.callbacks import region_space
 from hugepfn.host.vfio_user.client import VfioUserClient
 
 VA = 0x7F0000000000
-
-
-@dataclass
-class Served:
-    device: GpuDevice
-    server: Server
-    control_server: ControlServer
-    socket: str
-
-    def control(self) -> ControlClient:
-        return ControlClient(control_path(self.socket))
 
 
 @dataclass
@@ -39,7 +25,7 @@ class Host:
         return (self.placements[bar].address + offset) >> 12
 
     def register(self, region: int = 2) -> None:
-        assert self.machine.register_pfn_address_space(region_space(self.dev, region)) == 0
+        assert self.machine.register_pfn_address_space(self.dev.pfn_address_space(region)) == 0
 
     def mmap(self, pid: int = 4242, region: int = 2, length: int = 64 << 20, addr: int = VA) -> None:
         assert self.machine.mmap(pid, "gpu", region, 0, length, addr) == 0
@@ -47,39 +33,32 @@ class Host:
 
 @pytest.fixture
 def serve(tmp_path):
-    """serve(profile="tiny") -> Served; everything is stopped at the end of the test."""
-    made = []
+    """serve(profile="tiny") -> Serving (the python backend, with its control server); everything
+    is stopped at the end of the test."""
+    made: list[Serving] = []
 
-    def start(profile: str = "tiny") -> Served:
-        device = GpuDevice.from_profile(profile)
-        sock = str(tmp_path / f"{profile}-{len(made)}.sock")
-        server = Server(device, sock).start()
-        control = ControlServer(device, control_path(sock), server=server).start()
-        served = Served(device, server, control, sock)
-        made.append(served)
-        return served
+    def start(profile: str = "tiny") -> Serving:
+        made.append(start_serving(profile, tmp_path / f"{profile}-{len(made)}.sock", "python"))
+        return made[-1]
 
     yield start
     for s in made:
-        s.control_server.close()
-        s.server.close()
-        s.device.close()
+        s.close()
 
 
 @pytest.fixture
 def attach():
     """attach(served, kernel="7.0", early_kill=0, policy="upstream") -> Host with process qemu
-    (pid 4242, threads 4242/4243) and the device bound as "gpu"."""
-    clients = []
+    (pid 4242, threads 4242/4243) and the device bound as "gpu" (its poison model not watched:
+    these tests look at the error records the host reads)."""
+    bound: list[BoundDevice] = []
 
-    def make(served: Served, kernel: str = "7.0", early_kill: int = 0, policy: str = "upstream") -> Host:
+    def make(served: Serving, kernel: str = "7.0", early_kill: int = 0, policy: str = "upstream") -> Host:
         machine = Machine(kernel=kernel, policy=policy, sysctl={"vm.memory_failure_early_kill": early_kill})
         machine.create_process(4242, "qemu", [4242, 4243])
-        client = VfioUserClient.attach(served.socket)
-        clients.append(client)
-        dev, placements = attach_vfio_user(machine, "gpu", client)
-        return Host(machine, client, dev, placements)
+        bound.append(bind_served(machine, "gpu", served.socket_path))
+        return Host(machine, bound[-1].client, bound[-1].host_device, bound[-1].placements)
 
     yield make
-    for c in clients:
-        c.close()
+    for b in bound:
+        b.close()

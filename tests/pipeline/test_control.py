@@ -20,7 +20,7 @@ def test_control_path_is_the_vfio_user_socket_plus_ctl():
 
 def test_socket_is_mode_0600(serve):
     served = serve()
-    assert stat.S_IMODE(os.stat(control_path(served.socket)).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(control_path(served.socket_path)).st_mode) == 0o600
 
 
 def test_inject_by_bar_offset_reports_the_record(serve):
@@ -70,7 +70,7 @@ def test_status_sees_an_attached_client(serve):
     from hugepfn.host.vfio_user.client import VfioUserClient
 
     served = serve()
-    with VfioUserClient.attach(served.socket) as client:
+    with VfioUserClient.attach(served.socket_path) as client:
         client.wire_eventfds(3, 1)                      # the vfio ERR index, as GhesErrorSource does
         with served.control() as c:
             status = c.status()
@@ -155,7 +155,7 @@ def test_errors_over_the_socket_keep_the_connection_usable(serve):
 def test_an_over_long_line_is_refused_and_the_connection_closed(serve):
     served = serve()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(control_path(served.socket))
+        s.connect(control_path(served.socket_path))
         s.sendall(b"x" * (MAX_LINE + 10))
         reply = s.makefile("rb").readline()
         assert json.loads(reply) == {"ok": False, "error": f"request longer than {MAX_LINE} bytes"}
@@ -178,7 +178,7 @@ def test_client_without_server_says_so(tmp_path):
 def test_a_live_control_socket_is_not_stolen_but_a_stale_one_is_replaced(serve, tmp_path):
     served = serve()
     with pytest.raises(OSError) as exc:
-        ControlServer(served.device, control_path(served.socket))
+        ControlServer(served.device, control_path(served.socket_path))
     assert exc.value.errno == errno.EADDRINUSE
     stale = tmp_path / "stale.sock.ctl"
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -1,4 +1,5 @@
-"""Poison policies: what the driver does about a poisoned pfn (named, opt-in).
+"""Poison policies: what the core drivers do about a poisoned pfn (named, opt-in), and the
+building blocks a variant driver's own failure notification may use (hard_offline, split_in_place).
 
 * ``upstream``     — the merged kernel behaviour (v6.19+): signals only, nothing unmapped.
 * ``hard-offline`` — Peter Xu's FALLBACK design with Jiaqi Yan's hard-offline knob (a proposal):
@@ -9,8 +10,8 @@
 from __future__ import annotations
 
 from .base import PoisonPolicy
-from .hard_offline import HardOfflinePolicy
-from .split import SplitPolicy
+from .hard_offline import HardOfflinePolicy, hard_offline
+from .split import SplitPolicy, split_in_place
 from .upstream import UpstreamPolicy
 
 POLICY_CLASSES: dict[str, type[PoisonPolicy]] = {
@@ -25,3 +26,7 @@ def make_policy(name: str) -> PoisonPolicy:
         return POLICY_CLASSES[name]()
     except KeyError:
         raise ValueError(f"unknown poison policy {name!r} (choose from {', '.join(POLICY_CLASSES)})") from None
+
+
+__all__ = ["POLICY_CLASSES", "HardOfflinePolicy", "PoisonPolicy", "SplitPolicy", "UpstreamPolicy", "hard_offline",
+           "make_policy", "split_in_place"]

@@ -1,6 +1,10 @@
-"""The policy interface: memory_failure_pfn calls on_memory_failure(mf, space, pfn) for every
-registered space that contains the pfn (where Jiaqi Yan's sketch calls ops->failure and the
-optional unmap), after collecting the processes and before signalling them."""
+"""The policy interface.  A policy is what the core drivers do when a registered space's failure
+notification tells them a pfn went bad (VfioPciCoreDevice.pfn_memory_failure): ``failure(device,
+space, pfn)`` acts and returns the event's action token.  memory_failure_pfn calls the
+notification for every registered space that contains the pfn (where Jiaqi Yan's sketch calls
+ops->failure and the optional unmap), after collecting the processes and before signalling
+them.  The policies are building blocks: a variant driver may call any of them from its own
+notification, or do something else entirely."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -8,8 +12,8 @@ from typing import TYPE_CHECKING
 from ...mm.constants import PAGE_SHIFT, VFIO_PCI_PGOFF_SHIFT
 
 if TYPE_CHECKING:
+    from ...drivers.vfio_pci_core import VfioPciCoreDevice
     from ...mm.pfn_space import PfnAddressSpace
-    from ..core import MemoryFailure
 
 
 def space_pgoff(space: "PfnAddressSpace", pfn: int) -> int | None:
@@ -27,10 +31,10 @@ def space_offset(space: "PfnAddressSpace", pfn: int) -> int | None:
 
 class PoisonPolicy:
     name = "upstream"
-    records_poison = False          # does the driver remember poisoned pfns (fault filter)?
+    records_poison = False          # does the driver remember poisoned pfns (for its fault handlers)?
 
-    def on_memory_failure(self, mf: "MemoryFailure", space: "PfnAddressSpace", pfn: int) -> str:
-        """Driver-side action for one space; returns the event action token."""
+    def failure(self, device: "VfioPciCoreDevice", space: "PfnAddressSpace", pfn: int) -> str:
+        """What the driver does about ``pfn`` of ``space``; returns the event action token."""
         return "signalled"
 
     def __repr__(self) -> str:

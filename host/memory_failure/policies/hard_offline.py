@@ -3,9 +3,9 @@ plus Peter Xu's FALLBACK rule in the driver (seed 002, ref 2.3).
 
 On a report the driver records the pfn and the page is zapped with
 unmap_mapping_range(mapping, pgoff << PAGE_SHIFT, PAGE_SIZE): a PUD/PMD leaf only partly covered
-by the zap is removed whole (ref 3.2).  The driver's fault filter (driver_state.py) then
-returns FALLBACK from huge_fault for any range holding a recorded pfn and VM_FAULT_HWPOISON
-for the poisoned page itself.
+by the zap is removed whole (ref 3.2).  The driver's fault handlers then (poison_fault in
+host/drivers/vfio_pci_core.py) return FALLBACK from huge_fault for any range holding a recorded
+pfn and VM_FAULT_HWPOISON for the poisoned page itself.
 """
 from __future__ import annotations
 
@@ -16,18 +16,22 @@ from ...mm.zap import unmap_mapping_range
 from .base import PoisonPolicy, space_offset
 
 if TYPE_CHECKING:
+    from ...drivers.vfio_pci_core import VfioPciCoreDevice
     from ...mm.pfn_space import PfnAddressSpace
-    from ..core import MemoryFailure
+
+
+def hard_offline(device: "VfioPciCoreDevice", space: "PfnAddressSpace", pfn: int) -> str:
+    """Record ``pfn`` in ``device``'s poison record and zap the one page of the file that maps it."""
+    device.record_poison(pfn)
+    offset = space_offset(space, pfn)
+    if offset is not None:
+        unmap_mapping_range(space.mapping, offset, PAGE_SIZE, False)
+    return "zapped"
 
 
 class HardOfflinePolicy(PoisonPolicy):
     name = "hard-offline"
     records_poison = True
 
-    def on_memory_failure(self, mf: "MemoryFailure", space: "PfnAddressSpace", pfn: int) -> str:
-        if space.owner is not None:
-            mf.driver_state(space.owner).record(pfn, space)
-        offset = space_offset(space, pfn)
-        if offset is not None:
-            unmap_mapping_range(space.mapping, offset, PAGE_SIZE, False)
-        return "zapped"
+    def failure(self, device: "VfioPciCoreDevice", space: "PfnAddressSpace", pfn: int) -> str:
+        return hard_offline(device, space, pfn)

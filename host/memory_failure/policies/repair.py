@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from ...mm.constants import PAGE_SHIFT, PMD_ORDER, PMD_SHIFT, PMD_SIZE, PUD_ORDER, PUD_SHIFT, PUD_SIZE
 from ...mm.pagetable import LEVEL_PMD, LEVEL_PUD
 from ...mm.zap import zap_vma_range
-from .driver_state import vma_base_pfn
 
 if TYPE_CHECKING:
     from ...mm.mm import MM
@@ -49,13 +48,15 @@ def _clean(mf: "MemoryFailure", device, pfn: int, order: int) -> bool:
 def collapse(mf: "MemoryFailure", mm: "MM", start: int, end: int) -> list[tuple[str, int]]:
     """Retract page tables of clean blocks in [start, end) so huge leaves can come back.
     Returns (level that can be mapped again, VA) per retracted table."""
+    from ...drivers.vfio_pci_core import VfioPciCoreDevice      # drivers build on this package
+
     pt = mm.pgtable
     out: list[tuple[str, int]] = []
     for vma in mm.vmas_in(start, end):
         device = vma.vm_private_data
-        if device is None or getattr(device, "pdev", None) is None:
+        if not isinstance(device, VfioPciCoreDevice):
             continue
-        base = vma_base_pfn(device, vma)
+        base = device.vma_base_pfn(vma)
         if base is None:
             continue
         lo, hi = max(start, vma.vm_start), min(end, vma.vm_end)

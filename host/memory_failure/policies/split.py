@@ -4,8 +4,8 @@ replaced in place by lower-level leaves so that only the poisoned 4 KiB becomes 
 
 A PUD leaf becomes a PMD table with 511 PMD leaves and one PTE table of 511 PTEs; a PMD leaf
 becomes a PTE table of 511 PTEs; a PTE is simply cleared.  Clean pages keep their
-translations, so they take no refault.  The driver also records the pfn (same fault filter as
-hard-offline), so a later zap (reset, memory disable) does not bring a huge leaf back over it.
+translations, so they take no refault.  The driver also records the pfn (its fault handlers refuse it as
+under hard-offline), so a later zap (reset, memory disable) does not bring a huge leaf back over it.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from ...mm.zap import VmaZap
 from .base import PoisonPolicy, space_pgoff
 
 if TYPE_CHECKING:
+    from ...drivers.vfio_pci_core import VfioPciCoreDevice
     from ...mm.pfn_space import PfnAddressSpace
-    from ..core import MemoryFailure
 
 PTRS = 1 << PMD_ORDER
 
@@ -55,21 +55,26 @@ def split_leaf_around(pt: PageTable, addr: int) -> str | None:
     return leaf.level
 
 
+def split_in_place(device: "VfioPciCoreDevice", space: "PfnAddressSpace", pfn: int) -> str:
+    """Record ``pfn`` in ``device``'s poison record and, in every VMA mapping it, replace the
+    covering leaf by smaller ones so that only its 4 KiB is unmapped."""
+    device.record_poison(pfn)
+    pgoff = space_pgoff(space, pfn)
+    if pgoff is None:
+        return "split"
+    journal = device.machine.zap_journal
+    for vma in space.mapping.vmas_overlapping(pgoff, pgoff):
+        addr = vma.address_of(pgoff)
+        if addr is None:
+            continue
+        if split_leaf_around(vma.vm_mm.pgtable, addr) is not None:
+            journal.append(VmaZap(vma, Zapped(LEVEL_PTE, addr, PAGE_SIZE)))
+    return "split"
+
+
 class SplitPolicy(PoisonPolicy):
     name = "split"
     records_poison = True
 
-    def on_memory_failure(self, mf: "MemoryFailure", space: "PfnAddressSpace", pfn: int) -> str:
-        if space.owner is not None:
-            mf.driver_state(space.owner).record(pfn, space)
-        pgoff = space_pgoff(space, pfn)
-        if pgoff is None:
-            return "split"
-        journal = mf.machine.zap_journal
-        for vma in space.mapping.vmas_overlapping(pgoff, pgoff):
-            addr = vma.address_of(pgoff)
-            if addr is None:
-                continue
-            if split_leaf_around(vma.vm_mm.pgtable, addr) is not None:
-                journal.append(VmaZap(vma, Zapped(LEVEL_PTE, addr, PAGE_SIZE)))
-        return "split"
+    def failure(self, device: "VfioPciCoreDevice", space: "PfnAddressSpace", pfn: int) -> str:
+        return split_in_place(device, space, pfn)
