@@ -94,6 +94,7 @@ class GpuDevice:
                 mem_size=first_mem.memory_size if first_mem else 0,
                 mem_dpa=first_mem.dpa_base if first_mem else 0,
                 queue_capacity=profile.error_queue_entries,
+                status_registers=profile.status_registers,
                 hooks=RegisterHooks(doorbell=self.doorbell, intx_ack=self._intx_ack,
                                     poison_ranges=lambda: len(self.poison),
                                     intx_asserted=lambda: self.intx_asserted))

@@ -36,6 +36,22 @@ POLL_TIMEOUT_MS = 30000
 U64_MAX = (1 << 64) - 1
 
 
+MEMBLK_SIZE = 512 << 20        # usemem is a multiple of it when resmem is carved out (hardwired ABI)
+RESMEM_SIZE = 1 << 30          # the carve-out on GPUs with the MIG hardware bug
+
+
+def regions_from_firmware(memphys: int, memlength: int, mig_hw_bug: bool = True
+                          ) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """nvgrace_gpu_init_nvdev_struct: (usemem, resmem) from the firmware's
+    nvidia,gpu-mem-base-pa / nvidia,gpu-mem-size.  A GPU without the NVIDIA DVSEC that says
+    "MIG supported with cached resmem" has the MIG hardware bug: 1 GiB is carved out as
+    resmem at the end, usemem is rounded down to MEMBLK_SIZE and resmem takes the rest."""
+    if not mig_hw_bug:
+        return (memphys, memlength), None
+    use = ((memlength - RESMEM_SIZE) // MEMBLK_SIZE) * MEMBLK_SIZE
+    return (memphys, use), (memphys + use, memlength - use)
+
+
 def roundup_pow_of_two(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 1 else 1
 

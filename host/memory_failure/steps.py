@@ -64,7 +64,13 @@ def do_memory_failure(run: "ScenarioRun", step: "Step") -> int:
 
 def do_hard_offline_page(run: "ScenarioRun", step: "Step") -> int:
     f = step.fields
-    ret = hard_offline_page(_mf(run), f["phys"], run.machine.tasks.thread(f["current"]))
+    phys = f["phys"]
+    if f.get("device") is not None:
+        bar = run.machine.device(f["device"]).pdev.bar(f["bar"] if f.get("bar") is not None else 0)
+        if bar is None:
+            return -22          # the writer named a BAR the device does not have
+        phys += bar.phys
+    ret = hard_offline_page(_mf(run), phys, run.machine.tasks.thread(f["current"]))
     return ret if ret < 0 else 0     # the write returns the byte count on success
 
 

@@ -170,10 +170,14 @@ def prepare_device(machine: "Machine", spec: "DeviceSpec") -> PciDevice | None:
     except (ValueError, OSError) as exc:
         raise ScenarioError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
     if spec.driver == "nvgrace-gpu" and spec.usemem is None and spec.resmem is None:
-        # nvgrace-gpu exposes device memory as usemem (region 4) at the host physical address
-        # firmware reports; for a served device that is where its memory BAR was placed.
+        # nvgrace-gpu takes device memory from firmware properties (base and size); for a served
+        # device that is where its memory BAR was placed and the memory behind it, split as the
+        # driver splits it (regions_from_firmware: our devices have no DVSEC, so resmem is carved)
+        from ..drivers.nvgrace_gpu import regions_from_firmware
         bar = served.device.profile.memory_bars[0]
-        spec.usemem = {"memphys": served.placements[bar.index].address, "memlength": bar.memory_size}
+        use, res = regions_from_firmware(served.placements[bar.index].address, bar.memory_size)
+        spec.usemem = {"memphys": use[0], "memlength": use[1]}
+        spec.resmem = {"memphys": res[0], "memlength": res[1]} if res else None
     from ..attach import host_pci_device
     return host_pci_device(served.client, served.placements, spec.bdf, is_virtfn=spec.virtfn,
                            reset_works=spec.reset_works)

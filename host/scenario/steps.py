@@ -351,8 +351,13 @@ register_step_kind("memory_failure", (Field("pfn"), Field("flags", "strlist", re
                                       Field("current", "any", required=False, default="kworker",
                                             check=_check_current)),
                    thread_field="current", doc="memory_failure() as called by an error handler")
-register_step_kind("hard_offline_page", (Field("phys"), Field("current", "int")), thread_field="current",
-                   doc="write to /sys/devices/system/memory/hard_offline_page")
+register_step_kind("hard_offline_page", (Field("phys"), Field("current", "int"),
+                                         Field("device", "str", required=False, default=None),
+                                         Field("bar", "int", required=False, default=None,
+                                               check=lambda v: None if 0 <= v <= 5 else f"must be 0..5, got {v}")),
+                   thread_field="current",
+                   doc="write to /sys/devices/system/memory/hard_offline_page; with device and bar, phys is "
+                       "an offset into that BAR (wherever firmware placed it)")
 register_step_kind("register", (_device(), Field("region", "int", check=_region)),
                    doc="register_pfn_address_space for a region's pfns")
 register_step_kind("unregister", (_device(), Field("region", "int", check=_region)),
