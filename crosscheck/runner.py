@@ -41,7 +41,10 @@ class ScenarioResult:
 
     @property
     def agrees(self) -> bool:
-        return self.skipped is None and self.error is None and self.crash is None and all(v.agrees for v in self.verdicts)
+        """Every step agrees; a kernel crash agrees when the model predicted it (its step's
+        verdict compares the crash)."""
+        return (self.skipped is None and self.error is None and bool(self.verdicts)
+                and all(v.agrees for v in self.verdicts))
 
 
 @dataclass

@@ -41,6 +41,7 @@ finish() {
 
 say kernel "$(uname -r)"
 say tracefs-systems "$(ls $T/events | tr '\n' ' ')"
+say tracefs-ras "$(ls $T/events/ras 2>/dev/null | tr '\n' ' ')"
 echo 8192 >$T/buffer_size_kb 2>/dev/null
 echo 0 >/proc/sys/kernel/printk_ratelimit 2>/dev/null
 

@@ -1,4 +1,4 @@
-"""nvgrace-gpu: the vfio-pci variant for Grace-Hopper/Blackwell GPUs (ref 2.2).
+"""nvgrace-gpu: the vfio-pci variant for Grace-Hopper/Blackwell GPUs (docs/kernel-reference.md: nvgrace-gpu).
 
 Device memory that is not in the kernel's memmap is exposed as two fake BARs: usemem
 (region index 4, cached) and resmem (index 2, non-cached, only if memlength > 0), each
@@ -135,7 +135,7 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
 
     def pfn_to_vma_pgoff(self, vma: Vma, pfn: int) -> tuple[int, int | None]:
         """nvgrace_gpu_pfn_to_vma_pgoff: file pgoff of ``pfn`` in ``vma``.  Like the kernel it
-        checks only the lower bound against the VMA, not its end (ref 2.2, open question 5)."""
+        checks only the lower bound against the VMA, not its end (docs/kernel-reference.md: nvgrace-gpu, open questions)."""
         if vma.vm_ops is not self.nv_vm_ops:
             return -errno.ENOENT, None
         region = self.memregion(vma_region_index(vma))
@@ -156,7 +156,7 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
             return super().mmap(vma)
         if not vma.vm_flags & VM_SHARED:
             # the driver itself does not check; the pfn insert helpers would BUG on a
-            # private writable PFNMAP, so the model refuses (ref open question 6)
+            # private writable PFNMAP, so the model refuses (docs/kernel-reference.md: open questions)
             return -errno.EINVAL
         pgoff = vma_region_pgoff(vma)
         req_len = vma.vm_end - vma.vm_start
@@ -189,7 +189,7 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
         return f"{self.dev_prefix}nvgrace_gpu_vfio_pci_huge_fault order = {order} pfn {pfn:#x}: {ret:#x}"
 
     def nv_huge_fault(self, vmf: VmFaultCtx, order: int) -> int:
-        """nvgrace_gpu_vfio_pci_huge_fault (ref 2.2): no memregion -> SIGBUS silently; misaligned ->
+        """nvgrace_gpu_vfio_pci_huge_fault (docs/kernel-reference.md: nvgrace-gpu): no memregion -> SIGBUS silently; misaligned ->
         FALLBACK; runtime-PM engaged or not ready after reset -> SIGBUS silently; else the core
         insert helper.  The debug line is printed for FALLBACK and insert results."""
         vma = vmf.vma

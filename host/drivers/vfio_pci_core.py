@@ -2,7 +2,7 @@
 the insert helper variants reuse, and the zaps on memory-disable / reset / low-power.
 
 Variant drivers subclass VfioPciCoreDevice and override only what differs (see
-nvgrace_gpu.py and docs/driver-authors.md).  Kernel references: ref 1.3, 1.5, 1.6, 2.1, 3.3.
+nvgrace_gpu.py and docs/driver-authors.md).  Kernel references: docs/kernel-reference.md: vfio-pci huge_fault, debug lines, vfio-pci mmap, zaps.
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ class VfioPciCoreDevice:
 
     # -- mmap ---------------------------------------------------------------------------------
     def mmap(self, vma: Vma) -> int:
-        """vfio_pci_core_mmap: the checks of ref 2.1, in order; nothing is mapped here."""
+        """vfio_pci_core_mmap: the checks of docs/kernel-reference.md: vfio-pci mmap, in order; nothing is mapped here."""
         index = vma_region_index(vma)
         if index >= VFIO_PCI_NUM_REGIONS + self.num_regions:
             return -errno.EINVAL
@@ -228,7 +228,7 @@ class VfioPciCoreDevice:
         return self.huge_fault(vmf, 0)
 
     def huge_fault(self, vmf: VmFaultCtx, order: int) -> int:
-        """vfio_pci_mmap_huge_fault for the machine's kernel profile (ref 1.3 / 1.5)."""
+        """vfio_pci_mmap_huge_fault for the machine's kernel profile (docs/kernel-reference.md: vfio-pci huge_fault)."""
         vma = vmf.vma
         if self._align_faulting_page:
             # v6.12 .. v6.15-rc5: the faulting page itself must be order aligned

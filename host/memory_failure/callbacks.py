@@ -2,7 +2,7 @@
 
 * ``nvgrace_literal`` — nvgrace-gpu's callback as merged for v7.0: it checks the lower bound
   only, so a pfn beyond a VMA's end still yields a pgoff; vma_address() then fails and
-  memory_failure_pfn SIGKILLs the owner ("forcibly killing") — ref 2.2 / open question 5.
+  memory_failure_pfn SIGKILLs the owner ("forcibly killing") — docs/kernel-reference.md: nvgrace-gpu, open questions.
   The driver model in host/drivers/nvgrace_gpu.py implements this one.
 * ``nvgrace_fixed`` — the same plus the upper-bound check the commit message describes:
   a pfn past the VMA's end is -EFAULT, so that VMA is simply skipped.

@@ -1,4 +1,4 @@
-"""Scenario step handlers for the poison kinds (spec/scenario-format.md) and a few extension kinds.
+"""Scenario step handlers for the poison kinds (docs/scenarios.md) and a few extension kinds.
 
 Declared by the scenario package, completed here: poison, memory_failure, hard_offline_page,
 register, unregister.  Added here (extensions of the format): repair, collapse,

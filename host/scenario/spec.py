@@ -205,7 +205,7 @@ def parse_scenario(data: dict, source: str = "") -> Scenario:
                 raise ScenarioError(f"{where}: pid: no process with pid {value}")
             if key in ("tid", "current") and isinstance(value, int) and value not in tids:
                 raise ScenarioError(f"{where}: {key}: no thread with tid {value}")
-            if key == "device" and value not in names:
+            if key == "device" and value is not None and value not in names:
                 raise ScenarioError(f"{where}: device: no device named {value!r}")
         if do == "fork":
             child = fields["child"]

@@ -1,5 +1,5 @@
 """The poison record a driver keeps under a recording policy, and its poison-aware fault
-handlers (Peter Xu's rule, ref 2.3 rules 2-3):
+handlers (Peter Xu's rule, docs/kernel-reference.md: poison policies):
 
 * huge_fault(order > 0): FALLBACK when [pfn, pfn + 2^order) holds a recorded pfn
   (never HWPOISON: a non-FALLBACK result ends the fault, clean pages would get SIGBUS);
