@@ -97,6 +97,26 @@ HEADER = struct.Struct("<HHIII")  # fast twin of Header
 # ---------------------------------------------------------------------------
 # VERSION: u16 major, u16 minor, then an optional NUL-terminated JSON object.
 
+# json-c, which libvfio-user parses VERSION with, refuses documents nested deeper than
+# JSON_TOKENER_DEFAULT_DEPTH (32); the same bound here also keeps a hostile document
+# thousands of levels deep from reaching Python's recursion limit.
+MAX_JSON_DEPTH = 32
+
+
+def json_depth(value) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0, ``{}`` is 1), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in node)
+    return deepest
+
+
 class NulTerminatedJson(Adapter):
     """The capabilities text: absent (None) or a JSON object followed by one NUL."""
 
@@ -105,7 +125,13 @@ class NulTerminatedJson(Adapter):
             return None
         if not obj.endswith(b"\0") or b"\0" in obj[:-1]:
             raise ValueError("capabilities JSON is not NUL-terminated")
-        value = json.loads(obj[:-1].decode("utf-8"))
+        too_deep = ValueError(f"capabilities JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+        try:
+            value = json.loads(obj[:-1].decode("utf-8"))
+        except RecursionError:
+            raise too_deep from None
+        if json_depth(value) > MAX_JSON_DEPTH:
+            raise too_deep
         if not isinstance(value, dict):
             raise ValueError("capabilities JSON is not an object")
         return value
