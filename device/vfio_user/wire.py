@@ -19,6 +19,8 @@ from construct import (
     Adapter, Array, Bytes, Const, GreedyBytes, Int16ul, Int32sl, Int32ul, Int64ul, Struct, this,
 )
 
+from ..input_limits import nesting_depth
+
 
 class Command(enum.IntEnum):
     VERSION = 1
@@ -103,20 +105,6 @@ HEADER = struct.Struct("<HHIII")  # fast twin of Header
 MAX_JSON_DEPTH = 32
 
 
-def json_depth(value) -> int:
-    """Nesting depth of a decoded JSON value (a scalar is 0, ``{}`` is 1), without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        if isinstance(node, dict):
-            node = node.values()
-        elif not isinstance(node, list):
-            continue
-        deepest = max(deepest, level)
-        stack.extend((child, level + 1) for child in node)
-    return deepest
-
-
 class NulTerminatedJson(Adapter):
     """The capabilities text: absent (None) or a JSON object followed by one NUL."""
 
@@ -130,7 +118,7 @@ class NulTerminatedJson(Adapter):
             value = json.loads(obj[:-1].decode("utf-8"))
         except RecursionError:
             raise too_deep from None
-        if json_depth(value) > MAX_JSON_DEPTH:
+        if nesting_depth(value) > MAX_JSON_DEPTH:
             raise too_deep
         if not isinstance(value, dict):
             raise ValueError("capabilities JSON is not an object")
