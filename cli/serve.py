@@ -14,6 +14,7 @@ import sys
 import threading
 
 from hugepfn.device.vfio_user.backends import CHOICES, select_backend
+from hugepfn.device.vfio_user.limits import ConnectionLimits
 
 
 def add_parser(subparsers) -> None:
@@ -28,6 +29,10 @@ def add_parser(subparsers) -> None:
                         help="vfio-user implementation (default: auto = libvfio-user if found, else python)")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="where the device keeps persistent state (the poison list); default: none")
+    parser.add_argument("--idle-limit", type=float, metavar="SECONDS",
+                        help="close a client that sends nothing for this long (default: never)")
+    parser.add_argument("--recv-timeout", type=float, default=ConnectionLimits.recv_timeout, metavar="SECONDS",
+                        help="close a client that leaves a message half sent for this long (default: %(default)g)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection event")
     parser.set_defaults(func=run)
 
@@ -35,6 +40,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="hugepfn serve: %(message)s", stream=sys.stderr)
+    limits = ConnectionLimits(recv_timeout=args.recv_timeout, idle_limit=args.idle_limit)   # ValueError: exit 2
     choice, why = select_backend(args.backend)           # BackendUnavailable is a ValueError
     # Handlers first: a SIGTERM that arrives while the server is being set up (the
     # libvfio-user backend creates the socket file in its constructor) still stops
@@ -42,19 +48,19 @@ def run(args) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        _serve(args, choice, why, stop)
+        _serve(args, choice, why, stop, limits)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
 
 
-def _serve(args, choice, why, stop: threading.Event) -> None:
+def _serve(args, choice, why, stop: threading.Event, limits: ConnectionLimits) -> None:
     from hugepfn.device.gpu import GpuDevice
 
     device = GpuDevice.from_profile(args.profile, state_dir=args.state_dir)
     try:
-        server = choice.Server(device, args.socket)
+        server = choice.Server(device, args.socket, limits=limits)
         control = None
         try:
             server.start()
