@@ -5,9 +5,13 @@ Fixtures (testing/fixtures.py): hugepfn_served_device, hugepfn_host, hugepfn_ker
 hugepfn_backend, hugepfn_workdir, hugepfn_events_dir, hugepfn_netns.
 Helpers (import from hugepfn.testing): assert_signal, assert_no_signal, assert_mapping,
 run_scenario.  Option: --hugepfn-backend.  Marker: hugepfn_kernel("6.19", "7.0").
+SIGTERM stops the run as Ctrl-C does (teardown runs: no server or socket directory is left).
 See docs/fault-injection.md.
 """
 from __future__ import annotations
+
+import signal
+import threading
 
 import pytest
 
@@ -28,10 +32,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "present, else python), python or libvfio-user (default: auto)")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt, so that pytest stops the same
+    way: fixtures are torn down, servers closed, socket directories removed."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    # A second SIGTERM must not cut the teardown short (SIGKILL still ends everything).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated("SIGTERM")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "hugepfn_kernel(*versions): run the test once per kernel profile "
                    "(6.12, 6.15, 6.19, 7.0; none named: all); hugepfn_host uses it")
+    # Only where nobody else handles SIGTERM (the default would kill the process with no
+    # teardown, leaving sockets and their directories behind).
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        config.stash[_SIGTERM_KEY] = True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.stash.get(_SIGTERM_KEY, False) and signal.getsignal(signal.SIGTERM) in (_on_sigterm, signal.SIG_IGN):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_SIGTERM_KEY = pytest.StashKey[bool]()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
