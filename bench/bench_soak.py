@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import select
 import socket
 import struct
 import subprocess
@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench.bench_vfio_user import _stop as stop_server
 from hugepfn.device.control import ControlClient, control_path
 from hugepfn.device.interface import VFIO_PCI_MSIX_IRQ_INDEX
 from hugepfn.device.registers import REG_DOORBELL, REG_SCRATCH
@@ -203,7 +204,6 @@ class Load:
             except (BlockingIOError, BrokenPipeError, ConnectionResetError):
                 pass
             c.sock.setblocking(True)
-            import select
             poller = select.poll()
             poller.register(c.sock, select.POLLRDHUP)
             poller.poll(5000)                       # the server hangs up on us
@@ -253,12 +253,7 @@ def main() -> None:
                 server_view = control.status().get("vfio_user", {})
             alive = proc.poll() is None
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_server(proc)
         text = log.read_text()
     c = load.counts
     kinds = {k: v for k, v in sorted(c.items())
