@@ -10,6 +10,7 @@ See docs/fault-injection.md.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -37,10 +38,25 @@ class Terminated(KeyboardInterrupt):
     way: fixtures are torn down, servers closed, socket directories removed."""
 
 
+_session_pid: int | None = None
+
+
 def _on_sigterm(signum, frame) -> None:
+    if os.getpid() != _session_pid:
+        # A fork of the pytest process (pyroute2 forks to create namespaces) that is told
+        # to end must end, as it did before: running pytest's teardown in a copy would
+        # print a second summary and may wait forever on a lock copied held.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     # A second SIGTERM must not cut the teardown short (SIGKILL still ends everything).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated("SIGTERM")
+
+
+def _default_in_forked_children() -> None:
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,6 +67,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # teardown, leaving sockets and their directories behind).
     if threading.current_thread() is threading.main_thread() \
             and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        global _session_pid
+        _session_pid = os.getpid()
         signal.signal(signal.SIGTERM, _on_sigterm)
         config.stash[_SIGTERM_KEY] = True
 
@@ -61,6 +79,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 _SIGTERM_KEY = pytest.StashKey[bool]()
+os.register_at_fork(after_in_child=_default_in_forked_children)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

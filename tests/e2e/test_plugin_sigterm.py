@@ -72,3 +72,18 @@ def test_a_signal_stops_the_run_and_nothing_is_left(tmp_path, backend, xdist, si
     with pytest.raises(OSError):
         probe.connect(str(sock))                         # and nobody serves it any more
     probe.close()
+
+
+def test_a_forked_copy_of_the_run_still_dies_of_sigterm():
+    # pyroute2 (network namespaces) forks the pytest process; such a copy must end on
+    # SIGTERM, not run pytest's teardown (a second summary, and a hang on copied locks).
+    pid = os.fork()
+    if pid == 0:
+        try:
+            time.sleep(30)
+        finally:
+            os._exit(0)                      # reached only if SIGTERM was turned into an exception
+    time.sleep(0.2)
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
