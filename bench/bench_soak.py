@@ -264,9 +264,8 @@ def main() -> None:
     for error in load.errors[:5]:
         print(f"    error: {error}")
     print(f"  hostile: {c['hostile']} clients ({json.dumps(kinds)}), {c['hostile_refused']} refused at once")
-    if server_view:
-        print(f"  server says: {server_view.get('clients_refused')} clients refused, "
-              f"{server_view.get('clients_dropped')} dropped for going over a limit")
+    print(f"  server says: {server_view.get('clients_refused', '?')} clients refused, "
+          f"{text.count('closed the client')} dropped for going over a limit (its log)")
     print(f"  server RSS {rss0 / (1 << 20):.1f} MiB -> {rss1 / (1 << 20):.1f} MiB, "
           f"open fds {fds0} -> {fds1}; alive at the end: {alive}, "
           f"tracebacks in its log: {text.count('Traceback')}")

@@ -263,7 +263,7 @@ def device_status(device, server=None) -> dict:
     server_status = getattr(server, "status", None)
     if callable(server_status):             # what the backend can say about its client
         facts = server_status()
-        out["vfio_user"] = {key: facts[key] for key in ("clients_refused", "clients_dropped", "dma_windows", "irq_eventfds")
+        out["vfio_user"] = {key: facts[key] for key in ("clients_refused", "dma_windows", "irq_eventfds")
                             if key in facts}
     return out
 
