@@ -25,6 +25,8 @@ from hugepfn.device.vfio_user import backends
 from hugepfn.device.vfio_user.wire import REGION_ACCESS, Command
 from hugepfn.host.vfio_user import VfioUserClient
 
+from bench.results import record
+
 ROUND_TRIPS = 5000
 WARMUP = 500
 BULK_BYTES = 32 << 20
@@ -123,16 +125,25 @@ def main() -> None:
         p99 = sorted(times)[int(len(times) * 0.99)]
         print(f"  {name:13s} median {med * 1e6:7.1f} us   p99 {p99 * 1e6:7.1f} us   "
               f"{1 / statistics.mean(times):9.0f} round trips/s   server CPU {server_cpu[name] * 1e6:5.1f} us/op")
+    if "python" in results:
+        cpu = server_cpu["python"] * 1e6
+        record("vfio-user python engine: server CPU per 8-byte REGION_READ", f"{cpu:.1f} us", "<= 15 us", cpu <= 15)
+    record("vfio-user round trip vs a plain unix-socket echo (same run)", "no echo floor in this bench yet",
+           "<= 1.5x", None)
     if "python" in results and "libvfio-user" in results:
         ratio = statistics.median(results["python"]) / statistics.median(results["libvfio-user"])
         verdict = "meets" if ratio <= 1.5 else "misses"
         print(f"  python / libvfio-user latency: {ratio:.2f}x  ({verdict} the 1.5x target)")
+        record("vfio-user latency: python / libvfio-user", f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5)
+        record("vfio-user latency: libvfio-user / python", f"{1 / ratio:.2f}x", "<= 1.2x", 1 / ratio <= 1.2)
     if bulk is not None:
         mmap_rate, memcpy_rate = bulk
         ratio = mmap_rate / memcpy_rate
         verdict = "meets" if ratio >= 0.8 else "misses"
         print(f"bulk write of {BULK_BYTES >> 20} MiB: mmap of the BAR {mmap_rate / 1e9:6.2f} GB/s, "
               f"memcpy {memcpy_rate / 1e9:6.2f} GB/s -> {ratio * 100:.0f} % ({verdict} the 80 % target)")
+        record("bulk write through the client's mmap of the BAR vs memcpy", f"{ratio * 100:.0f} %", ">= 80 %",
+               ratio >= 0.8)
 
 
 if __name__ == "__main__":

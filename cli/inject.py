@@ -13,6 +13,7 @@ import json
 
 from hugepfn.device.control import CONTROL_SUFFIX, ControlClient, control_path, describe_injection
 from hugepfn.device.cper import MEMORY_ERROR_TYPES
+from hugepfn.device.poison import DEFAULT_GRANULARITY
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +27,7 @@ def add_parser(subparsers) -> None:
     where.add_argument("--bar", type=int, metavar="N", help="memory BAR index (with --offset)")
     where.add_argument("--dpa", metavar="ADDR", help="device physical address (instead of --bar/--offset)")
     parser.add_argument("--offset", metavar="X", help="byte offset inside the BAR (0x... or a size such as 4M)")
-    parser.add_argument("--granularity", default="4K", metavar="SIZE",
+    parser.add_argument("--granularity", default=DEFAULT_GRANULARITY, metavar="SIZE",
                         help="blast radius the hardware reports: a power of two 64 .. 1G (default: 4K)")
     parser.add_argument("--error-type", default="multi-ecc", choices=tuple(MEMORY_ERROR_TYPES),
                         help="CPER memory error type (default: multi-ecc)")

@@ -54,6 +54,11 @@ def add_parser(subparsers) -> None:
                         help="stop after S seconds")
     parser.add_argument("--group", type=int, default=DEFAULT_GROUP, metavar="G",
                         help=f"NETLINK_USERSOCK multicast group 1..32 (default: {DEFAULT_GROUP})")
+    parser.add_argument("--events-dir", metavar="DIR",
+                        help="the unix-fallback events directory (default: $HUGEPFN_EVENTS_DIR, else "
+                             "$XDG_RUNTIME_DIR/hugepfn/events, else /tmp/hugepfn-UID/events)")
+    parser.add_argument("--netns", metavar="NAME",
+                        help="listen on netlink inside this named network namespace (ip netns; needs root)")
     parser.set_defaults(func=run)
 
 
@@ -62,21 +67,18 @@ def _status(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hugepfn.host.events.transport import subscriber  # pyroute2: only when monitoring
+    from hugepfn.host.events.monitor import Monitor
 
-    sub = subscriber(args.transport, group=args.group, on_notice=_status)
-    with sub:
-        if sub.fallback_reason:
-            _status(f"{sub.fallback_reason}; falling back to {sub.describe()}")
-        else:
-            _status(f"listening on {sub.describe()}")
+    with Monitor(args.transport, group=args.group, netns=args.netns, events_dir=args.events_dir,
+                 on_notice=_status) as monitor:
+        _status(monitor.status)
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         shown = 0
         while args.count is None or shown < args.count:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 break
-            event = sub.receive(remaining)
+            event = monitor.receive(remaining)
             if event is None:
                 break  # timed out
             print(event.to_json() if args.json else event.summary(), flush=True)

@@ -8,6 +8,7 @@ one reply object per line.
     {"op": "inject", "dpa": 4780593152, "granularity": 64, "error_type": "multi-ecc"}
     {"op": "repair", "bar": 2, "offset": 0x123000, "length": 4096}
     {"op": "status"}
+    {"op": "config"}                        (config space as a client reads it, for lspci)
 
 Replies are ``{"ok": true, ...}`` or ``{"ok": false, "error": "<one line>"}``.  Numbers may be
 JSON integers or strings ("0x1000", "4K", "2MiB").  Anything malformed (not JSON, not an
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hugepfn.device.cper import MEMORY_ERROR_TYPES
+from hugepfn.device.poison import DEFAULT_GRANULARITY
 from hugepfn.device.profiles import format_size, parse_size
 from hugepfn.device.vfio_user.transport import connect_unix, listen_unix
 
@@ -176,10 +178,10 @@ class ControlServer:
         if not isinstance(request, dict):
             return self._error("a request is a JSON object with an \"op\"")
         op = request.get("op")
-        handler = {"inject": self._inject, "repair": self._repair, "status": self._status}.get(op) \
-            if isinstance(op, str) else None
+        handler = {"inject": self._inject, "repair": self._repair, "status": self._status,
+                   "config": self._config}.get(op) if isinstance(op, str) else None
         if handler is None:
-            return self._error(f"op: expected inject, repair or status, got {op!r}")
+            return self._error(f"op: expected inject, repair, status or config, got {op!r}")
         try:
             return {"ok": True, "op": op, **handler(request)}
         except (ValueError, OSError) as exc:       # PoisonError is a ValueError
@@ -193,7 +195,7 @@ class ControlServer:
         bar, offset, dpa = request.get("bar"), _number(request, "offset"), _number(request, "dpa")
         if bar is not None and (isinstance(bar, bool) or not isinstance(bar, int)):
             raise ControlError(f"bar: expected a BAR index, got {bar!r}")
-        granularity = _number(request, "granularity", default=4096)
+        granularity = _number(request, "granularity", default=DEFAULT_GRANULARITY)
         error_type = _error_type(request)
         device = self.device
         # The device lock spans the injection and the sequence read, so the number reported
@@ -222,6 +224,10 @@ class ControlServer:
     def _status(self, request: dict) -> dict:
         _only(request, set())
         return device_status(self.device, self.server)
+
+    def _config(self, request: dict) -> dict:
+        _only(request, set())
+        return device_config(self.device)
 
 
 def device_sequence(device) -> int:
@@ -266,6 +272,16 @@ def device_status(device, server=None) -> dict:
         out["vfio_user"] = {key: facts[key] for key in ("clients_refused", "dma_windows", "irq_eventfds")
                             if key in facts}
     return out
+
+
+def device_config(device) -> dict:
+    """Config space as a client reads it now (BARs hold what the client's firmware programmed),
+    hex-encoded, with the sysfs ``resource`` lines that go with it (`hugepfn lspci --socket`)."""
+    from hugepfn.device.interface import VFIO_PCI_CONFIG_REGION_INDEX as CONFIG
+    from hugepfn.device.sysfs_tree import resource_lines
+
+    config = device.region_read(CONFIG, 0, device.region_info(CONFIG).size)
+    return {"config": config.hex(), "resource": resource_lines(device)}
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -332,6 +348,9 @@ class ControlClient:
 
     def status(self) -> dict:
         return self.request({"op": "status"})
+
+    def config(self) -> dict:
+        return self.request({"op": "config"})
 
 
 def describe_injection(reply: dict) -> str:

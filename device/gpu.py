@@ -256,7 +256,7 @@ class GpuDevice:
                 self.msix.write(offset, data)
             else:
                 # Posted writes do not consume poison: the data lands and the poison stays,
-                # unless the profile says writes repair (DAX-like, seed 004), in which case
+                # unless the profile says writes repair (DAX-like: pmem_clear_poison), in which case
                 # the cachelines the write fully covers become good again.
                 self.memory[index].write(offset, data)
                 if self.profile.repair_by_write:

@@ -22,6 +22,10 @@ from hugepfn.device.ranges import RangeSet
 
 MIN_GRANULARITY = CACHELINE
 MAX_GRANULARITY = 1 * GiB
+# The blast radius a fault-injection request reports when it names none: one 4 KiB page.  The
+# CLI (`hugepfn inject`), the control channel, scenario `inject` steps and the pytest plugin's
+# `Host.poison` all use it; the model's own primitives below default to one cacheline.
+DEFAULT_GRANULARITY = 4096
 PAGE_SHIFT = 12
 
 

@@ -73,17 +73,29 @@ def write_sysfs_tree(device: GpuDevice, root: str | os.PathLike, slot: str = DEF
     """Write ROOT/devices/<slot>/ for ``device``; returns the device directory."""
     if assign:
         assign_bars(device)
+    config = device.region_read(VFIO_PCI_CONFIG_REGION_INDEX, 0, 4096)
+    return write_config_tree(config, resource_lines(device), root, slot)
+
+
+def write_config_tree(config: bytes, resource: list[str], root: str | os.PathLike,
+                      slot: str = DEFAULT_SLOT) -> Path:
+    """Write ROOT/devices/<slot>/ from a config space image and the sysfs `resource` lines:
+    the id files are read out of the config space itself, as the kernel fills them."""
+    if len(config) < 64:
+        raise ValueError(f"config space image of {len(config)} bytes; a PCI header has 64")
     path = Path(root) / "devices" / slot
     path.mkdir(parents=True, exist_ok=True)
-    config = device.region_read(VFIO_PCI_CONFIG_REGION_INDEX, 0, 4096)
     (path / "config").write_bytes(config)
-    (path / "resource").write_text("\n".join(resource_lines(device)) + "\n")
-    p = device.profile
+    (path / "resource").write_text("\n".join(resource) + "\n")
+
+    def field(offset: int, size: int) -> int:
+        return int.from_bytes(config[offset:offset + size], "little")
     files = {
-        "vendor": f"0x{p.vendor_id:04x}", "device": f"0x{p.device_id:04x}",
-        "subsystem_vendor": f"0x{p.subsystem_vendor_id:04x}",
-        "subsystem_device": f"0x{p.subsystem_id:04x}", "class": f"0x{p.class_code:06x}",
-        "revision": f"0x{p.revision:02x}", "irq": "0", "numa_node": "-1",
+        "vendor": f"0x{field(pf.PCI_VENDOR_ID, 2):04x}", "device": f"0x{field(pf.PCI_DEVICE_ID, 2):04x}",
+        "subsystem_vendor": f"0x{field(pf.PCI_SUBSYSTEM_VENDOR_ID, 2):04x}",
+        "subsystem_device": f"0x{field(pf.PCI_SUBSYSTEM_VENDOR_ID + 2, 2):04x}",   # PCI_SUBSYSTEM_ID
+        "class": f"0x{field(pf.PCI_CLASS_PROG, 3):06x}",
+        "revision": f"0x{field(pf.PCI_REVISION_ID, 1):02x}", "irq": "0", "numa_node": "-1",
     }
     for name, text in files.items():
         (path / name).write_text(text + "\n")

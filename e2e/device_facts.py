@@ -65,6 +65,8 @@ def guest_facts(profile: str) -> dict[str, str]:
         "ID_VALUE": f"{spec.vendor_id | spec.device_id << 16:#010x}",
         "DATA_BAR": str(memory.index),
         "DATA_OFFSET": f"{DATA_OFFSET:#x}",
+        "DATA_BAR_SIZE": f"{memory.size:#x}",            # the whole BAR window
+        "DATA_MEMORY_SIZE": f"{memory.memory_size:#x}",  # the memory behind it (nvgrace: less)
         "ERROR_VECTOR": str(spec.error_vector),
         "APIC_VECTOR": str(APIC_VECTOR),
         "ERRQ_COUNT_OFFSET": f"{registers.REG_ERRQ_COUNT:#x}",

@@ -13,7 +13,8 @@
 # The values it checks against come from /etc/e2e.conf, written by the host from
 # the device model (e2e/device_facts.py): VENDOR_ID DEVICE_ID; ID_OFFSET ID_WIDTH
 # ID_VALUE (identity register in BAR0); DATA_BAR DATA_OFFSET (write/read-back
-# target); ERROR_VECTOR (MSI-X entry of the error interrupt) APIC_VECTOR (where the
+# target); DATA_BAR_SIZE DATA_MEMORY_SIZE (the memory BAR's window and the memory behind
+# it, for the whole-BAR checks); ERROR_VECTOR (MSI-X entry of the error interrupt) APIC_VECTOR (where the
 # guest points it); ERRQ_COUNT_OFFSET ERRQ_HEAD_OFFSET ERRQ_WINDOW_OFFSET RECORD_SIZE
 # RECORD_BAR_FIELD RECORD_OFFSET_FIELD (the BAR0 error queue and record layout);
 # POISON_BAR POISON_OFFSET POISON_GRANULARITY (what the host poisons);
@@ -73,6 +74,25 @@ if [ "$((BAR0))" = 0 ] || [ "$((BARD))" = 0 ]; then
     finish
 fi
 pass bars "BAR0 at $BAR0 size $(bar_size 0), BAR$DATA_BAR at $BARD size $(bar_size "$DATA_BAR")"
+# Where firmware put the memory BAR, for the host to compare with the device's own view.
+echo "E2E BAR $DATA_BAR $BARD $(bar_size "$DATA_BAR")"
+
+# --- the whole memory BAR ----------------------------------------------------------
+# Its size is the profile's, and it lies inside a window of the PCI host bridge: the
+# kernel took the placement (a BAR outside every window would be reassigned or dropped).
+BARD_END=$((BARD + $(bar_size "$DATA_BAR") - 1))
+WINDOW=
+for range in $(grep "PCI Bus 0000:00" /proc/iomem | sed 's/^ *//; s/ .*//'); do
+    lo=$((0x${range%-*})); hi=$((0x${range#*-}))
+    [ "$lo" -le "$((BARD))" ] && [ "$BARD_END" -le "$hi" ] && WINDOW=$range
+done
+if [ "$(bar_size "$DATA_BAR")" != "$(hex "$DATA_BAR_SIZE")" ]; then
+    fail bar-window "BAR$DATA_BAR is $(bar_size "$DATA_BAR"), the profile says $DATA_BAR_SIZE"
+elif [ -z "$WINDOW" ]; then
+    fail bar-window "BAR$DATA_BAR $BARD-$(hex $BARD_END) is in no PCI Bus 0000:00 window: $(grep 'PCI Bus 0000:00' /proc/iomem | tr '\n' ';')"
+else
+    pass bar-window "BAR$DATA_BAR $BARD-$(hex $BARD_END) ($DATA_BAR_SIZE) inside host bridge window $WINDOW"
+fi
 
 echo 1 >"$DEV/enable" 2>/dev/null || true   # pci_enable_device: Memory Space on
 
@@ -100,6 +120,39 @@ if [ $ok = 1 ]; then
     pass bar-memory "BAR$DATA_BAR+$DATA_OFFSET: 32-bit and 64-bit writes read back"
 else
     fail bar-memory "BAR$DATA_BAR+$DATA_OFFSET:$detail"
+fi
+
+# --- the last page ------------------------------------------------------------------
+# The last page of the memory reads back what is written, up to its last 8 bytes.  Where
+# the BAR is wider than its memory (nvgrace: 96 GiB + 6 MiB behind 128 GiB), the BAR's own
+# last page is outside the mmap'ed part: the access is trapped, reads all ones and a write
+# there is dropped (the device's rule for bytes past its memory).
+# busybox devmem maps the next page as well when the page offset plus the access width *in
+# bits* passes the page size, and SeaBIOS puts a big BAR at the very top of the physical
+# address space, where there is no next page (mmap fails with EINVAL).  So the 64-bit
+# accesses stop at +4032, and the byte at +4088 (the last 8-byte word) is written alone.
+MEM_LAST=$((BARD + DATA_MEMORY_SIZE - 4096))
+ok=1; detail=
+for off in 0 2048 4032; do
+    pattern=$(( (0x5a << 56) | (MEM_LAST + off) ))   # holds its own address: no two places alias
+    devmem $(hex $((MEM_LAST + off))) 64 "$pattern"
+    got=$(devmem $(hex $((MEM_LAST + off))) 64)
+    [ "$((got))" = "$pattern" ] || { ok=0; detail="$detail +$off wrote $(hex "$pattern") read $got;"; }
+done
+devmem $(hex $((MEM_LAST + 4088))) 8 0xa5
+got=$(devmem $(hex $((MEM_LAST + 4088))) 8)
+[ "$((got))" = "$((0xa5))" ] || { ok=0; detail="$detail +4088 wrote 0xa5 read $got;"; }
+if [ "$DATA_MEMORY_SIZE" != "$DATA_BAR_SIZE" ]; then
+    BAR_LAST=$(hex $((BARD + DATA_BAR_SIZE - 64)))   # (the last 64 bytes would map the page after)
+    devmem "$BAR_LAST" 32 0x12345678
+    got=$(devmem "$BAR_LAST" 32)
+    [ "$((got))" = "$((0xffffffff))" ] || { ok=0; detail="$detail past the memory at $BAR_LAST read $got;"; }
+    beyond=", BAR's last page $BAR_LAST reads $got (past the memory)"
+fi
+if [ $ok = 1 ]; then
+    pass bar-last-page "memory's last page $(hex $MEM_LAST) (BAR$DATA_BAR+$(hex $((DATA_MEMORY_SIZE - 4096)))) reads back 64-bit writes and the byte at +4088${beyond:-}"
+else
+    fail bar-last-page "BAR$DATA_BAR last page:$detail"
 fi
 
 # --- MSI-X: point the error vector at this CPU ------------------------------------

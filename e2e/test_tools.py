@@ -1,7 +1,7 @@
 """Tests of the e2e helper scripts that run without root or a guest.
 
-Run with: .venv/bin/python -m pytest -q e2e/test_tools.py   (not part of `make test`,
-whose testpaths is tests/; the guest itself is exercised by `make e2e`).
+They are part of `make test` (pytest's testpaths are tests/ and e2e/); the guest itself is
+exercised by `make e2e` only.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import apt_mirror  # noqa: E402
+from hugepfn.crosscheck import mirror as apt_mirror  # noqa: E402
 import mkinitramfs  # noqa: E402
 
 
@@ -144,3 +144,36 @@ def test_guest_facts_match_the_device_model():
     record = build_record(sequence=1, bar=2, bar_offset=0x5000, length=4096, dpa=0x5000, granularity=4096)
     assert struct.unpack_from("<Q", record, int(facts["RECORD_OFFSET_FIELD"]))[0] == 0x5000
     assert facts["VENDOR_ID"] == "0x10de" and facts["DEVICE_ID"] == "0x2331"
+
+
+def test_whole_bar_facts_of_the_huge_profiles():
+    import device_facts
+    gpu_1t, nvgrace = device_facts.guest_facts("gpu-1t"), device_facts.guest_facts("nvgrace")
+    assert (gpu_1t["DATA_BAR_SIZE"], gpu_1t["DATA_MEMORY_SIZE"]) == ("0x10000000000", "0x10000000000")
+    # nvgrace: 96 GiB + 6 MiB of memory behind a 128 GiB BAR
+    assert (nvgrace["DATA_BAR_SIZE"], nvgrace["DATA_MEMORY_SIZE"]) == ("0x2000000000", "0x1800600000")
+
+
+def test_qemu_command_line_of_a_run():
+    import run_guest
+    argv = run_guest.qemu_argv("/boot/vmlinuz", "/run/hugepfn-e2e/initramfs.gz", "tcg", 512,
+                               "/run/hugepfn-e2e/gpu.sock", cpu="max,phys-bits=41")
+    assert argv[argv.index("-cpu") + 1] == "max,phys-bits=41"
+    assert argv[-2:] == ["-device", '{"driver":"vfio-user-pci","socket":{"path":"/run/hugepfn-e2e/gpu.sock",'
+                                    '"type":"unix"}}']
+    assert "memory-backend-memfd,id=mem,size=512M,share=on" in argv
+
+
+def test_a_failure_is_reported_once_and_what_it_stopped_is_not_reached(capsys):
+    import run_guest
+    report = run_guest.Report()
+    report.record(True, "boot", "ok")
+    report.record(False, "bars", "BAR2 at 0")
+    report.missing(["boot", "bars", "identity", "placement"], guest_gave_up=True)
+    assert report.failed == ["bars"] and report.not_reached == ["identity", "placement"]
+    assert capsys.readouterr().out.splitlines() == [
+        "PASS boot: ok", "FAIL bars: BAR2 at 0",
+        "NOT-REACHED identity, placement: the run stopped after FAIL bars"]
+    silent = run_guest.Report()       # no reported failure: a missing check is a failure itself
+    silent.missing(["identity"], guest_gave_up=True)
+    assert silent.failed == ["identity"] and silent.not_reached == []

@@ -69,9 +69,6 @@ if TYPE_CHECKING:
 MEMORY_FAILURE_FIFO_SIZE = 16          # entries of the per-CPU kfifo of memory_failure_queue()
 HW_ERR = "[Hardware Error]: "
 MAX_GRANULARITY = 1 << 30
-# Kernel profiles whose ghes_do_proc force-kills the consumer of a synchronous error that queued
-# no memory_failure work (the "exception storm" fix of 2025, after 6.15)
-SYNC_UNQUEUED_KILL = frozenset({"6.19", "7.0"})
 GHES_SOURCE_ID = 0
 PCI_BASE_ADDRESS_0 = 0x10
 PCI_CAPABILITY_LIST = 0x34
@@ -119,13 +116,7 @@ class ErrorOutcome:
                "ret": None if self.ret is None else errno_name(self.ret), "result": self.result,
                "action": self.action}
         if self.event is not None:
-            ev = self.event.to_dict()
-            ev.pop("seq", None)
-            ev.pop("timestamp_ns", None)
-            for key in ("pfn", "bar_offset", "granularity"):
-                ev[key] = f"{ev[key]:#x}"
-            ev["signals"] = [{**sig, "addr": f"{sig['addr']:#x}"} for sig in ev["signals"]]
-            out["event"] = ev
+            out["event"] = self.event.to_trace()
         return out
 
 
@@ -246,7 +237,9 @@ class GhesErrorSource:
                     self._run_task_work(out, sync_thread)
                 elif self._memory_failure_queue(out, len(queued)):
                     queued.append(out)
-            elif sync_thread is not None and self.machine.profile.name in SYNC_UNQUEUED_KILL:
+            elif sync_thread is not None:
+                # ghes_do_proc: a synchronous error that queued no memory_failure work gets a
+                # plain SIGBUS (in Debian's 6.1, 6.12 and 7.3 sources alike)
                 self._kill_unqueued_sync(out, sync_thread)
             out.log = self.machine.klog.lines(mark)
         for out in queued:                  # the kworker drains the kfifo after the interrupt
@@ -358,7 +351,11 @@ class GhesErrorSource:
         mf = memory_failure_of(m)
         sig_mark, log_mark, n_outcomes = len(m.tasks.journal), len(m.klog), len(mf.outcomes)
         out.current = "kworker" if thread is None else thread.tid
-        out.ret = mf.memory_failure(out.pfn, out.flags, thread)
+        mf.reporting = self             # this record's event is built here (_publish), not by the core
+        try:
+            out.ret = mf.memory_failure(out.pfn, out.flags, thread)
+        finally:
+            mf.reporting = None
         out.signals = m.tasks.journal[sig_mark:]
         if len(mf.outcomes) > n_outcomes:
             out.mf = mf.outcomes[n_outcomes]
@@ -374,22 +371,18 @@ class GhesErrorSource:
         """Build the record's MemoryFailureEvent; publish it when there is a publisher."""
         if out.pfn is None:
             return
-        from hugepfn.host.events import MemoryFailureEvent, SignalSummary
-        from .tasks import BUS_MCEERR_AO, BUS_MCEERR_AR
+        from hugepfn.host.events import MemoryFailureEvent
+
+        from .memory_failure.publish import consumption_count, keep, signal_summaries
 
         m = self.machine
         mf = memory_failure_of(m)
-        signals = tuple(SignalSummary(tid=s.tid, code=s.code, addr=s.addr, lsb=s.addr_lsb)
-                        for s in out.signals if s.signo == "SIGBUS" and s.code in (BUS_MCEERR_AR, BUS_MCEERR_AO))
-        consumed = sum(mf.guard.count(proc.pid, out.pfn) for proc in m.tasks)
         r = out.record
-        out.event = MemoryFailureEvent(
+        out.event = keep(mf, MemoryFailureEvent(
             pfn=out.pfn, device=m.device(self.device_name).pdev.bdf, bar=r.bar, bar_offset=r.bar_offset,
             granularity=r.granularity, policy=mf.policy.name, action=out.action, result=out.result or "Ignored",
-            signals_sent=len(out.signals), signals=signals[:1024], consumption_count=consumed,
-            profile=mf.profile.name)
-        if self.publisher is not None:
-            out.event = self.publisher.publish(out.event)
+            signals_sent=len(out.signals), signals=signal_summaries(out.signals),
+            consumption_count=consumption_count(mf, out.pfn), profile=mf.profile.name), self.publisher)
 
     def close(self) -> None:
         """Stop listening: the eventfds stay with the client (closed with it)."""

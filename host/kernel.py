@@ -1,4 +1,4 @@
-"""Kernel behaviour profiles ("6.12", "6.15", "6.19", "7.0") and architectures (x86_64, arm64).
+"""Kernel behaviour profiles (one per kernel series: "6.1" .. "7.3") and architectures (x86_64, arm64).
 
 A profile pins every version difference of reference/kernel-semantics.md that the model
 emulates; code asks the profile, never a version string.
@@ -12,28 +12,79 @@ from .mm.constants import PMD_ORDER, PUD_ORDER
 
 @dataclass(frozen=True)
 class KernelProfile:
+    """One kernel series as the model emulates it.  Each field is a behaviour that differs
+    between series; docs/kernel-reference.md says which kernel code each one follows and
+    which crosscheck run showed it."""
     name: str
-    # vfio-pci huge_fault alignment rule (ref 1.5): "page" = the faulting page itself must be
-    # order-aligned (v6.12 .. v6.15-rc5); "order" = align the address down to the order (v6.15-rc6+).
-    vfio_alignment: str
-    # THP sysfs `enabled` gates huge pfnmaps on the fault path (ref 1.2 / open question 1).
-    thp_sysfs_gates_pfnmap: bool
-    # nvgrace-gpu generation (ref 2.2): 1 = remap_pfn_range at mmap (PTEs, vm_pgoff = pfn),
+    # vfio-pci huge_fault alignment rule: "page" = the faulting page itself must be
+    # order-aligned (v6.12 .. v6.15-rc5); "order" = align the address down to the order
+    # (v6.15-rc6+, and Debian's 6.12 stable by backport).
+    vfio_alignment: str = "order"
+    # THP sysfs `enabled` gates huge pfnmaps on the fault path.  Since "mm: huge_memory:
+    # bypass THP tuneables for PFNMAP VMAs with ->huge_fault" (vma_file_bypass_thp_tuneables)
+    # it does not; Debian's 6.12 stable already carries that.
+    thp_sysfs_gates_pfnmap: bool = False
+    # nvgrace-gpu generation: 1 = remap_pfn_range at mmap (PTEs, vm_pgoff = pfn),
     # 2 = fault/huge_fault + readiness check after reset.
-    nvgrace_generation: int
+    nvgrace_generation: int = 2
     # memory_failure() handles pfns without struct page (memory_failure_pfn, v6.19).
-    pfnmap_memory_failure: bool
+    pfnmap_memory_failure: bool = True
     # register_pfn_address_space takes a pfn_to_vma_pgoff callback (v6.19-rc4 fixup).
-    pfn_to_vma_pgoff_callback: bool
+    pfn_to_vma_pgoff_callback: bool = True
     # nvgrace-gpu registers usemem/resmem for poison handling at open (v7.0).
-    nvgrace_registers_memory: bool
+    nvgrace_registers_memory: bool = True
+    # vfio-pci has ->huge_fault (huge pfnmaps, v6.12); before, ->fault maps the whole VMA
+    # with io_remap_pfn_range on the first fault ("remap-vma").
+    vfio_fault: str = "huge"
+    # A fault is first tried under the per-VMA lock; a file fault that reaches ->fault of a
+    # VMA without ->map_pages returns VM_FAULT_RETRY there (vmf_can_call_fault) and the
+    # whole fault is retried under mmap_lock, so the driver sees its huge attempts twice.
+    fault_vma_lock_retry: bool = True
+    # pci_dev_save_and_disable / pci_dev_restore warn "resetting" / "reset done" for a
+    # driver without reset_prepare / reset_done handlers.
+    pci_reset_warns: bool = True
+    # What a VMA boundary inside a huge leaf does (vma_adjust_trans_huge): "leaf" = the PUD
+    # or PMD leaf across it is split, i.e. cleared (split_huge_leaf, Debian's 6.12);
+    # "pmd" = only a PMD leaf at a boundary that is not 2 MiB aligned is split; a PUD leaf
+    # stays, and at such a boundary mm_find_pmd walks into the PUD leaf as if it were a PMD
+    # table and the kernel oopses in __split_huge_pmd.
+    vma_split_huge: str = "pmd"
+    # mremap of a huge pfnmap PUD: "move" (move_huge_pud) or "bad-pud" (the move's walk does
+    # not see the leaf as huge: pud_clear_bad logs it and clears it; the new range refaults).
+    mremap_huge_pud: str = "bad-pud"
+    # where pud_clear_bad's pud_ERROR is (the log names the source line): mm/pgtable-generic.c
+    bad_pud_line: int = 44
+    # PR_SET_THP_DISABLE accepts PR_THP_DISABLE_EXCEPT_ADVISED in arg3 (MADV_HUGEPAGE VMAs
+    # keep huge faults); older kernels refuse any arg3 with -EINVAL.
+    thp_disable_except_advised: bool = True
+    # the tracefs system of the memory_failure_event tracepoint (moved from ras to its own
+    # include/trace/events/memory-failure.h in late 2025, with the pfnmap series)
+    memory_failure_trace_system: str = "memory_failure"
 
+
+def _series(name: str, **differences) -> KernelProfile:
+    return KernelProfile(name=name, **differences)
+
+
+_6_12_STABLE = dict(vma_split_huge="leaf", bad_pud_line=42, thp_disable_except_advised=False)
+_BEFORE_PFNMAP_MF = dict(nvgrace_generation=1, pfnmap_memory_failure=False, pfn_to_vma_pgoff_callback=False,
+                         nvgrace_registers_memory=False, memory_failure_trace_system="ras")
 
 PROFILES: dict[str, KernelProfile] = {
-    "6.12": KernelProfile("6.12", "page", True, 1, False, False, False),
-    "6.15": KernelProfile("6.15", "order", True, 1, False, False, False),
-    "6.19": KernelProfile("6.19", "order", True, 2, True, True, False),
-    "7.0": KernelProfile("7.0", "order", True, 2, True, True, True),
+    "6.1": _series("6.1", vfio_fault="remap-vma", fault_vma_lock_retry=False, thp_sysfs_gates_pfnmap=True,
+                   pci_reset_warns=False, **_6_12_STABLE, **_BEFORE_PFNMAP_MF),
+    "6.12": _series("6.12", pci_reset_warns=False, **_6_12_STABLE, **_BEFORE_PFNMAP_MF),
+    "6.16": _series("6.16", bad_pud_line=42, thp_sysfs_gates_pfnmap=True, thp_disable_except_advised=False, **_BEFORE_PFNMAP_MF),
+    "6.17": _series("6.17", bad_pud_line=42, thp_sysfs_gates_pfnmap=True, thp_disable_except_advised=False, **_BEFORE_PFNMAP_MF),
+    "6.18": _series("6.18", bad_pud_line=43, thp_sysfs_gates_pfnmap=True, **_BEFORE_PFNMAP_MF),
+    "6.19": _series("6.19", thp_sysfs_gates_pfnmap=True, nvgrace_registers_memory=False),
+    "7.0": _series("7.0"),
+    "7.1": _series("7.1"),
+    "7.2": _series("7.2"),
+    "7.3": _series("7.3"),
+    # v6.12.0 .. v6.15-rc5 as released, before the stable backports Debian's 6.12 carries
+    "6.12.0": _series("6.12.0", vfio_alignment="page", thp_sysfs_gates_pfnmap=True, pci_reset_warns=False,
+                      thp_disable_except_advised=False, **_BEFORE_PFNMAP_MF),
 }
 
 

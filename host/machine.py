@@ -3,8 +3,9 @@ user-space operations a process performs (mmap, munmap, madvise, memory accesses
 
 An access resolves through the page table or handle_mm_fault and turns the fault result
 into the signal the architecture sends (ref 1.7).  ``hw_poison`` is the hook for
-hardware poison: None by default; when set, every completed access to a poisoned pfn is
-handed to it as a consumption (the machine check path).
+hardware poison: None by default; when set, every completed load of a poisoned line is
+handed to it as a consumption (the machine check path).  Stores consume nothing: a BAR is
+mapped uncached, so a store is a posted write that the device takes as it is.
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from . import kernel as kernel_mod
 from .drivers import DRIVERS
 from .drivers.pci import PciBar, PciDevice
 from .klog import KernelLog
-from .mm.constants import PAGE_SHIFT, PAGE_SIZE, VFIO_PCI_PGOFF_SHIFT, VM_WRITE
+from .mm.constants import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, VFIO_PCI_PGOFF_SHIFT, VM_READ, VM_WRITE
+from .mm.fork import exit_process, fork_process
 from .mm.fault import handle_mm_fault
+from .mm.fault_run import fault_pte_run
 from .mm.mm import MM
-from .mm.mmap import do_madvise, do_mmap, do_munmap
+from .mm.mmap import do_madvise, do_mmap, do_mprotect, do_mremap, do_munmap
 from .mm.pagetable import Leaf
 from .mm.vm_fault import (VM_FAULT_HWPOISON, VM_FAULT_HWPOISON_LARGE, VM_FAULT_HINDEX_MASK,
                           VM_FAULT_HINDEX_SHIFT, VM_FAULT_NOPAGE, VM_FAULT_OOM, VM_FAULT_SIGBUS,
@@ -48,7 +51,8 @@ MACHINE_EXTENSIONS: list[Callable[["Machine"], None]] = []
 class HwPoisonHook(Protocol):
     """What the machine asks about hardware poison (implemented by the memory-failure model)."""
 
-    def is_poisoned(self, pfn: int) -> bool: ...
+    def is_poisoned(self, pfn: int, offset: int | None = None) -> bool:
+        """Is the line at byte ``offset`` of page ``pfn`` bad (None: any byte of the page)?"""
 
     def first_poisoned(self, pfn_lo: int, pfn_hi: int) -> int | None:
         """Smallest poisoned pfn in [pfn_lo, pfn_hi), or None."""
@@ -104,7 +108,7 @@ def _disabled_register(space: "PfnAddressSpace") -> int:
 
 
 class Machine:
-    def __init__(self, kernel: str = "7.0", arch: str = "x86_64", thp: str = "always",
+    def __init__(self, kernel: str = "7.3", arch: str = "x86_64", thp: str = "always",
                  policy: str = "upstream", sysctl: dict[str, int] | None = None,
                  thp_sysfs_gates_pfnmap: bool | None = None, dyndbg: bool = True) -> None:
         self.profile = kernel_mod.profile(kernel)
@@ -121,9 +125,9 @@ class Machine:
         self.sysctl = dict(DEFAULT_SYSCTL)
         self.sysctl.update(sysctl or {})
         self.tasks = TaskList()
-        self.klog = KernelLog()
-        self.klog.dyndbg = dyndbg
         self.clock = Clock()
+        self.klog = KernelLog(self.clock)
+        self.klog.dyndbg = dyndbg
         self.devices: dict[str, "VfioPciCoreDevice"] = {}
         self.zap_journal: list = []
         self.hw_poison: HwPoisonHook | None = None
@@ -169,18 +173,33 @@ class Machine:
 
     # -- syscalls -------------------------------------------------------------------------------------
     def mmap(self, pid: int, device: str, region: int, offset: int, length: int, addr: int,
-             shared: bool = True) -> int:
+             shared: bool = True, prot: int = PROT_READ | PROT_WRITE) -> int:
         """mmap(addr, length, RW, MAP_FIXED|MAP_SHARED, devfd, region << 40 | offset): 0 or -errno."""
         proc = self.tasks.process(pid)
         dev = self.device(device)
         if offset % PAGE_SIZE or region < 0 or offset < 0:
             return -errno.EINVAL
         pgoff = (region << VFIO_PCI_PGOFF_SHIFT) + (offset >> PAGE_SHIFT)
-        got = do_mmap(proc.mm, dev.file, addr, length, pgoff, shared, dev.mmap)
+        got = do_mmap(proc.mm, dev.file, addr, length, pgoff, shared, dev.mmap, prot=prot)
         return got if isinstance(got, int) else 0
 
     def munmap(self, pid: int, addr: int, length: int) -> int:
         return do_munmap(self.tasks.process(pid).mm, addr, length)
+
+    def mprotect(self, pid: int, addr: int, length: int, prot: int) -> int:
+        return do_mprotect(self.tasks.process(pid).mm, addr, length, prot)
+
+    def mremap(self, pid: int, addr: int, length: int, new_length: int, flags: int, new_addr: int = 0) -> int:
+        """mremap(2): the new address, or a negative errno."""
+        return do_mremap(self.tasks.process(pid).mm, addr, length, new_length, flags, new_addr)
+
+    def fork(self, pid: int, child: int) -> int:
+        """fork(2) by ``pid``'s main thread: ``child`` gets a copy of the mm (dup_mmap)."""
+        return fork_process(self, pid, child)
+
+    def exit(self, pid: int) -> int:
+        """The process exits: exit_mmap removes every VMA; its threads are gone."""
+        return exit_process(self, pid)
 
     def madvise(self, pid: int, addr: int, length: int, advice: int) -> int:
         return do_madvise(self.tasks.process(pid).mm, addr, length, advice)
@@ -200,7 +219,7 @@ class Machine:
         mm = thread.process.mm
         calls: list[tuple[int, int]] = []
         vma = mm.find_vma(addr)
-        if vma is None or (write and not vma.vm_flags & VM_WRITE):
+        if vma is None or not vma.vm_flags & (VM_WRITE if write else VM_READ):
             # bad_area: no VMA (SEGV_MAPERR) or an access the VMA does not permit (SEGV_ACCERR)
             self.tasks.force_sig_fault(thread, "SIGSEGV", SEGV_MAPERR if vma is None else SEGV_ACCERR, addr)
             return AccessResult(VM_FAULT_SIGSEGV, calls, None, journal[mark:])
@@ -216,9 +235,12 @@ class Machine:
         hook = self.hw_poison
         if hook is not None and leaf is not None:
             pfn = leaf.pfn_at(addr)
-            if hook.is_poisoned(pfn):
+            if not write and hook.is_poisoned(pfn, addr & (PAGE_SIZE - 1)):
+                # a load machine-checks; a store to the BAR's uncached mapping is posted and
+                # consumes nothing.  The handling may unmap the address (hard-offline, split):
+                # the result says what maps it afterwards.
                 hook.consume(thread, vma, addr, pfn, write)
-                return AccessResult(ret, calls, leaf, journal[mark:], True)
+                return AccessResult(ret, calls, lookup(addr), journal[mark:], True)
         return AccessResult(ret, calls, leaf, journal[mark:] if len(journal) != mark else None)
 
     def _deliver_fault_result(self, thread: Thread, addr: int, ret: int) -> None:
@@ -243,7 +265,9 @@ class Machine:
         """Access start, start + stride, ... < end, as a loop in the task would.
 
         Accesses that hit an existing leaf take no fault, so the walk skips through a mapped
-        leaf arithmetically instead of making one call per access.  The walk stops at the first
+        leaf arithmetically instead of making one call per access; with a 4 KiB stride and no
+        hardware poison, the first-touch faults of a PTE table's empty entries are taken as one
+        run when the driver offers it (host/mm/fault_run.py).  The walk stops at the first
         access that raised a signal (a real loop would be in its SIGBUS handler)."""
         if stride <= 0 or stride % PAGE_SIZE:
             raise ValueError("stride must be a positive multiple of the page size")
@@ -253,9 +277,19 @@ class Machine:
         out = TouchResult()
         hook = self.hw_poison
         addr = start
+        runs = stride == PAGE_SIZE and hook is None
         while addr < end:
             leaf = pt.lookup(addr)
             if leaf is None:
+                if runs:
+                    vma = mm.find_vma(addr)
+                    if vma is not None and (not write or vma.vm_flags & VM_WRITE):
+                        done = fault_pte_run(vma, addr, end, write)
+                        if done:
+                            out.accesses += done
+                            out.faults += done
+                            addr += done << PAGE_SHIFT
+                            continue
                 res = self.access(tid, addr, write)
                 out.accesses += 1
                 out.faults += 1 if res.calls or res.ret else 0

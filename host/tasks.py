@@ -9,8 +9,7 @@ runs in user space.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from .mm.mm import MM
 
@@ -40,10 +39,10 @@ PF_MCE_PROCESS = 0x00000080
 PF_MCE_EARLY = 0x08000000
 
 
-@dataclass(slots=True)
-class Signal:
+class Signal(NamedTuple):
     """One signal sent to one thread.  ``code`` is the si_code (BUS_MCEERR_AR, ...) or None
-    for a signal without siginfo fields (SIGKILL); ``addr``/``addr_lsb`` likewise."""
+    for a signal without siginfo fields (SIGKILL); ``addr``/``addr_lsb`` likewise.  Immutable:
+    a record of what was sent (a tuple, so memory_failure can build thousands cheaply)."""
     tid: int
     signo: str                  # "SIGBUS" | "SIGKILL" | "SIGSEGV"
     code: int | None = None
@@ -164,6 +163,12 @@ class TaskList:
         self.processes[pid] = proc
         return proc
 
+    def remove_process(self, pid: int) -> None:
+        """The process has exited: its pid and tids are free again."""
+        proc = self.processes.pop(pid)
+        for thread in proc.threads:
+            self.threads.pop(thread.tid, None)
+
     def add_thread(self, process: Process, tid: int) -> Thread:
         """clone(CLONE_THREAD) from the main thread: the new thread inherits its PF_MCE_* flags."""
         if tid in self.threads:
@@ -213,6 +218,28 @@ class TaskList:
         thread.received.append(sig)
         self.journal.append(sig)
         return sig
+
+    def send_signals(self, thread: Thread, signo: str, code: int | None, addrs: list[int | None],
+                     addr_lsb: int | None = None, forced: bool = False) -> list[Signal]:
+        """send_signal for each of ``addrs`` in turn, in one go (memory_failure signals every VMA
+        of a thread's mm): exactly the Signals, pending state and journal that the calls give."""
+        signum = SIGNAL_NUMBERS.get(signo)
+        if signum is None:
+            raise ValueError(f"unknown signal {signo!r}")
+        if not addrs:
+            return []
+        tid, new = thread.tid, tuple.__new__
+        if signum >= SIGRTMIN:              # real-time signals queue every instance
+            sigs = [new(Signal, (tid, signo, code, addr, addr_lsb, True, forced)) for addr in addrs]
+            thread.pending[signo] = sigs[-1]
+        else:                               # only the first can be queued; then it is pending
+            first = signo not in thread.pending
+            sigs = [new(Signal, (tid, signo, code, addr, addr_lsb, False, forced)) for addr in addrs]
+            if first:
+                sigs[0] = thread.pending[signo] = sigs[0]._replace(delivered=True)
+        thread.received.extend(sigs)
+        self.journal.extend(sigs)
+        return sigs
 
     def force_sig_fault(self, thread: Thread, signo: str, code: int, addr: int) -> Signal:
         """force_sig_fault: what the arch fault handler sends for VM_FAULT_SIGBUS/SIGSEGV."""

@@ -89,7 +89,7 @@ class Trace:
         return render_table(self.to_json())
 
 
-_SKIP = {"index", "do", "ret", "calls", "mapped", "signals", "log", "zapped", "note"}
+_SKIP = {"index", "do", "ret", "calls", "mapped", "signals", "log", "zapped", "note", "events"}
 
 
 def _signal_text(s: dict) -> str:
@@ -143,6 +143,9 @@ def render_table(data: dict) -> str:
             lines.append(f"{pad}zapped: pid {z['pid']} {z['level'].upper()} {z['va']} +{z['length']}")
         for line in s.get("log", []):
             lines.append(f"{pad}log: {line}")
+        for ev in s.get("events", []):
+            lines.append(f"{pad}event: {ev['device']} BAR{ev['bar']}+{ev['bar_offset']} pfn {ev['pfn']} "
+                         f"action {ev['action']} result {ev['result']} signals {ev['signals_sent']}")
     lines.append("")
     lines.append("summary (live leaves per level, faults taken):")
     for pid, c in data.get("summary", {}).items():

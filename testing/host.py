@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hugepfn.device.poison import DEFAULT_GRANULARITY
 from hugepfn.host.machine import AccessResult, Machine, TouchResult
 from hugepfn.host.memory_failure import memory_failure_of, region_space
 from hugepfn.host.mm.constants import PAGE_SIZE, PUD_SIZE
@@ -35,12 +36,29 @@ class HostError(OSError):
     """A host operation failed with an errno (the message says which call and why)."""
 
 
+class PoisonConsumed(HostError):
+    """A load through a BAR mapping read a poisoned line: the machine check was handled
+    (``result``: the AccessResult, with ``.signals``); the load returned no data."""
+
+    def __init__(self, addr: int, result: AccessResult) -> None:
+        super().__init__(errno.EIO, f"load at {addr:#x} consumed poisoned memory (machine check)")
+        self.addr = addr
+        self.result = result
+
+    @property
+    def signals(self) -> list["Signal"]:
+        return self.result.signals
+
+
 @dataclass
 class PoisonResult:
-    """One ``Host.poison``: what the device poisoned (``injected``: bar, offset, length, dpa,
-    granularity, as the control channel reports it) and what the host's error source made
-    of the records it read (``records``: pfns and memory_failure outcomes)."""
-    injected: dict
+    """What one poison or error-processing call did: ``Host.poison`` and ``Host.process_errors``
+    both return one.  ``injected``: what the device poisoned (bar, offset, length, dpa,
+    granularity, sequence, as the control channel reports it; None for process_errors);
+    ``records``: one hugepfn.host.ghes.ErrorOutcome per error record the host's error source
+    read and handled ([] when nothing was processed); ``interrupted``: whether the device's
+    error interrupt reached the host."""
+    injected: dict | None = None
     records: list = field(default_factory=list)
     interrupted: bool = False
 
@@ -62,6 +80,11 @@ class PoisonResult:
     @property
     def signals(self) -> list["Signal"]:
         return [s for rec in self.records for s in rec.signals]
+
+    @property
+    def events(self) -> list:
+        """The MemoryFailureEvent of each record (stamped when the host publishes events)."""
+        return [rec.event for rec in self.records if rec.event is not None]
 
 
 @dataclass
@@ -92,13 +115,41 @@ class BarMapping:
         return self.proc.touch(self.va(start), length, stride, write, tid)
 
     def write(self, bar_offset: int, data: bytes) -> None:
-        """Store bytes through the host's real mmap of the BAR (see BoundDevice.host_write)."""
-        self.va(bar_offset)
-        self.device.host_write(self.bar, bar_offset, data)
+        """Store bytes through the host's real mmap of the BAR (see BoundDevice.host_write).
 
-    def read(self, bar_offset: int, count: int) -> bytes:
+        Stores to poisoned lines are posted writes: nothing machine-checks, the data lands and
+        the poison stays, except on a device whose memory is repaired by writes (profile
+        ``repair_by_write``, e.g. ``rebar``), where every cacheline the store covers whole is
+        good again, as a REGION_WRITE of the same bytes makes it."""
         self.va(bar_offset)
+        self.va(bar_offset + len(data) - 1)
+        self.device.host_write(self.bar, bar_offset, data)
+        device = self.device.served.device
+        if device.profile.repair_by_write:
+            device.poison.repair_covered(self.bar, bar_offset, len(data))
+
+    def read(self, bar_offset: int, count: int, tid: int | None = None) -> bytes:
+        """Load ``count`` bytes through the host's real mmap of the BAR, as thread ``tid``
+        (default: the main thread).  A poisoned line machine-checks as a CPU load does: the
+        consumption is handled (memory_failure with MF_ACTION_REQUIRED for that thread, the
+        SIGBUS that follows) and PoisonConsumed is raised with the access's result."""
+        self.va(bar_offset)
+        self.va(bar_offset + count - 1)
+        bad = self._first_bad_line(bar_offset, count)
+        if bad is not None:
+            result = self.access(bad, tid=tid)          # the CPU's load of that line
+            if result.consumed:
+                raise PoisonConsumed(self.va(bad), result)
         return self.device.host_read(self.bar, bar_offset, count)
+
+    def _first_bad_line(self, bar_offset: int, count: int) -> int | None:
+        """BAR offset of the first poisoned cacheline the load covers, or None."""
+        base = self.device.bar_address(self.bar)
+        for memory in self.proc.host.mf.hardware.devices:
+            if memory.address == base:
+                phys = memory.first_bad(base + bar_offset, base + bar_offset + count)
+                return None if phys is None else phys - base
+        return None
 
 
 class Proc:
@@ -227,7 +278,8 @@ class Host:
         return proc
 
     # -- poison ----------------------------------------------------------------------------------------
-    def poison(self, device: BoundDevice | str = "gpu", bar: int = 2, offset: int = 0, granularity: int = 64,
+    def poison(self, device: BoundDevice | str = "gpu", bar: int = 2, offset: int = 0,
+               granularity: int = DEFAULT_GRANULARITY,
                process: bool = True, current: int | None = None, interrupt_timeout: float = 5.0) -> PoisonResult:
         """Poison the naturally aligned ``granularity`` block at BAR ``bar`` + ``offset`` of the
         served device through its control socket (what `hugepfn inject` does); with
@@ -241,14 +293,16 @@ class Host:
         result = PoisonResult(injected)
         if process:
             result.interrupted = dev.error_source.wait(interrupt_timeout)
-            result.records = self.process_errors(dev, current)
+            result.records = self.process_errors(dev, current).records
         return result
 
-    def process_errors(self, device: BoundDevice | str = "gpu", current: int | None = None) -> list:
+    def process_errors(self, device: BoundDevice | str = "gpu", current: int | None = None) -> PoisonResult:
         """Let the host's error source handle every pending record of ``device`` (records
-        queued while nothing processed them, or by `hugepfn inject` from outside)."""
+        queued while nothing processed them, or by `hugepfn inject` from outside): the report
+        arrives.  Returns a PoisonResult without ``injected``."""
         source = self.device(device).error_source
-        return source.process_pending() if current is None else source.process_pending(current)
+        records = source.process_pending() if current is None else source.process_pending(current)
+        return PoisonResult(None, records, source.interrupts > 0)
 
     def pfn(self, device: BoundDevice | str, bar: int, offset: int = 0) -> int:
         return self.device(device).bar_pfn(bar, offset)

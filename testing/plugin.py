@@ -1,10 +1,11 @@
 """The hugepfn pytest plugin, registered through the `pytest11` entry point (any suite with
 hugepfn installed gets it; `-p hugepfn.testing.plugin` loads it explicitly).
 
-Fixtures (testing/fixtures.py): hugepfn_served_device, hugepfn_host, hugepfn_kernel,
-hugepfn_backend, hugepfn_workdir, hugepfn_events_dir, hugepfn_netns.
-Helpers (import from hugepfn.testing): assert_signal, assert_no_signal, assert_mapping,
-run_scenario.  Option: --hugepfn-backend.  Marker: hugepfn_kernel("6.19", "7.0").
+Fixtures (testing/fixtures.py): hugepfn_served_device, hugepfn_host (and their module_ and
+session_ scoped forms), hugepfn_monitor, hugepfn_kernel, hugepfn_backend, hugepfn_workdir,
+hugepfn_events_dir, hugepfn_netns.  Helpers (import from hugepfn.testing): assert_signal,
+assert_no_signal, assert_mapping, run_scenario.  Option: --hugepfn-backend.  Ini keys:
+hugepfn_backend, hugepfn_drivers, hugepfn_state_dir.  Marker: hugepfn_kernel("6.19", "7.0").
 SIGTERM stops the run as Ctrl-C does (teardown runs: no server or socket directory is left).
 See docs/fault-injection.md.
 """
@@ -18,19 +19,31 @@ import pytest
 
 from hugepfn.device.vfio_user.backends import CHOICES
 
-from .fixtures import (hugepfn_backend, hugepfn_events_dir, hugepfn_host, hugepfn_kernel, hugepfn_netns,
-                       hugepfn_served_device, hugepfn_workdir, kernel_params)
+from .fixtures import (_hugepfn_module_scope, _hugepfn_scope, _hugepfn_session_scope, configured_backend,
+                       hugepfn_backend, hugepfn_events_dir, hugepfn_host, hugepfn_kernel, hugepfn_module_host,
+                       hugepfn_module_served_device, hugepfn_monitor, hugepfn_netns, hugepfn_served_device,
+                       hugepfn_session_host, hugepfn_session_served_device, hugepfn_workdir, kernel_params)
 
 # pytest registers the fixtures it finds in this module's namespace
-__all__ = ["hugepfn_backend", "hugepfn_events_dir", "hugepfn_host", "hugepfn_kernel", "hugepfn_netns",
-           "hugepfn_served_device", "hugepfn_workdir"]
+__all__ = ["_hugepfn_module_scope", "_hugepfn_scope", "_hugepfn_session_scope", "hugepfn_backend",
+           "hugepfn_events_dir", "hugepfn_host", "hugepfn_kernel", "hugepfn_module_host",
+           "hugepfn_module_served_device", "hugepfn_monitor", "hugepfn_netns", "hugepfn_served_device",
+           "hugepfn_session_host", "hugepfn_session_served_device", "hugepfn_workdir"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hugepfn", "hugepfn fault injection")
-    group.addoption("--hugepfn-backend", dest="hugepfn_backend", default="auto", choices=CHOICES,
+    group.addoption("--hugepfn-backend", dest="hugepfn_backend", default=None, choices=CHOICES,
                     help="vfio-user backend for hugepfn_served_device: auto (libvfio-user when "
-                         "present, else python), python or libvfio-user (default: auto)")
+                         "present, else python), python or libvfio-user (default: the ini key "
+                         "hugepfn_backend, else auto)")
+    parser.addini("hugepfn_backend", "default vfio-user backend of served devices: auto, python or libvfio-user",
+                  default="auto")
+    parser.addini("hugepfn_drivers", "modules to import at start-up that register variant drivers "
+                                     "(hugepfn.host.drivers.register_driver), one per line", type="linelist",
+                  default=[])
+    parser.addini("hugepfn_state_dir", "directory where served devices keep their poison state, one "
+                                       "subdirectory per test (emptied when it starts); default: none", default="")
 
 
 class Terminated(KeyboardInterrupt):
@@ -60,9 +73,19 @@ def _default_in_forked_children() -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    import importlib
+
+    backend = configured_backend(config)
+    if backend not in CHOICES:
+        raise pytest.UsageError(f"hugepfn_backend: unknown backend {backend!r} (choose from {', '.join(CHOICES)})")
+    for module in config.getini("hugepfn_drivers"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise pytest.UsageError(f"hugepfn_drivers: cannot import {module!r}: {exc}") from None
     config.addinivalue_line(
         "markers", "hugepfn_kernel(*versions): run the test once per kernel profile "
-                   "(6.12, 6.15, 6.19, 7.0; none named: all); hugepfn_host uses it")
+                   "(e.g. 6.1, 6.12, 6.16, 7.3; none named: all); hugepfn_host uses it")
     # Only where nobody else handles SIGTERM (the default would kill the process with no
     # teardown, leaving sockets and their directories behind).
     if threading.current_thread() is threading.main_thread() \
@@ -94,6 +117,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    from hugepfn.device.vfio_user.backends import BackendUnavailable, select_backend
+
     from .wiring import PIPELINE
 
-    return f"hugepfn: backend={config.getoption('hugepfn_backend')}, pipeline: {PIPELINE}"
+    requested = configured_backend(config)
+    try:
+        choice, why = select_backend(requested)
+        chosen = f"{choice.name} ({why})"
+    except BackendUnavailable as exc:
+        chosen = f"none ({exc})"
+    return f"hugepfn: backend={chosen}, pipeline: {PIPELINE}"

@@ -7,7 +7,9 @@ Two joins, both built from the project's own pieces:
   are those bus addresses (host pfns are the device's) and whose BAR0 reads go over vfio-user;
 * the poison pipeline — the device queues a CPER record and raises its MSI-X error vector;
   hugepfn.host.ghes.GhesErrorSource reads the record over vfio-user, translates the address
-  and calls memory_failure as a firmware-first (GHES) report would.
+  and calls memory_failure as a firmware-first (GHES) report would;
+* the memory itself — the device's poison model answers for its memory BARs (where firmware
+  placed them), so a load of a bad line machine-checks before any record is read.
 
 A fixture that needs another binding or error source changes only this module.
 """
@@ -18,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from hugepfn.host.attach import host_pci_device
 from hugepfn.host.ghes import GhesErrorSource
+from hugepfn.host.memory_failure import memory_failure_of
+from hugepfn.host.memory_failure.hardware import device_memory
 from hugepfn.host.mm.constants import PAGE_SHIFT
 from hugepfn.host.vfio_user.client import VfioUserClient
 from hugepfn.host.vfio_user.firmware import BarPlacement, assign_bar_addresses
@@ -97,6 +101,9 @@ def bind(machine: "Machine", served: "ServedDevice", name: str = "gpu", driver: 
         cursor = machine.extensions.setdefault(MMIO_CURSOR_KEY, {})
         placements = {p.index: p for p in assign_bar_addresses(client, **cursor)}
         host_device = machine.add_device(name, driver, bdf, pdev=host_pci_device(client, placements, bdf))
+        hardware = memory_failure_of(machine).hardware
+        for memory in device_memory(served.device, placements):   # the device's poison is the truth
+            hardware.add_device_memory(memory)
         for p in placements.values():
             key = "mmio64_base" if p.is_64bit else "mmio32_base"
             cursor[key] = max(cursor.get(key, 0), p.address + p.size)
@@ -111,4 +118,5 @@ def error_source(machine: "Machine", bound: BoundDevice, publisher=None, mode: s
     error vector: ``mode`` "async" (memory_failure from a kworker) or "sync" (task work on the
     consuming thread); ``publisher`` gets one MemoryFailureEvent per record."""
     return GhesErrorSource(machine, bound.name, bound.client, mode=mode, publisher=publisher,
-                           irq="msix", error_vector=bound.served.device.profile.error_vector)
+                           irq="msix", error_vector=bound.served.device.profile.error_vector,
+                           mark_hardware=False)     # the device's own poison model answers loads

@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"device": "hugepfn.device", "host": "hugepfn.host", "cli": "hugepfn.cli",
-           "testing": "hugepfn.testing", "fixtures": "hugepfn.fixtures"}
+           "testing": "hugepfn.testing", "fixtures": "hugepfn.fixtures", "crosscheck": "hugepfn.crosscheck"}
 
 
 def _pyproject() -> dict:

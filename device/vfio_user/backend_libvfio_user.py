@@ -723,9 +723,10 @@ class Server:
             self.stats["connections"] += 1
             self._last_input = time.monotonic()
             self._stalled_since = self._partial_since = None
+            log.info("vfio-user: client attached on %s (libvfio-user negotiated the version)", self.socket_path)
         elif err not in (errno.EAGAIN, errno.EWOULDBLOCK):
             self.stats["failed_attaches"] += 1
-            log.info("vfio-user client failed to negotiate: %s", os.strerror(err))
+            log.info("vfio-user: client failed to negotiate: %s", os.strerror(err))
 
     def _abort_attach(self):
         """Unblock a VERSION negotiation with a client that never sends it."""
@@ -826,7 +827,7 @@ class Server:
         elif handled < 0:
             err = ffi.errno
             if err == errno.ENOTCONN:
-                log.info("vfio-user client disconnected from %s", self.socket_path)
+                log.info("vfio-user: client gone: disconnected from %s", self.socket_path)
             elif err not in (errno.EAGAIN, errno.EBUSY):
                 self.stats["run_errors"] += 1
                 log.debug("vfu_run_ctx: %s", os.strerror(err))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..interface import ServedDevice
 from .engine import ServerEngine, State
-from .events import CommandFailed, Disconnected, Negotiated, PeerReply
+from .events import Disconnected, Negotiated, PeerReply
 from .limits import ConnectionLimits
 from .transport import listen_unix, recvmsg_fds, send_some
 from .wire import DMA_ACCESS
@@ -160,17 +160,22 @@ class VfioUserServer:
     backend_name = "python"
 
     def __init__(self, device: ServedDevice, socket_path: str | os.PathLike,
-                 limits: ConnectionLimits | None = None, **engine_options):
+                 listener: socket.socket | None = None, limits: ConnectionLimits | None = None,
+                 **engine_options):
+        """``listener``: a socket already listening (a manager's, `hugepfn serve --fd`); the
+        server then serves it as it is and neither creates nor removes ``socket_path``.
+        ``limits``: how long and how much one client may hold the server."""
         self.device = device
         self.socket_path = Path(socket_path)
         self.limits = limits or ConnectionLimits()
         self.engine_options = engine_options
+        self._owns_socket_file = listener is None
         self.engine: ServerEngine | None = None      # the current client's engine
         self.clients_served = 0
         self.clients_refused = 0
         self.clients_dropped = 0                     # closed by the server for going over a limit
         self.event_log: deque = deque(maxlen=1000)   # recent events, for status and tests
-        self._listener: socket.socket | None = None
+        self._listener: socket.socket | None = listener
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stop = threading.Event()
         self._jobs: deque = deque()                  # callables the server thread runs for others
@@ -224,10 +229,11 @@ class VfioUserServer:
         self._closed = True
         if self._listener is not None:
             self._listener.close()
-            try:
-                self.socket_path.unlink()
-            except FileNotFoundError:
-                pass
+            if self._owns_socket_file:
+                try:
+                    self.socket_path.unlink()
+                except FileNotFoundError:
+                    pass
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -427,5 +433,4 @@ class VfioUserServer:
                          event.reply_capabilities)
             elif isinstance(event, Disconnected):
                 log.info("vfio-user: client gone: %s", event.reason)
-            elif isinstance(event, CommandFailed):
-                log.debug("vfio-user: command %d failed: %s", event.cmd, event.message)
+            # (a CommandFailed was logged by the engine, with its errno name, when it failed)

@@ -1,7 +1,7 @@
 """Every vfio-user message, declared once with construct.
 
 Layouts follow QEMU's docs/interop/vfio-user.rst and libvfio-user's
-include/vfio-user.h (see /work/shared/reference/vfio-user-protocol.md).  All
+include/vfio-user.h.  All
 fields are little-endian and packed; payload offsets start after the 16-byte
 header.
 
@@ -154,7 +154,7 @@ DmaUnmap = Struct(
     "size" / Int64ul,
 )
 
-# Server -> client.  libvfio-user's layout (u64 count); see the reference, section 3.9.
+# Server -> client.  libvfio-user's layout (u64 count; QEMU's client declares a 32-bit count).
 DmaAccess = Struct(
     "address" / Int64ul,
     "count" / Int64ul,

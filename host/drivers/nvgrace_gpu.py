@@ -63,6 +63,7 @@ class MemRegion:
 
 class NvgraceGpuDevice(VfioPciCoreDevice):
     driver_name = "nvgrace_gpu_vfio_pci"          # KBUILD_MODNAME of nvgrace-gpu-vfio-pci.ko
+    has_reset_done = True                         # nvgrace_gpu_vfio_pci_reset_done
     nv_vm_ops_name = "nvgrace_gpu_vfio_pci_mmap_ops"     # its own ops; BARs keep the core's
 
     def __init__(self, machine: "Machine", pdev: PciDevice, name: str | None = None,
@@ -192,7 +193,7 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
                 lock.up_read()
             ret = self.vmf_insert_pfn(vmf, pfn, order)
         if self.klog.dyndbg:
-            self.klog.lazy(self._fmt_nv_fault, order, pfn, ret)
+            self.klog.debug_ratelimited("nvgrace_gpu_vfio_pci_huge_fault", self._fmt_nv_fault, order, pfn, ret)
         return ret
 
     # -- reset readiness -----------------------------------------------------------------------------

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 from ..mm.constants import (PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER, VFIO_PCI_OFFSET_SHIFT,
                             VFIO_PCI_PGOFF_MASK, VFIO_PCI_PGOFF_SHIFT, VM_ALLOW_ANY_UNCACHED, VM_DONTDUMP,
-                            VM_DONTEXPAND, VM_IO, VM_PFNMAP, VM_SHARED)
+                            VM_DONTEXPAND, VM_IO, VM_MIXEDMAP, VM_PFNMAP, VM_SHARED)
 from ..mm.fault import VmFaultCtx
 from ..mm.insert import vmf_insert_pfn, vmf_insert_pfn_pmd, vmf_insert_pfn_pud
 from ..mm.mapping import AddressSpace, File
-from ..mm.vm_fault import VM_FAULT_FALLBACK, VM_FAULT_SIGBUS
+from ..mm.vm_fault import VM_FAULT_FALLBACK, VM_FAULT_NOPAGE, VM_FAULT_SIGBUS
 from ..mm.vma import Vma, VmOperations
-from ..mm.zap import VmaZap, unmap_mapping_range
+from ..mm.zap import VmaZap, unmap_mapping_range, zap_vma_range
 from .pci import (PCI_COMMAND, PCI_COMMAND_MEMORY, PCI_D0, PCI_D3hot, PCI_PM_CTRL, PCI_PM_CTRL_STATE_MASK,
                   PciDevice)
 
@@ -103,7 +103,15 @@ class VfioPciCoreDevice:
         self.is_open = False
         self.barmap: set[int] = set()
         self.num_regions = 0       # device-specific regions after VFIO_PCI_NUM_REGIONS
-        self.vm_ops = VmOperations(self.vm_ops_name, fault=self.fault, huge_fault=self.huge_fault)
+        if self.profile.vfio_fault == "remap-vma":
+            # before huge pfnmaps (6.1 .. 6.11): the first fault maps the whole VMA, the driver
+            # keeps a list of the VMAs it populated and zaps those (vfio_pci_zap_and_vma_lock)
+            self.vm_ops = VmOperations(self.vm_ops_name, fault=self.fault_whole_vma,
+                                       open=self.mmap_open, close=self.mmap_close)
+        else:
+            self.vm_ops = VmOperations(self.vm_ops_name, fault=self.fault, huge_fault=self.huge_fault,
+                                       fault_run=self.fault_run if self._faults_are_the_core_s() else None)
+        self.vma_list: list[Vma] = []
         self.dev_prefix = f"{self.driver_name} {pdev.bdf}: "
         self._align_faulting_page = self.profile.vfio_alignment == "page"
 
@@ -181,7 +189,32 @@ class VfioPciCoreDevice:
         vma.vm_private_data = self
         vma.vm_flags |= VM_ALLOW_ANY_UNCACHED | VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP
         vma.vm_ops = self.vm_ops
+        if self.profile.vfio_fault == "remap-vma":
+            vma.vm_pgoff = self.vma_to_pfn(vma)     # 6.1: vm_pgoff holds the pfn, not the region
         return 0
+
+    # -- 6.1 .. 6.11: the whole VMA on the first fault --------------------------------------------
+    def fault_whole_vma(self, vmf: VmFaultCtx) -> int:
+        """vfio_pci_mmap_fault (6.1): SIGBUS while memory is off or low power is engaged; a VMA
+        already on the list was populated (NOPAGE, nothing to do); else io_remap_pfn_range of
+        the whole VMA and the VMA goes on the list."""
+        vma = vmf.vma
+        self.memory_lock.read_acquisitions += 1
+        if self.pm_runtime_engaged or not self.memory_enabled():
+            return VM_FAULT_SIGBUS
+        if any(v is vma for v in self.vma_list):
+            return VM_FAULT_NOPAGE
+        vma.vm_mm.pgtable.set_pte_range(vma.vm_start, vma.vm_end, vma.vm_pgoff)
+        self.vma_list.append(vma)
+        return VM_FAULT_NOPAGE
+
+    def mmap_open(self, vma: Vma) -> None:
+        """vfio_pci_mmap_open: a copied or split-off VMA starts with its PTEs zapped (it is not
+        on the list, so the next fault populates it)."""
+        zap_vma_range(vma, vma.vm_start, vma.vm_end)
+
+    def mmap_close(self, vma: Vma) -> None:
+        self.vma_list = [v for v in self.vma_list if v is not vma]
 
     def region_mmap(self, index: int, vma: Vma) -> int:
         """A device-specific region's own mmap op; the core has none."""
@@ -214,7 +247,8 @@ class VfioPciCoreDevice:
             else:
                 ret = self.vmf_insert_pfn(vmf, pfn, order)
         if self.klog.dyndbg:
-            self.klog.lazy(self._fmt_huge_fault, order, vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT, pgoff, ret)
+            self.klog.debug_ratelimited("vfio_pci_mmap_huge_fault", self._fmt_huge_fault, order,
+                                        vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT, pgoff, ret)
         return ret
 
     def vmf_insert_pfn(self, vmf: VmFaultCtx, pfn: int, order: int) -> int:
@@ -238,9 +272,44 @@ class VfioPciCoreDevice:
             return vmf_insert_pfn_pud(vmf, pfn, False)
         return VM_FAULT_FALLBACK
 
+    def _faults_are_the_core_s(self) -> bool:
+        """fault_run repeats this class's order-0 fault; a variant overriding it gets none."""
+        cls = type(self)
+        return all(getattr(cls, name) is getattr(VfioPciCoreDevice, name)
+                   for name in ("fault", "huge_fault", "vmf_insert_pfn"))
+
+    def fault_run(self, vma: Vma, addr: int, n: int, write: bool) -> int:
+        """``fault`` for the n pages from ``addr`` (their PTEs empty, their PTE table present),
+        in one go: the same PTEs, memory_lock read count and debug lines (VmOperations.fault_run).
+        Declines (0) whenever the first fault would not return VM_FAULT_NOPAGE."""
+        pdev = self.pdev
+        if (self.memory_lock.writer or self.pm_runtime_engaged or pdev.current_state >= PCI_D3hot
+                or not (pdev.is_virtfn or pdev.command_reg & PCI_COMMAND_MEMORY)    # as vmf_insert_pfn
+                or vma.vm_flags & (VM_PFNMAP | VM_MIXEDMAP | VM_SHARED) != VM_PFNMAP | VM_SHARED
+                or addr < vma.vm_start or addr + (n << PAGE_SHIFT) > vma.vm_end):
+            return 0
+        pgoff = (addr - vma.vm_start) >> PAGE_SHIFT
+        pfn = (self.vma_to_pfn(vma) + pgoff) & ULONG_MASK
+        self.memory_lock.read_acquisitions += n
+        vma.vm_mm.pgtable.set_pte_range(addr, addr + (n << PAGE_SHIFT), pfn)
+        if self.klog.dyndbg:
+            index = vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT
+            passed = self.klog.debug_ratelimited_count("vfio_pci_mmap_huge_fault", n)
+            for k in range(passed):
+                self.klog.lazy(self._fmt_huge_fault, 0, index, pgoff + k, VM_FAULT_NOPAGE)
+        return n
+
     # -- zap and the paths that use it --------------------------------------------------------------
     def zap_bars(self) -> list[VmaZap]:
-        """vfio_pci_zap_bars: every BAR0..BAR5 mmap of this device (file offsets [0, ROM << 40))."""
+        """vfio_pci_zap_bars: every BAR0..BAR5 mmap of this device (file offsets [0, ROM << 40)).
+        Before 6.10 (vfio_pci_zap_and_vma_lock): only the VMAs on the driver's list, whole;
+        the list empties (a VMA a fork copied was never on it and keeps its PTEs)."""
+        if self.profile.vfio_fault == "remap-vma":
+            out: list[VmaZap] = []
+            for vma in self.vma_list:
+                out += zap_vma_range(vma, vma.vm_start, vma.vm_end)
+            self.vma_list.clear()
+            return out
         return unmap_mapping_range(self.mapping, vfio_pci_index_to_offset(VFIO_PCI_BAR0_REGION_INDEX),
                                    vfio_pci_index_to_offset(VFIO_PCI_ROM_REGION_INDEX)
                                    - vfio_pci_index_to_offset(VFIO_PCI_BAR0_REGION_INDEX), True)
@@ -297,9 +366,19 @@ class VfioPciCoreDevice:
         finally:
             self.memory_lock.up_write()
 
+    # pci_error_handlers this driver has: without them the PCI core warns around a reset
+    has_reset_prepare = False
+    has_reset_done = False
+
     def pci_reset_function(self) -> int:
-        """The function-level reset itself; variants hook reset_done here."""
+        """The function-level reset itself (pci_dev_save_and_disable, reset, pci_dev_restore);
+        variants hook reset_done here."""
+        warns = self.profile.pci_reset_warns
+        if warns and not self.has_reset_prepare:
+            self.dev_info("resetting")
         self.reset_done()
+        if warns and not self.has_reset_done:
+            self.dev_info("reset done")
         return 0
 
     def reset_done(self) -> None:

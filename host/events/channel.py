@@ -74,8 +74,8 @@ class Publisher:
 
     def publish(self, event: MemoryFailureEvent) -> MemoryFailureEvent:
         """Send `event` to every listener; returns it stamped with its seq and timestamp."""
-        stamped = event.stamped(seq=next_seq(), timestamp_ns=time.time_ns())
-        data = encode(stamped, port_id=os.getpid())
+        stamped = event.stamped(seq=next_seq(), timestamp_ns=time.time_ns(), publisher_pid=os.getpid())
+        data = encode(stamped, port_id=stamped.publisher_pid)
         with self._lock:
             for sender in list(self._senders):
                 try:

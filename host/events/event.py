@@ -97,6 +97,9 @@ class MemoryFailureEvent:
     signals: tuple[SignalSummary, ...] = ()
     consumption_count: int = 0
     profile: str = ""      # kernel profile the host emulates, "6.19"
+    # who published it: the nlmsg_pid of the message (set by the publisher and by decode; not an
+    # attribute of the event, so it takes no part in comparisons)
+    publisher_pid: int | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         _check_uint("pfn", self.pfn, U64)
@@ -129,18 +132,32 @@ class MemoryFailureEvent:
             _check_uint("timestamp_ns", self.timestamp_ns, U64)
         if self.seq is not None:
             _check_uint("seq", self.seq, U64)
+        if self.publisher_pid is not None:
+            _check_uint("publisher_pid", self.publisher_pid, U32)
 
-    def stamped(self, *, seq: int, timestamp_ns: int) -> "MemoryFailureEvent":
-        """This event with seq/timestamp filled in where they were left unset."""
+    def stamped(self, *, seq: int, timestamp_ns: int, publisher_pid: int | None = None) -> "MemoryFailureEvent":
+        """This event with seq/timestamp (and the publisher's pid) filled in where they were left unset."""
         return dataclasses.replace(
             self,
             seq=self.seq if self.seq is not None else seq,
             timestamp_ns=self.timestamp_ns if self.timestamp_ns is not None else timestamp_ns,
+            publisher_pid=self.publisher_pid if self.publisher_pid is not None else publisher_pid,
         )
 
     # -- presentation -----------------------------------------------------------------
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"signals": [dataclasses.asdict(s) for s in self.signals]}
+
+    def to_trace(self) -> dict:
+        """The deterministic facts, spelled as traces spell them (hex pfn, offsets, sizes and
+        addresses; no seq, timestamp or publisher pid)."""
+        out = self.to_dict()
+        for key in ("seq", "timestamp_ns", "publisher_pid"):
+            out.pop(key, None)
+        for key in ("pfn", "bar_offset", "granularity"):
+            out[key] = f"{out[key]:#x}"
+        out["signals"] = [{**sig, "addr": f"{sig['addr']:#x}"} for sig in out["signals"]]
+        return out
 
     def to_json(self) -> str:
         """One JSON object on one line (the `hugepfn monitor --json` format)."""
@@ -178,8 +195,9 @@ class MemoryFailureEvent:
         more = self.signals_sent - len(self.signals)
         if more:
             sigs = f"{sigs}, +{more} more" if sigs else f"+{more} more"
+        pid = "-" if self.publisher_pid is None else str(self.publisher_pid)
         return (
-            f"#{seq} {when} {self.device} BAR{self.bar}+{self.bar_offset:#x} pfn {self.pfn:#x} "
+            f"#{seq} {when} pid {pid} {self.device} BAR{self.bar}+{self.bar_offset:#x} pfn {self.pfn:#x} "
             f"{format_size(self.granularity)} policy {self.policy} action {self.action} "
             f"result {self.result} signals {self.signals_sent}"
             + (f" [{sigs}]" if sigs else "")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import struct
 
 from .event import MemoryFailureEvent
-from .message import (HPFN_MF_VERSION, HPFN_MSG_MEMORY_FAILURE, NLMSG_HDRLEN, MalformedMessage,
-                      build_event, check_header, check_stamped, hpfn_mf_msg)
+from .message import (HPFN_MF_VERSION, HPFN_MSG_MEMORY_FAILURE, NLMSG_HDRLEN, MalformedMessage, build_event,
+                      check_header, check_stamped, header_pid, hpfn_mf_msg)
 
 NLA_F_NESTED = 0x8000
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
@@ -110,4 +110,4 @@ def decode(data: bytes) -> MemoryFailureEvent:
     data = bytes(data)
     values, signals = _decode_attrs(_TOP, data, NLMSG_HDRLEN + _HPFN_MF.size, size, size)
     values.pop("signals", None)
-    return build_event(values, signals, size)
+    return build_event(values, signals, size, header_pid(data))

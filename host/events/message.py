@@ -114,7 +114,7 @@ def decode_reference(data: bytes) -> MemoryFailureEvent:
                    for sig in msg.get_attr("HPFN_MF_A_SIGNALS") or []]
     except Exception as exc:  # pyroute2 raises assorted types on damaged attributes
         raise MalformedMessage(f"undecodable attributes: {type(exc).__name__}: {exc}", size) from None
-    return build_event(values, signals, size)
+    return build_event(values, signals, size, header_pid(data))
 
 
 # -- checks shared by the reference codec and the struct fast path (fastpath.py) --------
@@ -140,13 +140,19 @@ def check_header(data: bytes) -> int:
     return size
 
 
-def build_event(values: dict, signals: list[dict], size: int) -> MemoryFailureEvent:
+def header_pid(data: bytes) -> int:
+    """nlmsg_pid: the publisher's process id (after check_header)."""
+    return int.from_bytes(data[12:16], "little")
+
+
+def build_event(values: dict, signals: list[dict], size: int, publisher_pid: int | None = None) -> MemoryFailureEvent:
     """The event from decoded attribute values (None = absent)."""
     missing = sorted(key for key in _REQUIRED if values.get(key) is None)
     if missing:
         raise MalformedMessage(f"missing attributes: {', '.join(missing)}", size)
     present = {key: value for key, value in values.items() if value is not None}
     try:
-        return MemoryFailureEvent(**present, signals=tuple(SignalSummary(**s) for s in signals))
+        return MemoryFailureEvent(**present, signals=tuple(SignalSummary(**s) for s in signals),
+                                  publisher_pid=publisher_pid)
     except (EventError, TypeError) as exc:
         raise MalformedMessage(f"invalid event: {exc}", size) from None

@@ -59,7 +59,7 @@ def _poison_summary(run) -> None:
     from .summary import policy_summary
 
     mf = memory_failure_of(run.machine)
-    if mf.outcomes or len(mf.hardware.pfns) or mf.drivers:
+    if mf.outcomes or mf.hardware.poisoned_pfns() or mf.drivers:
         summary = policy_summary(run.machine)
         del summary["policy"]                   # the trace header says it
         run.trace.extra["poison_summary"] = summary

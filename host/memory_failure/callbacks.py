@@ -31,25 +31,38 @@ def _region_pages(device, index: int) -> tuple[int, int] | None:
     return None if extent is None else (extent[0], max(extent[1] >> PAGE_SHIFT, 1))
 
 
+_ENOENT = (-errno.ENOENT, None)
+_EINVAL = (-errno.EINVAL, None)
+_EFAULT = (-errno.EFAULT, None)
+_UNSEEN = object()
+
+
 def make_callback(device, ops_attr: str, fixed: bool) -> Callback:
     """A pfn_to_vma_pgoff that recognises ``device``'s VMAs by the ops table in ``ops_attr``."""
+    # region index -> (first pfn, pages) or None; a device's regions are fixed when it is
+    # created, and memory_failure_pfn calls this once per VMA of the mapping
+    regions: dict[int, tuple[int, int] | None] = {}
 
     def pfn_to_vma_pgoff(vma: "Vma", pfn: int) -> tuple[int, int | None]:
         if vma.vm_ops is not getattr(device, ops_attr):
-            return -errno.ENOENT, None
-        pages = _region_pages(device, vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT)
+            return _ENOENT
+        vm_pgoff = vma.vm_pgoff
+        index = vm_pgoff >> VFIO_PCI_PGOFF_SHIFT
+        pages = regions.get(index, _UNSEEN)
+        if pages is _UNSEEN:
+            pages = regions[index] = _region_pages(device, index)
         if pages is None:
-            return -errno.EINVAL, None
+            return _EINVAL
         start, n = pages
         if not start <= pfn < start + n:
-            return -errno.EFAULT, None
+            return _EFAULT
         pfn_off = pfn - start
-        vma_off = vma.vm_pgoff & VFIO_PCI_PGOFF_MASK
+        vma_off = vm_pgoff & VFIO_PCI_PGOFF_MASK
         if pfn_off < vma_off:
-            return -errno.EFAULT, None
+            return _EFAULT
         if fixed and pfn_off - vma_off >= vma.nr_pages:
-            return -errno.EFAULT, None
-        return 0, vma.vm_pgoff + (pfn_off - vma_off)
+            return _EFAULT
+        return 0, vm_pgoff + (pfn_off - vma_off)
 
     pfn_to_vma_pgoff.__name__ = f"pfn_to_vma_pgoff_{'fixed' if fixed else 'literal'}"
     return pfn_to_vma_pgoff

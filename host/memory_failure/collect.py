@@ -3,14 +3,13 @@
 The kernel walks every process (for_each_process) and, for each selected thread, every
 VMA of the mapping's i_mmap.  The model produces the identical ordered list without the
 processes x VMAs product: it walks the mapping's VMAs once (tree order), buckets them by mm,
-and visits only the processes that own a bucket, in process-list order.  task_early_kill
-has no side effects and a process without a VMA of the mapping adds nothing, so skipping
-the others changes no result.
+and visits the processes in process-list order (all of them, or only those owning a bucket,
+whichever is fewer).  task_early_kill has no side effects and a process without a VMA of the
+mapping adds nothing, so skipping the others changes no result.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from ..mm.constants import PAGE_SHIFT
 from ..tasks import PF_MCE_EARLY, PF_MCE_PROCESS, Process, TaskList, Thread
@@ -23,14 +22,20 @@ if TYPE_CHECKING:
 PR_PREFIX = "Memory failure: "
 
 
-@dataclass(slots=True)
-class ToKill:
+class ToKill(NamedTuple):
     """struct to_kill: the selected thread, the user address (None = -EFAULT) and size_shift."""
     tsk: Thread
     addr: int | None
     size_shift: int
     vma: "Vma"
     pgoff: int
+
+
+_new_tuple = tuple.__new__     # builds a ToKill without NamedTuple.__new__'s Python-level call
+
+
+def _unable_line(pgoff: int, comm: str) -> str:
+    return f"{PR_PREFIX}Unable to find address {pgoff:x} in {comm}"
 
 
 def find_early_kill_thread(proc: Process, early_kill_sysctl: int) -> Thread | None:
@@ -98,47 +103,52 @@ def _by_mapping(space: "PfnAddressSpace", order: ProcessOrder) -> list[list]:
     return groups
 
 
-def _vmas_of(proc: Process, space: "PfnAddressSpace", rank: dict) -> list:
-    """The VMAs of ``proc`` that map the space's file, in i_mmap tree order: by vm_pgoff, and by
-    link order among equal vm_pgoff (taken from one walk of the mapping, only if needed)."""
+def _selected(space: "PfnAddressSpace", current: Thread | None, early_kill_sysctl: int,
+              order: ProcessOrder) -> Iterator[tuple[Thread, list]]:
+    """(selected thread, its process's VMAs of the mapping in tree order), in process-list order.
+
+    Few VMAs (no more than processes): bucket them by mm and ask task_early_kill only for their
+    owners.  Many VMAs: ask every process first (cheap: no VMA is looked at), then bucket the
+    mapping's VMAs once for the selected ones.  Either way O(processes + VMAs of the mapping)."""
     mapping = space.mapping
-    vmas = [v for v in proc.mm if v.vm_file is not None and v.vm_file.f_mapping is mapping]
-    if len(vmas) > 1:
-        pgoffs = [v.vm_pgoff for v in vmas]
-        if len(set(pgoffs)) == len(pgoffs):
-            vmas.sort(key=lambda v: v.vm_pgoff)
-        else:
-            if not rank:
-                rank.update((id(v), i) for i, v in enumerate(mapping))
-            vmas.sort(key=lambda v: rank[id(v)])
-    return vmas
+    if len(mapping) <= len(order.tasks.processes):
+        for group in _by_mapping(space, order):
+            t = task_early_kill(group[0], current, early_kill_sysctl)
+            if t is not None:
+                yield t, group[1:]
+        return
+    threads: dict[int, Thread] = {}             # id(mm) -> selected thread, in process-list order
+    for proc in order.tasks:
+        t = task_early_kill(proc, current, early_kill_sysctl)
+        if t is not None:
+            threads[id(proc.mm)] = t
+    if not threads:
+        return
+    buckets: dict[int, list] = {key: [] for key in threads}
+    for vma in mapping:                         # i_mmap tree order
+        bucket = buckets.get(id(vma.vm_mm))
+        if bucket is not None:
+            bucket.append(vma)
+    for key, t in threads.items():
+        yield t, buckets[key]
 
 
 def collect_procs_pfn(space: "PfnAddressSpace", pfn: int, current: Thread | None, early_kill_sysctl: int,
                       order: ProcessOrder, klog: "KernelLog", tokill: list[ToKill]) -> None:
     """Append a ToKill for every (selected thread, VMA of the space's mapping in that thread's mm)
-    for which the driver's pfn_to_vma_pgoff succeeds; no de-duplication.
-
-    Two equivalent walks, whichever is shorter: the mapping's VMAs bucketed by mm (when the
-    mapping has fewer VMAs than there are processes), or the processes with their own VMAs of
-    the mapping (when many VMAs map the device).  Neither is processes x VMAs."""
+    for which the driver's pfn_to_vma_pgoff succeeds; no de-duplication (see _selected for
+    how the processes x VMAs product is avoided)."""
     callback = space.pfn_to_vma_pgoff
-    if len(space.mapping) <= len(order.tasks.processes):
-        groups = ((g[0], g[1:]) for g in _by_mapping(space, order))
-    else:
-        rank: dict = {}
-        groups = ((proc, None) for proc in order.tasks)
-    for proc, vmas in groups:
-        t = task_early_kill(proc, current, early_kill_sysctl)
-        if t is None:
-            continue
-        if vmas is None:
-            vmas = _vmas_of(proc, space, rank)
+    for t, vmas in _selected(space, current, early_kill_sysctl, order):
         for vma in vmas:
             ret, pgoff = callback(vma, pfn)
             if ret:
                 continue
-            addr = vma_address(vma, pgoff)
+            # vma_address(), inline: this loop runs once per VMA of the mapping
+            start = vma.vm_pgoff
+            addr = vma.vm_start + ((pgoff - start) << PAGE_SHIFT) if pgoff >= start else None
+            if addr is not None and addr >= vma.vm_end:
+                addr = None
             if addr is None:
-                klog.printk(f"{PR_PREFIX}Unable to find address {pgoff:x} in {t.comm}")
-            tokill.append(ToKill(t, addr, PAGE_SHIFT, vma, pgoff))
+                klog.lazy(_unable_line, pgoff, t.comm)
+            tokill.append(_new_tuple(ToKill, (t, addr, PAGE_SHIFT, vma, pgoff)))

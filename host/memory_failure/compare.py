@@ -16,21 +16,40 @@ class PolicyRun:
     policy: str
     run: ScenarioRun
     summary: dict
+    # after each step: (step index, kind, {pid: [(level, region offset, length), ...]}) of the
+    # region the picture shows (picture.region_runs)
+    history: list = dataclasses.field(default_factory=list)
 
 
 def run_all_policies(scenario: Scenario | str | Path, on_step=None) -> list[PolicyRun]:
     """``on_step(record)`` is called after every step of every policy's run (progress)."""
+    from .picture import leaf_snapshot
+
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
     out = []
     for policy in POLICY_ORDER:
         run = ScenarioRun(dataclasses.replace(scenario, policy=policy))
-        run.run(on_step)
-        out.append(PolicyRun(policy, run, policy_summary(run.machine)))
+        history: list = []
+
+        def after_step(record, run=run, history=history):
+            history.append((record.index, record.do, leaf_snapshot(run.machine)))
+            if on_step is not None:
+                on_step(record)
+        run.run(after_step)
+        out.append(PolicyRun(policy, run, policy_summary(run.machine), history))
     return out
 
 
-def render_table(runs: list[PolicyRun]) -> str:
+def holds_poison(runs: list[PolicyRun]) -> bool:
+    """Did any run poison anything (hardware poison, a memory_failure call, a driver record)?"""
+    from . import memory_failure_of
+
+    return any(memory_failure_of(r.run.machine).outcomes or memory_failure_of(r.run.machine).hardware.poisoned_pfns()
+               for r in runs)
+
+
+def render_table(runs: list[PolicyRun], own_policy: str | None = None) -> str:
     rows: list[tuple[str, list[str]]] = []
     for key, label in SUMMARY_ROWS:
         cells = [format_bytes(r.summary[key]) if key.endswith("_bytes") else str(r.summary[key]) for r in runs]
@@ -45,4 +64,6 @@ def render_table(runs: list[PolicyRun]) -> str:
     lines.append("-" * len(lines[0]))
     for label, cells in rows:
         lines.append(f"{label:<{w0}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+    lines.append("each column ran the whole scenario under the policy it names"
+                 + (f" (the file's own policy, {own_policy}, was set aside)" if own_policy else ""))
     return "\n".join(lines) + "\n"

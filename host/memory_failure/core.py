@@ -41,6 +41,11 @@ class MfOutcome:
     signals: list[Signal] = field(default_factory=list)
     zapped: list["VmaZap"] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    events: list = field(default_factory=list)      # the MemoryFailureEvents it published (publish.py)
+
+
+def _recovery_line(pfn: int, action: str) -> str:
+    return f"{PR_PREFIX}{pfn:#x}: recovery action for {MF_MSG_PFN_MAP}: {action}"
 
 
 class MemoryFailure:
@@ -54,11 +59,13 @@ class MemoryFailure:
         self.config_memory_failure = config_memory_failure
         self.registry = PfnSpaceRegistry(enabled=config_memory_failure,
                                          needs_callback=self.profile.pfn_to_vma_pgoff_callback)
-        self.trace = TraceBuffer(self.profile.name)
+        self.trace = TraceBuffer(self.profile.memory_failure_trace_system)
         self.order = ProcessOrder(machine.tasks)
         self.policy = policy if policy is not None else make_policy(machine.policy)
         self.guard = ConsumptionGuard()
         self.publisher = None                   # optional hugepfn.host.events Publisher
+        self.events: list = []                  # every MemoryFailureEvent built, published or not
+        self.reporting = None                   # the error source whose record is being handled
         self.hw_memory_failure = False          # latched by a non-simulated failure
         self.num_poisoned_pages = 0             # /proc/meminfo HardwareCorrupted (pages); never moves here
         self.node_stats = {"total": 0, "ignored": 0, "failed": 0, "delayed": 0, "recovered": 0}
@@ -137,21 +144,21 @@ class MemoryFailure:
         """Trace event + log line; MF_MSG_PFN_MAP changes no counter.  0 for Recovered/Delayed."""
         name = ACTION_NAME[result]
         self.trace.memory_failure_event(pfn, MF_MSG_PFN_MAP, name)
-        self.machine.klog.printk(f"{PR_PREFIX}{pfn:#x}: recovery action for {MF_MSG_PFN_MAP}: {name}")
+        self.machine.klog.lazy(_recovery_line, pfn, name)
         return 0 if result in (MfResult.MF_RECOVERED, MfResult.MF_DELAYED) else -errno.EBUSY
 
     def _finish(self, out: MfOutcome) -> None:
         self.outcomes.append(out)
         for listener in list(self.listeners):
             listener(out)
-        if self.publisher is not None and out.spaces:
+        if out.spaces and self.reporting is None:       # an error source builds its record's event
             from .publish import publish_outcome
             publish_outcome(self, out)
 
     # -- consumption (the loop guard) ---------------------------------------------------------------
     def guard_consumed(self, proc, tid: int, pfn: int, how: str) -> None:
         loop = self.guard.consumed(proc.pid, tid, proc.comm, pfn, how)
-        if loop is not None and self.publisher is not None:
+        if loop is not None:
             from .publish import publish_loop
             publish_loop(self, loop)
 

@@ -7,6 +7,8 @@ The task list records a signal that was already pending as delivered=False.
 """
 from __future__ import annotations
 
+from itertools import groupby
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from ..tasks import BUS_MCEERR_AO, BUS_MCEERR_AR, Signal, TaskList, Thread
@@ -21,6 +23,10 @@ def _sending_line(pfn: int, comm: str, tid: int) -> str:
     return f"{PR_PREFIX}{pfn:#x}: Sending SIGBUS to {comm}:{tid} due to hardware memory corruption"
 
 
+def _killing_line(pfn: int, comm: str, tid: int) -> str:
+    return f"{PR_PREFIX}{pfn:#x}: forcibly killing {comm}:{tid} because of failure to unmap corrupted page"
+
+
 def kill_proc(tasks: TaskList, klog: "KernelLog", tk: "ToKill", pfn: int, flags: int,
               current: Thread | None) -> Signal:
     t = tk.tsk
@@ -30,15 +36,30 @@ def kill_proc(tasks: TaskList, klog: "KernelLog", tk: "ToKill", pfn: int, flags:
     return tasks.send_sig_mceerr(BUS_MCEERR_AO, tk.addr, tk.size_shift, t)
 
 
+_THREAD, _ADDR, _SIZE_SHIFT = attrgetter("tsk"), attrgetter("addr"), attrgetter("size_shift")
+
+
 def kill_procs(tasks: TaskList, klog: "KernelLog", tokill: list["ToKill"], pfn: int, flags: int,
                current: Thread | None) -> list[Signal]:
-    sent = []
-    for tk in tokill:
-        if tk.addr is None:
-            t = tk.tsk
-            klog.printk(f"{PR_PREFIX}{pfn:#x}: forcibly killing {t.comm}:{t.tid} because of failure to "
-                        f"unmap corrupted page")
-            sent.append(tasks.send_sigkill(t))
-        else:
-            sent.append(kill_proc(tasks, klog, tk, pfn, flags, current))
+    """kill_proc (or the forced SIGKILL) for every entry, in order.  Consecutive entries of one
+    thread (collect_procs_pfn emits a process's VMAs together) that all have an address and one
+    size_shift are sent as one run: the same log lines and Signals as one call each, without the
+    per-entry calls."""
+    sent: list[Signal] = []
+    for t, run in groupby(tokill, key=_THREAD):
+        run = list(run)
+        addrs = list(map(_ADDR, run))
+        if len(run) > 1 and None not in addrs and len(set(map(_SIZE_SHIFT, run))) == 1:
+            klog.lazy_repeat(len(run), _sending_line, pfn, t.comm, t.tid)
+            if flags & MF_ACTION_REQUIRED and t is current:     # force_sig_mceerr
+                sent += tasks.send_signals(t, "SIGBUS", BUS_MCEERR_AR, addrs, run[0].size_shift, forced=True)
+            else:                                               # send_sig_mceerr
+                sent += tasks.send_signals(t, "SIGBUS", BUS_MCEERR_AO, addrs, run[0].size_shift)
+            continue
+        for tk in run:
+            if tk.addr is None:
+                klog.lazy(_killing_line, pfn, t.comm, t.tid)
+                sent.append(tasks.send_sigkill(t))
+            else:
+                sent.append(kill_proc(tasks, klog, tk, pfn, flags, current))
     return sent

@@ -1,6 +1,13 @@
 """Bridge to hugepfn.host.events: one MemoryFailureEvent per handled space, and one per
-consumption-loop report.  Only used when MemoryFailure.publisher is set (tests and the
-scenario runner run without netlink)."""
+consumption-loop report.
+
+Every event is built and kept in ``MemoryFailure.events`` (the trace's per-step ``events``), and
+published when ``MemoryFailure.publisher`` is set.  A memory_failure() call that a GHES-like
+error source makes for one of its records is the exception: the error source builds that
+record's event itself (the record names the device, BAR offset and granularity) and keeps and
+publishes it the same way.  No event is built where no registered pfn_address_space names a
+device: a pfn nobody registered (Ignored) and, before 6.19, "memory outside kernel control"
+(the kernel has nothing that says which device the pfn belongs to)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -22,30 +29,51 @@ def _space_fields(space, pfn: int) -> dict | None:
     return {"pfn": pfn, "device": bdf, "bar": space.region, "bar_offset": (pfn - space.start) << PAGE_SHIFT}
 
 
-def publish_outcome(mf: "MemoryFailure", out: "MfOutcome") -> None:
-    from hugepfn.host.events import MemoryFailureEvent, SignalSummary
+def signal_summaries(signals) -> tuple:
+    """The memory-error SIGBUSes of ``signals`` as an event lists them (at most 1024)."""
+    from hugepfn.host.events import MAX_SIGNAL_SUMMARIES, SignalSummary
 
-    summaries = tuple(SignalSummary(tid=s.tid, code=s.code, addr=s.addr, lsb=s.addr_lsb)
-                      for s in out.signals if s.signo == "SIGBUS" and s.code in (BUS_MCEERR_AR, BUS_MCEERR_AO))
+    return tuple(SignalSummary(tid=s.tid, code=s.code, addr=s.addr, lsb=s.addr_lsb)
+                 for s in signals if s.signo == "SIGBUS" and s.code in (BUS_MCEERR_AR, BUS_MCEERR_AO)
+                 )[:MAX_SIGNAL_SUMMARIES]
+
+
+def consumption_count(mf: "MemoryFailure", pfn: int) -> int:
+    """Accesses that consumed ``pfn`` so far, over every process."""
+    return sum(mf.guard.count(proc.pid, pfn) for proc in mf.machine.tasks)
+
+
+def keep(mf: "MemoryFailure", event, publisher=None):
+    """Publish ``event`` (on ``publisher``, else the model's own, if any) and keep it in
+    ``mf.events``; returns the event as kept (stamped when it was published)."""
+    publisher = publisher if publisher is not None else mf.publisher
+    if publisher is not None:
+        event = publisher.publish(event)
+    mf.events.append(event)
+    return event
+
+
+def publish_outcome(mf: "MemoryFailure", out: "MfOutcome") -> None:
+    from hugepfn.host.events import MemoryFailureEvent
+
+    summaries = signal_summaries(out.signals)
     for space, action in zip(out.spaces, out.actions):
         fields = _space_fields(space, out.pfn)
         if fields is None:
             continue
-        mf.publisher.publish(MemoryFailureEvent(
+        out.events.append(keep(mf, MemoryFailureEvent(
             **fields, granularity=PAGE_SIZE, policy=mf.policy.name, action=action,
-            result=ACTION_NAME[out.result], signals_sent=len(out.signals), signals=summaries[:1024],
-            consumption_count=0, profile=mf.profile.name))
+            result=ACTION_NAME[out.result], signals_sent=len(out.signals), signals=summaries,
+            consumption_count=consumption_count(mf, out.pfn), profile=mf.profile.name)))
 
 
 def publish_loop(mf: "MemoryFailure", loop: "ConsumptionLoop") -> None:
-    if mf.publisher is None:
-        return
     from hugepfn.host.events import MemoryFailureEvent
 
     for space in mf.registry.lookup(loop.pfn):
         fields = _space_fields(space, loop.pfn)
         if fields is None:
             continue
-        mf.publisher.publish(MemoryFailureEvent(
+        keep(mf, MemoryFailureEvent(
             **fields, granularity=PAGE_SIZE, policy=mf.policy.name, action="consumption-loop",
             result="Recovered", consumption_count=loop.count, profile=mf.profile.name))

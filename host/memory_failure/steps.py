@@ -5,7 +5,8 @@ register, unregister.  Added here (extensions of the format): repair, collapse,
 consumption_guard, corrupt_pfn, unpoison_pfn, madvise_hwpoison.
 
 Every handler (the scenario package's too) is wrapped so that a step records the
-memory_failure_event trace lines it produced (``trace_events``), and so that after a kernel
+memory_failure_event trace lines it produced (``trace_events``) and the memory-failure events
+it published (``events``), and so that after a kernel
 panic (vm.memory_failure_recovery = 0) the machine runs nothing more: later steps are recorded
 with ``skipped`` and change nothing.
 """
@@ -158,7 +159,7 @@ def _wrap(kind_name: str, handler):
                 rec.calls = []
                 return "0"
             return 0
-        mark = len(mf.trace)
+        mark, events_mark = len(mf.trace), len(mf.events)
         try:
             ret = handler(run, step)
         except KernelPanic as panic:
@@ -166,6 +167,8 @@ def _wrap(kind_name: str, handler):
             ret = "0" if rec.do == "access" else 0
         if len(mf.trace) != mark:
             rec.extra["trace_events"] = mf.trace.lines[mark:]
+        if len(mf.events) != events_mark:
+            rec.extra["events"] = [event.to_trace() for event in mf.events[events_mark:]]
         return ret
 
     wrapped._mf_wrapped = True

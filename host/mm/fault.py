@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .constants import PAGE_MASK, PAGE_SHIFT, PMD_ORDER, PMD_SHIFT, PUD_ORDER, PUD_SHIFT
-from .pagetable import PmdTable
+from .pagetable import INDEX_MASK, TABLE_SHIFT, PmdTable
 from .thp import PMD_BIT, PUD_BIT, thp_vma_allowable_orders
-from .vm_fault import VM_FAULT_FALLBACK, VM_FAULT_OOM, VM_FAULT_SIGBUS
+from .vm_fault import VM_FAULT_FALLBACK, VM_FAULT_OOM, VM_FAULT_RETRY, VM_FAULT_SIGBUS
 
 if TYPE_CHECKING:
     from .vma import Vma
@@ -45,13 +45,31 @@ class VmFaultCtx:
 
 def handle_mm_fault(vma: "Vma", address: int, write: bool = False,
                     calls: list[tuple[int, int]] | None = None) -> int:
-    """Resolve a fault at ``address`` in ``vma``; returns the vm_fault_t.
+    """Resolve a user fault at ``address`` in ``vma`` as the arch fault handler does; returns
+    the vm_fault_t.
+
+    Kernels that take faults under the per-VMA lock first (``fault_vma_lock_retry``) run the
+    cascade twice when the first pass reaches ->fault of a VMA without ->map_pages: that
+    pass returns VM_FAULT_RETRY before calling the driver (vmf_can_call_fault), and the
+    fault is retried under mmap_lock (do_user_addr_fault / do_page_fault).  Huge attempts
+    of the first pass have been made by then, so the driver sees them twice.
 
     ``calls`` (optional) receives (order, result) for every driver call, in order.
     The machine settings (THP mode, arch, profile) come from ``vma.vm_mm.machine``.
     """
     mm = vma.vm_mm
     mm.nr_faults += 1
+    if mm.machine.profile.fault_vma_lock_retry:
+        ret = _handle_mm_fault(vma, address, write, calls, True)
+        if not ret & VM_FAULT_RETRY:
+            return ret
+    return _handle_mm_fault(vma, address, write, calls, False)
+
+
+def _handle_mm_fault(vma: "Vma", address: int, write: bool, calls: list[tuple[int, int]] | None,
+                     vma_lock: bool) -> int:
+    """__handle_mm_fault; ``vma_lock``: FAULT_FLAG_VMA_LOCK is set."""
+    mm = vma.vm_mm
     machine = mm.machine
     vmf = VmFaultCtx(vma, address, FAULT_FLAG_USER | FAULT_FLAG_WRITE if write else FAULT_FLAG_USER)
     addr = vmf.address
@@ -62,10 +80,11 @@ def handle_mm_fault(vma: "Vma", address: int, write: bool = False,
 
     # PUD level
     pud_idx = addr >> PUD_SHIFT
-    if pud_idx in pt.pud_leaves:
-        return 0                            # huge leaf present: refresh accessed bit only
     table = pt.pmd_tables.get(pud_idx)
     if table is None:
+        puds = pt.pud_tables.get(pud_idx >> TABLE_SHIFT)
+        if puds is not None and puds[pud_idx & INDEX_MASK]:
+            return 0                        # huge leaf present: refresh accessed bit only
         allowed = thp_vma_allowable_orders(vma, machine.thp, machine.thp_sysfs_gates_pfnmap, machine.thp_hw)
         if allowed & PUD_BIT:
             # create_huge_pud: only arches with THP-PUD reach the driver
@@ -83,7 +102,7 @@ def handle_mm_fault(vma: "Vma", address: int, write: bool = False,
 
     # PMD level
     pmd_idx = addr >> PMD_SHIFT
-    if pmd_idx in table.leaves:
+    if table.leaves[pmd_idx & INDEX_MASK]:
         return 0
     ptes = table.pte_tables.get(pmd_idx)
     if ptes is None:
@@ -95,15 +114,17 @@ def handle_mm_fault(vma: "Vma", address: int, write: bool = False,
                 calls.append((PMD_ORDER, ret))
             if not ret & VM_FAULT_FALLBACK:
                 return ret
-            if pmd_idx in table.leaves:
+            if table.leaves[pmd_idx & INDEX_MASK]:
                 return 0
-    elif (addr >> PAGE_SHIFT) in ptes:
+    elif ptes[(addr >> PAGE_SHIFT) & INDEX_MASK]:
         return 0                            # present PTE: accessed/dirty update only
 
     # PTE level: do_fault -> vm_ops->fault (a VMA without one gets SIGBUS)
     fault = ops.fault if ops is not None else None
     if fault is None:
         return VM_FAULT_SIGBUS
+    if vma_lock and ops.map_pages is None:
+        return VM_FAULT_RETRY               # vmf_can_call_fault: retry under mmap_lock
     ret = fault(vmf)
     if calls is not None:
         calls.append((0, ret))

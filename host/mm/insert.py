@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .constants import (PAGE_SHIFT, PMD_MASK, PMD_SHIFT, PUD_MASK, PUD_SHIFT, VM_MAYWRITE, VM_MIXEDMAP,
                         VM_PFNMAP, VM_SHARED)
-from .pagetable import PmdTable
+from .pagetable import INDEX_MASK, TABLE_SHIFT, PmdTable, new_table
 from .vm_fault import VM_FAULT_NOPAGE, VM_FAULT_OOM, VM_FAULT_SIGBUS
 
 if TYPE_CHECKING:
@@ -66,14 +66,14 @@ def vmf_insert_pfn(vma: "Vma", addr: int, pfn: int) -> int:
     pmd_idx = addr >> PMD_SHIFT
     ptes = table.pte_tables.get(pmd_idx)
     if ptes is None:
-        if pmd_idx in table.leaves:
+        if table.leaves[pmd_idx & INDEX_MASK]:
             return VM_FAULT_NOPAGE
         if pt.fail_allocs and pt.alloc_fails():
             return VM_FAULT_OOM         # get_locked_pte could not allocate the PTE table
-        ptes = table.pte_tables[pmd_idx] = {}
-    page_idx = addr >> PAGE_SHIFT
-    if page_idx not in ptes:
-        ptes[page_idx] = pfn
+        ptes = table.pte_tables[pmd_idx] = new_table()
+    i = (addr >> PAGE_SHIFT) & INDEX_MASK
+    if not ptes[i]:
+        ptes[i] = pfn + 1               # an entry holds pfn + 1 (0 is pte_none)
     return VM_FAULT_NOPAGE
 
 
@@ -90,8 +90,8 @@ def vmf_insert_pfn_pmd(vmf: "VmFaultCtx", pfn: int, write: bool = False) -> int:
     if type(table) is int:
         return table
     pmd_idx = addr >> PMD_SHIFT
-    if pmd_idx not in table.leaves and pmd_idx not in table.pte_tables:
-        table.leaves[pmd_idx] = pfn
+    if not table.leaves[pmd_idx & INDEX_MASK] and pmd_idx not in table.pte_tables:
+        table.leaves[pmd_idx & INDEX_MASK] = pfn + 1
     return VM_FAULT_NOPAGE
 
 
@@ -104,6 +104,10 @@ def vmf_insert_pfn_pud(vmf: "VmFaultCtx", pfn: int, write: bool = False) -> int:
         return VM_FAULT_SIGBUS
     pt = vma.vm_mm.pgtable
     pud_idx = addr >> PUD_SHIFT
-    if pud_idx not in pt.pud_leaves and pud_idx not in pt.pmd_tables:
-        pt.pud_leaves[pud_idx] = pfn
+    if pud_idx not in pt.pmd_tables:
+        puds = pt.pud_tables.get(pud_idx >> TABLE_SHIFT)
+        if puds is None:
+            puds = pt.pud_tables[pud_idx >> TABLE_SHIFT] = new_table()     # the PUD table under the P4D
+        if not puds[pud_idx & INDEX_MASK]:
+            puds[pud_idx & INDEX_MASK] = pfn + 1
     return VM_FAULT_NOPAGE

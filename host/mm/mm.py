@@ -22,6 +22,7 @@ class MM:
         self.machine = machine      # the Machine whose settings (THP, arch, profile) apply
         self.pgtable = PageTable()
         self.thp_disabled = False
+        self.thp_except_advised = False     # PR_THP_DISABLE_EXCEPT_ADVISED: MADV_HUGEPAGE VMAs stay eligible
         self.nr_faults = 0
         self._starts: list[int] = []
         self._vmas: list["Vma"] = []

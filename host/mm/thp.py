@@ -26,7 +26,10 @@ def thp_vma_allowable_orders(vma: "Vma", thp: str, sysfs_gates: bool, hw_thp: bo
     at least v6.19; the mm-2026 tree bypasses it for VM_PFNMAP VMAs with ->huge_fault).
     """
     flags = vma.vm_flags
-    if not hw_thp or flags & VM_NOHUGEPAGE or vma.vm_mm.thp_disabled:
+    mm = vma.vm_mm
+    if not hw_thp or flags & VM_NOHUGEPAGE:
+        return 0
+    if mm.thp_disabled and not (mm.thp_except_advised and flags & VM_HUGEPAGE):
         return 0
     if not flags & (VM_PFNMAP | VM_MIXEDMAP):
         return 0        # anonymous / page-cache THP are outside the model

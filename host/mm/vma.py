@@ -20,10 +20,23 @@ class VmOperations:
     handles PMD/PUD attempts (None: the VMA gets no huge faults, as without
     CONFIG_ARCH_SUPPORTS_HUGE_PFNMAP).  ``name`` is the kernel symbol of the ops table;
     a driver may compare it to recognise its own VMAs.
+
+    ``fault_run(vma, addr, n, write) -> int`` is not a kernel operation but a shortcut of the
+    model (host/mm/fault_run.py): the order-0 faults of ``n`` consecutive pages from ``addr``
+    whose PTEs are empty in an existing PTE table, taken in one call with exactly the effects of
+    ``n`` calls of ``fault``; it returns how many it took, stopping before the first page whose
+    fault would not return VM_FAULT_NOPAGE (0: take them one by one).
     """
     name: str
     fault: Callable[["VmFaultCtx"], int] | None = None
     huge_fault: Callable[["VmFaultCtx", int], int] | None = None
+    # ->map_pages (fault-around of page-cache pages): device pfnmaps have none, which is why
+    # a fault under the per-VMA lock must be retried before ->fault is called
+    map_pages: Callable | None = None
+    # ->open / ->close (vm_area_struct copies and removals): 6.1 vfio-pci zaps a new VMA on open
+    open: Callable[["Vma"], None] | None = None
+    close: Callable[["Vma"], None] | None = None
+    fault_run: Callable[["Vma", int, int, bool], int] | None = None
 
 
 class Vma:

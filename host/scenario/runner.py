@@ -2,12 +2,14 @@
 handler and record what it did into the Trace."""
 from __future__ import annotations
 
+import errno
 import importlib
 from pathlib import Path
 from typing import Callable
 
 from ..drivers.pci import PciBar, PciDevice
 from ..machine import Machine
+from ..oops import KernelOops
 from ..trace import StepRecord, Trace, errno_name
 from .errors import ScenarioError
 from .spec import Scenario, Step, load_scenario
@@ -63,22 +65,33 @@ class ScenarioRun:
         self.machine = machine or build_machine(scenario)
         self.trace = Trace(scenario.kernel, scenario.arch, scenario.policy, scenario.thp, scenario.description)
         self.record: StepRecord | None = None
+        self.crash: KernelOops | None = None
 
     def run_step(self, step: Step) -> StepRecord:
         kind = STEP_KINDS[step.kind]
         if kind.handler is None:
             raise ScenarioError(f"step {step.index}: do = {step.kind!r} is not supported yet")
         m = self.machine
-        if kind.thread_field is not None:
-            tid = step.fields.get(kind.thread_field)
-            if isinstance(tid, int):
-                m.tasks.thread(tid).handle_signals()    # it ran in user space: pending signals handled
         args = {f.name: f.to_trace(step.fields[f.name]) for f in kind.fields}
         rec = self.record = StepRecord(step.index, step.kind, args)
         if step.note:
             rec.extra["note"] = step.note
         sig_mark, log_mark, zap_mark = len(m.tasks.journal), len(m.klog), len(m.zap_journal)
-        ret = kind.handler(self, step)
+        gone = self._exited(step)
+        if gone:
+            ret: int | str = -errno.ESRCH       # the process exited at an earlier step
+        else:
+            if kind.thread_field is not None:
+                tid = step.fields.get(kind.thread_field)
+                if isinstance(tid, int):
+                    m.tasks.thread(tid).handle_signals()    # it ran in user space: pending signals handled
+            try:
+                ret = kind.handler(self, step)
+            except KernelOops as oops:
+                self.crash = oops
+                ret = "Oops"
+                m.klog.printk(oops.first_line)
+                rec.extra["crash"] = oops.to_trace()
         rec.ret = ret if isinstance(ret, str) else errno_name(ret)
         rec.signals = m.tasks.journal[sig_mark:]
         rec.log = m.klog.lines(log_mark)
@@ -87,12 +100,24 @@ class ScenarioRun:
         self.trace.steps.append(rec)
         return rec
 
+    def _exited(self, step: Step) -> bool:
+        tasks = self.machine.tasks
+        for key in ("pid", "tid"):
+            value = step.fields.get(key)
+            if isinstance(value, int) and value not in (tasks.processes if key == "pid" else tasks.threads):
+                return True
+        return False
+
     def run(self, on_step: Callable[[StepRecord], None] | None = None) -> Trace:
-        """Run every step; ``on_step`` (e.g. a progress bar) sees each record as it lands."""
+        """Run every step; ``on_step`` (e.g. a progress bar) sees each record as it lands.
+        A step at which the kernel would crash (KernelOops) is the last one."""
         for step in self.scenario.steps:
             rec = self.run_step(step)
             if on_step is not None:
                 on_step(rec)
+            if self.crash is not None:
+                self.trace.extra["crashed_at"] = step.index
+                break
         self.trace.summary = self.machine.summary()
         for finish in RUN_FINISHERS:
             finish(self)

@@ -16,6 +16,11 @@ current} poisons through the control channel; the device queues its CPER record 
 the interrupt, and within the same step the error source drains the queue and calls
 memory_failure, so the step's trace holds the GHES and memory-failure log lines, the signals,
 the zapped ranges (policy hard-offline) and, under ``ghes``, each record's facts and event.
+``inject_queued`` (the same fields but ``current``) leaves the record in the device's queue:
+the memory is bad at once (a load of it machine-checks, hugepfn.host.memory_failure.hardware),
+and the report arrives with a later ``process_errors`` {device, current} step — consumption
+before report.  ``scrub``
+{device, bar, offset, length = "4K"} has the device repair that range itself.
 
 ``serve`` fields: ``profile`` (default "tiny"), ``backend`` ("python" | "libvfio-user" | "auto",
 default "python"), ``ghes`` ("async" | "sync", default "async": see hugepfn.host.ghes),
@@ -34,6 +39,8 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hugepfn.device.poison import DEFAULT_GRANULARITY
 
 from ..drivers.pci import PciDevice
 from .errors import ScenarioError
@@ -133,9 +140,20 @@ def start_served(machine: "Machine", spec: "DeviceSpec", options: dict) -> Serve
         raise
     served = ServedDevice(spec.name, device, server, control, client, placements, directory, options)
     served_devices(machine)[spec.name] = served
+    _watch_memory(machine, device, placements)
     # a run that fails half-way still stops the servers when the machine goes away
     weakref.finalize(machine, served.close)
     return served
+
+
+def _watch_memory(machine: "Machine", device, placements: dict) -> None:
+    """The device's poison model answers for its memory (when the memory-failure model is loaded)."""
+    mf = machine.extensions.get("memory_failure")
+    if mf is None:
+        return
+    from ..memory_failure.hardware import device_memory
+    for memory in device_memory(device, placements):
+        mf.hardware.add_device_memory(memory)
 
 
 def prepare_device(machine: "Machine", spec: "DeviceSpec") -> PciDevice | None:
@@ -172,7 +190,8 @@ def _error_source(run: "ScenarioRun", served: ServedDevice):
             served.publisher = publisher(opts["events"])
         served.ghes = GhesErrorSource(run.machine, served.name, served.client, mode=opts["ghes"],
                                       publisher=served.publisher, irq=opts["irq"],
-                                      error_vector=served.device.profile.error_vector)
+                                      error_vector=served.device.profile.error_vector,
+                                      mark_hardware=False)     # the device's own poison model answers loads
     return served.ghes
 
 
@@ -184,16 +203,22 @@ def _served(run: "ScenarioRun", step: "Step") -> ServedDevice:
     return served
 
 
+def _control(served: ServedDevice):
+    """The device's control channel (opened on first use)."""
+    if served.control is None:
+        from hugepfn.device.control import ControlClient, control_path
+        served.control = ControlClient(control_path(served.socket_path))
+    return served.control
+
+
 def do_inject(run: "ScenarioRun", step: "Step") -> int:
-    from hugepfn.device.control import ControlClient, ControlError, control_path
+    from hugepfn.device.control import ControlError
 
     f = step.fields
     served = _served(run, step)
     ghes = _error_source(run, served)
-    if served.control is None:
-        served.control = ControlClient(control_path(served.socket_path))
     try:
-        reply = served.control.inject(bar=f["bar"], offset=f["offset"], granularity=f["granularity"],
+        reply = _control(served).inject(bar=f["bar"], offset=f["offset"], granularity=f["granularity"],
                                       error_type=f["error_type"])
     except ControlError as exc:
         run.record.extra["error"] = str(exc)
@@ -201,10 +226,37 @@ def do_inject(run: "ScenarioRun", step: "Step") -> int:
     run.record.extra["injected"] = {"bar": reply["bar"], "offset": f"{reply['offset']:#x}",
                                     "length": f"{reply['length']:#x}", "dpa": f"{reply['dpa']:#x}",
                                     "sequence": reply["sequence"]}
-    ghes.wait(5.0)          # raised before the control reply was sent; bounded all the same
-    current = f["current"]
+    if run.record.do == "inject":       # inject_queued leaves the record in the device's queue
+        ghes.wait(5.0)          # raised before the control reply was sent; bounded all the same
+        _handle_records(run, ghes, f["current"])
+    return 0
+
+
+def _handle_records(run: "ScenarioRun", ghes, current: int | None) -> None:
     outcomes = ghes.process_pending(current=None if current is None else run.machine.tasks.thread(current))
     run.record.extra["ghes"] = [o.to_trace() for o in outcomes]
+
+
+def do_process_errors(run: "ScenarioRun", step: "Step") -> int:
+    """The host's error source handles the records the device has queued (the report arrives)."""
+    _handle_records(run, _error_source(run, _served(run, step)), step.fields["current"])
+    return 0
+
+
+def do_scrub(run: "ScenarioRun", step: "Step") -> int:
+    """The device repairs [offset, offset + length) of a memory BAR itself (a patrol scrub that
+    rewrites the lines, as seed 004's DAX memory allows): loads there stop machine-checking at
+    once; the host's driver keeps what it recorded until it hears of the repair (``repair``)."""
+    from hugepfn.device.control import ControlError
+
+    f = step.fields
+    served = _served(run, step)
+    try:
+        reply = _control(served).repair(bar=f["bar"], offset=f["offset"], length=f["length"])
+    except ControlError as exc:
+        run.record.extra["error"] = str(exc)
+        return -errno.EINVAL
+    run.record.extra["cleared"] = f"{reply['cleared']:#x}"
     return 0
 
 
@@ -227,6 +279,21 @@ def _check_error_type(value: str) -> str | None:
     return None if value in MEMORY_ERROR_TYPES else f"must be one of {', '.join(MEMORY_ERROR_TYPES)}, got {value!r}"
 
 
+def _injection_fields() -> tuple[Field, ...]:
+    return (Field("device", "str"), Field("bar", "int"), Field("offset"),
+            Field("granularity", required=False, default=DEFAULT_GRANULARITY),
+            Field("error_type", "str", required=False, default="multi-ecc", check=_check_error_type))
+
+
+def _wrapped(name: str, handler):
+    """The memory-failure model's wrapper (trace_events, events, panic handling), when loaded."""
+    try:
+        from ..memory_failure.steps import _wrap
+    except ImportError:
+        return handler
+    return _wrap(name, handler)
+
+
 def install() -> None:
     if not any(f.name == "serve" for f in DEVICE_EXTENSION_FIELDS):
         DEVICE_EXTENSION_FIELDS.append(Field("serve", "any", required=False, default=None, check=_check_serve))
@@ -234,20 +301,25 @@ def install() -> None:
         DEVICE_PREPARERS.append(prepare_device)
     if _close_all not in RUN_FINISHERS:
         RUN_FINISHERS.append(_close_all)
-    handler = do_inject
-    try:        # the memory-failure model's wrapper: trace_events, panic handling
-        from ..memory_failure.steps import _wrap
-        handler = _wrap("inject", do_inject)
-    except ImportError:
-        pass
+    handler = _wrapped("inject", do_inject)
     if "inject" not in STEP_KINDS or STEP_KINDS["inject"].handler is None:
-        register_step_kind("inject", (Field("device", "str"), Field("bar", "int"), Field("offset"),
-                                      Field("granularity", required=False, default=4096),
-                                      Field("error_type", "str", required=False, default="multi-ecc",
-                                            check=_check_error_type),
-                                      Field("current", "int", required=False, default=None)),
-                           handler, thread_field="current", doc="poison a served device through its control channel; the host's "
-                                        "GHES-like error source handles the record in the same step (extension)")
+        register_step_kind("inject", _injection_fields() + (Field("current", "int", required=False, default=None),),
+                           handler, thread_field="current",
+                           doc="poison a served device through its control channel; the host's GHES-like error "
+                               "source handles the record in the same step (extension)")
+    if "inject_queued" not in STEP_KINDS or STEP_KINDS["inject_queued"].handler is None:
+        register_step_kind("inject_queued", _injection_fields(), _wrapped("inject_queued", do_inject),
+                           doc="poison a served device; its record waits in the device's queue (extension)")
+    if "process_errors" not in STEP_KINDS or STEP_KINDS["process_errors"].handler is None:
+        register_step_kind("process_errors", (Field("device", "str"),
+                                              Field("current", "int", required=False, default=None)),
+                           _wrapped("process_errors", do_process_errors), thread_field="current",
+                           doc="the host's error source reads and handles the records the device queued (extension)")
+    if "scrub" not in STEP_KINDS or STEP_KINDS["scrub"].handler is None:
+        register_step_kind("scrub", (Field("device", "str"), Field("bar", "int"), Field("offset"),
+                                     Field("length", required=False, default=DEFAULT_GRANULARITY)),
+                           _wrapped("scrub", do_scrub),
+                           doc="the served device repairs a range of its memory itself (extension)")
 
 
 install()

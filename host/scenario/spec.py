@@ -16,13 +16,14 @@ from hugepfn.device.input_limits import InputError, load_toml
 from .. import kernel as kernel_mod
 from ..drivers import DRIVERS
 from .errors import ScenarioError
+from .expect import parse_expect
 from .fields import Field, convert_fields
 from .steps import STEP_KINDS, SYSCTLS
 
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 
 MACHINE_FIELDS = (
-    Field("kernel", "str", required=False, default="7.0", choices=tuple(kernel_mod.PROFILES)),
+    Field("kernel", "str", required=False, default="7.3", choices=tuple(kernel_mod.PROFILES)),
     Field("arch", "str", required=False, default="x86_64", choices=tuple(kernel_mod.ARCHES)),
     Field("thp", "str", required=False, default="always", choices=kernel_mod.THP_MODES),
     Field("policy", "str", required=False, default="upstream", choices=kernel_mod.POLICIES),
@@ -86,6 +87,7 @@ class Step:
     kind: str
     fields: dict[str, Any]
     note: str | None = None
+    expect: dict[str, Any] | None = None     # the [step.expect] table, checked (hugepfn.host.scenario.expect)
 
     @property
     def where(self) -> str:
@@ -107,6 +109,11 @@ class Scenario:
     description: str = ""
     source: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def expectations(self) -> int:
+        """How many checks the steps' [step.expect] tables make."""
+        return sum(len(s.expect) for s in self.steps if s.expect)
 
 
 def _table(value: Any, where: str) -> dict:
@@ -191,6 +198,9 @@ def parse_scenario(data: dict, source: str = "") -> Scenario:
         note = body.pop("note", None)
         if note is not None and not isinstance(note, str):
             raise ScenarioError(f"{where}: note: expected a string, got {note!r}")
+        expect = body.pop("expect", None)
+        if expect is not None:
+            expect = parse_expect(expect, do, where)
         fields = convert_fields(kind.fields, body, where)
         for key, value in fields.items():
             if key == "pid" and value not in pids:
@@ -199,7 +209,13 @@ def parse_scenario(data: dict, source: str = "") -> Scenario:
                 raise ScenarioError(f"{where}: {key}: no thread with tid {value}")
             if key == "device" and value not in names:
                 raise ScenarioError(f"{where}: device: no device named {value!r}")
-        steps.append(Step(i, do, fields, note))
+        if do == "fork":
+            child = fields["child"]
+            if child in pids or child in tids:
+                raise ScenarioError(f"{where}: child: pid {child} is already taken")
+            pids.add(child)         # the child (its one thread is tid = pid) exists from here on
+            tids.add(child)
+        steps.append(Step(i, do, fields, note, expect))
 
     return Scenario(top["kernel"], top["arch"], top["thp"], top["policy"], sysctl, devices, processes, steps,
                     top["thp_sysfs_gates_pfnmap"], top["dyndbg"], top["description"], source)

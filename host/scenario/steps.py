@@ -73,12 +73,18 @@ PR_MCE_KILL_EARLY = 1
 PR_MCE_KILL_DEFAULT = 2
 PRCTL_OPTIONS = {"PR_MCE_KILL": PR_MCE_KILL, "PR_MCE_KILL_GET": PR_MCE_KILL_GET,
                  "PR_SET_THP_DISABLE": PR_SET_THP_DISABLE, "PR_GET_THP_DISABLE": PR_GET_THP_DISABLE}
+PR_THP_DISABLE_EXCEPT_ADVISED = 1 << 1
 PRCTL_ARG_NAMES = {"PR_MCE_KILL_CLEAR": 0, "PR_MCE_KILL_SET": 1, "PR_MCE_KILL_LATE": 0,
-                   "PR_MCE_KILL_EARLY": 1, "PR_MCE_KILL_DEFAULT": 2}
+                   "PR_MCE_KILL_EARLY": 1, "PR_MCE_KILL_DEFAULT": 2,
+                   "PR_THP_DISABLE_EXCEPT_ADVISED": PR_THP_DISABLE_EXCEPT_ADVISED}
 MF_FLAGS = {"MF_COUNT_INCREASED": 1 << 0, "MF_ACTION_REQUIRED": 1 << 1, "MF_MUST_KILL": 1 << 2,
             "MF_SOFT_OFFLINE": 1 << 3, "MF_UNPOISON": 1 << 4, "MF_SW_SIMULATED": 1 << 5,
             "MF_NO_RETRY": 1 << 6, "MF_MEM_PRE_REMOVE": 1 << 7}
-MADVICE = {"MADV_HUGEPAGE": MADV_HUGEPAGE, "MADV_NOHUGEPAGE": MADV_NOHUGEPAGE}
+MADVICE = {"MADV_NORMAL": 0, "MADV_DONTNEED": 4, "MADV_HUGEPAGE": MADV_HUGEPAGE,
+           "MADV_NOHUGEPAGE": MADV_NOHUGEPAGE}
+PROTS = {"none": 0, "r": 1, "rw": 3}
+MREMAP_MAYMOVE = 1
+MREMAP_FIXED = 2
 
 
 def _prctl_value(names: dict[str, int]) -> Callable[[Any], str | None]:
@@ -121,7 +127,8 @@ def _region(value: int) -> str | None:
 # -- handlers ----------------------------------------------------------------------------------------
 def do_mmap(run: "ScenarioRun", step: "Step") -> int:
     f = step.fields
-    return run.machine.mmap(f["pid"], f["device"], f["region"], f["offset"], f["length"], f["addr"], f["shared"])
+    return run.machine.mmap(f["pid"], f["device"], f["region"], f["offset"], f["length"], f["addr"], f["shared"],
+                            PROTS[f["prot"]])
 
 
 def do_munmap(run: "ScenarioRun", step: "Step") -> int:
@@ -218,14 +225,19 @@ def prctl(thread, option: int, arg2: int, arg3: int, arg4: int = 0, arg5: int = 
             return PR_MCE_KILL_EARLY if thread.flags & PF_MCE_EARLY else PR_MCE_KILL_LATE
         return PR_MCE_KILL_DEFAULT
     if option == PR_SET_THP_DISABLE:
-        if arg3 | arg4 | arg5:
+        advised_ok = thread.process.mm.machine.profile.thp_disable_except_advised
+        allowed = PR_THP_DISABLE_EXCEPT_ADVISED if advised_ok else 0
+        if arg3 & ~allowed or arg4 | arg5 or (arg3 and not arg2):
             return -errno.EINVAL
         thread.mm.thp_disabled = bool(arg2)
+        thread.mm.thp_except_advised = bool(arg2 and arg3 & PR_THP_DISABLE_EXCEPT_ADVISED)
         return 0
     if option == PR_GET_THP_DISABLE:
         if arg2 | arg3 | arg4 | arg5:
             return -errno.EINVAL
-        return int(thread.mm.thp_disabled)
+        mm = thread.mm
+        return (int(mm.thp_disabled) | (PR_THP_DISABLE_EXCEPT_ADVISED if mm.thp_except_advised else 0)
+                if mm.thp_disabled else 0)
     return -errno.EINVAL
 
 
@@ -252,7 +264,8 @@ def _prctl_arg(name: str) -> Field:
 
 register_step_kind("mmap", (Field("pid", "int"), _device(), Field("region", "int", check=_region),
                             Field("offset", required=False, default=0), Field("length"), Field("addr"),
-                            Field("shared", "bool", required=False, default=True)), do_mmap,
+                            Field("shared", "bool", required=False, default=True),
+                            Field("prot", "str", required=False, default="rw", choices=tuple(PROTS))), do_mmap,
                    doc="mmap of a vfio device region at a fixed VA")
 register_step_kind("munmap", (Field("pid", "int"), Field("addr"), Field("length")), do_munmap)
 register_step_kind("madvise", (Field("pid", "int"), Field("addr"), Field("length"),
@@ -281,6 +294,55 @@ register_step_kind("prctl", (Field("tid", "int"),
                              Field("arg4", "int", required=False, default=0),
                              Field("arg5", "int", required=False, default=0)),
                    do_prctl, thread_field="tid")
+def do_mprotect(run: "ScenarioRun", step: "Step") -> int:
+    f = step.fields
+    return run.machine.mprotect(f["pid"], f["addr"], f["length"], PROTS[f["prot"]])
+
+
+def do_mremap(run: "ScenarioRun", step: "Step") -> int:
+    f = step.fields
+    got = run.machine.mremap(f["pid"], f["addr"], f["length"], f["new_length"], f["flags"], f["new_addr"])
+    if got < 0:
+        return got
+    run.record.extra["new_addr"] = f"{got:#x}"
+    return 0
+
+
+def do_fork(run: "ScenarioRun", step: "Step") -> int:
+    return run.machine.fork(step.fields["pid"], step.fields["child"])
+
+
+def do_exit(run: "ScenarioRun", step: "Step") -> int:
+    return run.machine.exit(step.fields["pid"])
+
+
+def do_sleep(run: "ScenarioRun", step: "Step") -> int:
+    run.machine.clock.msleep(step.fields["ms"])
+    return 0
+
+
+def do_thp(run: "ScenarioRun", step: "Step") -> int:
+    run.machine.thp = step.fields["mode"]
+    return 0
+
+
+register_step_kind("mprotect", (Field("pid", "int"), Field("addr"), Field("length"),
+                                Field("prot", "str", choices=tuple(PROTS))), do_mprotect,
+                   doc="mprotect(2) of a range (VMAs split at its ends)")
+register_step_kind("mremap", (Field("pid", "int"), Field("addr"), Field("length"), Field("new_length"),
+                              Field("new_addr", required=False, default=0),
+                              Field("flags", "int", required=False, default=MREMAP_MAYMOVE | MREMAP_FIXED)),
+                   do_mremap, doc="mremap(2); flags MREMAP_MAYMOVE=1 | MREMAP_FIXED=2 (default 3)")
+register_step_kind("fork", (Field("pid", "int"), Field("child", "int", check=lambda v: None if v > 0 else "must be positive")),
+                   do_fork, doc="fork(2) by the process's main thread; the child (one thread, tid = child) "
+                             "inherits the mappings")
+register_step_kind("exit", (Field("pid", "int"), Field("code", "int", required=False, default=0)), do_exit,
+                   doc="the process exits (its mappings go)")
+register_step_kind("sleep", (Field("ms", "int", check=lambda v: None if 0 <= v <= 60000 else "must be 0..60000"),),
+                   do_sleep, doc="time passes (rate limits of the kernel log reopen after 5 s)")
+register_step_kind("thp", (Field("mode", "str", choices=("always", "madvise", "never")),), do_thp,
+                   doc="write /sys/kernel/mm/transparent_hugepage/enabled")
+
 # poison kinds: validated now, run by the memory-failure model once it registers handlers
 register_step_kind("poison", (_device(), Field("region", "int", check=_region), Field("offset")),
                    doc="the hardware marks memory bad (no report yet)")

@@ -90,7 +90,8 @@ def test_hexdump_is_our_config_space(tmp_path):
 
 
 def test_cli_lspci_shows_a_profile():
-    proc = subprocess.run([sys.executable, "-m", "hugepfn.cli.main", "lspci", "--profile", "gpu-8g"],
+    # -v as with lspci: BARs and capabilities (without it, one line; test_cli_conventions.py)
+    proc = subprocess.run([sys.executable, "-m", "hugepfn.cli.main", "lspci", "--profile", "gpu-8g", "-v"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "3D controller" in proc.stdout and "[size=8G]" in proc.stdout

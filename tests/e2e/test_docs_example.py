@@ -13,8 +13,10 @@ EXAMPLE = re.compile(r"<!-- docs-example: (\S+) -->\n```python\n(.*?)```", re.S)
 
 def test_every_docs_example_passes(pytester):
     examples = dict(EXAMPLE.findall(DOC.read_text()))
-    assert sorted(examples) == ["test_event.py", "test_poison.py"]
+    assert sorted(examples) == ["test_consume_before_report.py", "test_event.py", "test_monitor.py",
+                                "test_poison.py", "test_shared_host.py"]
     for name, code in examples.items():
         (pytester.path / name).write_text(code)
     result = pytester.runpytest("-q")
-    result.assert_outcomes(passed=3)        # test_poison is parametrized over two policies
+    # test_poison and test_shared_host are parametrized over two cases each
+    result.assert_outcomes(passed=7)

@@ -75,7 +75,7 @@ def test_kernel_marker_parametrizes_hugepfn_host(pytester):
             assert hugepfn_host(attach=False).machine.profile.name == hugepfn_kernel
 
         def test_default(hugepfn_kernel):
-            assert hugepfn_kernel == "7.0"
+            assert hugepfn_kernel == "7.3"
     ''')
     result = pytester.runpytest("-v")
     result.assert_outcomes(passed=3)
@@ -94,7 +94,7 @@ def test_unknown_kernel_in_the_marker_is_a_one_line_collection_error(pytester):
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*ERROR collecting test_bad.py*",
                                  "test_bad.py::test_x: hugepfn_kernel: unknown kernel profile '5.4' "
-                                 "(choose from 6.12, 6.15, 6.19, 7.0)"])
+                                 "(choose from 6.1, 6.12, 6.16, 6.17, 6.18, 6.19, 7.0, 7.1, 7.2, 7.3, 6.12.0)"])
     assert "Traceback" not in result.stdout.str() and "pluggy" not in result.stdout.str()
 
 

@@ -51,11 +51,12 @@ def test_hard_offline_refaults_around_the_poison(hugepfn_host):
     host, proc, bar = _mapped_host(hugepfn_host, "hard-offline")
     host.poison("gpu", bar=2, offset=POISON)
     res = bar.access(0x20_1234, tid=4243)
-    assert res.calls == [(9, VM_FAULT_FALLBACK), (0, VM_FAULT_HWPOISON)]
+    # the PMD attempt twice: the per-VMA-lock pass, then its retry under mmap_lock
+    assert res.calls == [(9, VM_FAULT_FALLBACK), (9, VM_FAULT_FALLBACK), (0, VM_FAULT_HWPOISON)]
     assert_signal(res, "BUS_MCEERR_AR", addr=bar.va(0x20_1234), lsb=12, tid=4243)   # the faulting address
     assert_mapping(res, level=None)
-    clean = bar.access(0x20_3000)
-    assert clean.calls == [(9, VM_FAULT_FALLBACK), (0, VM_FAULT_NOPAGE)]
+    clean = bar.access(0x20_3000)       # no PTE was installed: the PMD slot is still empty
+    assert clean.calls == [(9, VM_FAULT_FALLBACK), (9, VM_FAULT_FALLBACK), (0, VM_FAULT_NOPAGE)]
     assert_mapping(clean, level="pte")
     assert_mapping(proc, bar.va(0x40_0000), "pmd")  # the neighbouring PMD was never touched
     assert f"MCE: Killing qemu:4243 due to hardware memory corruption fault at {bar.va(0x20_1234):x}" in host.log()
@@ -93,7 +94,7 @@ def test_a_2m_blast_radius_is_one_report_and_2m_of_bad_memory(hugepfn_host):
     # page 0x3ff was not reported: the driver maps it, the load machine-checks (AR as the
     # consumer), and only then does hard-offline record and zap it
     res = bar.access(0x3F_F000, tid=4243)
-    assert res.calls == [(9, VM_FAULT_FALLBACK), (0, VM_FAULT_NOPAGE)] and res.consumed
+    assert res.calls == [(9, VM_FAULT_FALLBACK), (9, VM_FAULT_FALLBACK), (0, VM_FAULT_NOPAGE)] and res.consumed
     assert_signal(res, "BUS_MCEERR_AR", addr=bar.va(0x3F_F000), lsb=12, tid=4243)
     assert_mapping(proc, bar.va(0x3F_F000), None)
 
@@ -108,13 +109,14 @@ def test_unregistered_bar_is_ignored_and_consumption_is_not_recovered(hugepfn_ho
     assert host.log()[-1] == "mce: Memory error not recovered"
 
 
-@pytest.mark.hugepfn_kernel("6.15")
+@pytest.mark.hugepfn_kernel("6.16")
 def test_before_6_19_ghes_drops_the_address_and_consumption_is_not_recovered(hugepfn_host):
     host, proc, bar = _mapped_host(hugepfn_host, "upstream")
     assert host.registrations == {("gpu", 2): -95}  # -EOPNOTSUPP: no registration API yet
     result = host.poison("gpu", bar=2, offset=POISON)
     assert (result.pfns, result.rets, result.signals) == ([PFN], [None], [])   # never called
-    assert host.log()[-1] == "[Firmware Warn]: GHES: Invalid address in generic error data: 0x100201040"
+    # the record's address: the 4 KiB block holding POISON (the default granularity)
+    assert host.log()[-1] == "[Firmware Warn]: GHES: Invalid address in generic error data: 0x100201000"
     res = bar.access(0x20_1000)
     assert res.consumed
     assert [(s.signo, s.code, s.addr) for s in res.signals] == [("SIGBUS", None, None)]

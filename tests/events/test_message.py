@@ -85,7 +85,7 @@ def events_st(draw):
         result=draw(st.sampled_from(["Recovered", "Ignored", "Failed", "Delayed"])),
         signals_sent=len(signals) + draw(st.integers(0, 1000)), signals=signals,
         consumption_count=draw(st.integers(0, 2**32 - 1)),
-        profile=draw(st.sampled_from(["", "6.12", "6.15", "6.19", "7.0"])),
+        profile=draw(st.sampled_from(["", "6.12", "6.16", "6.19", "7.3"])),
     )
 
 
@@ -166,7 +166,7 @@ def test_bad_event_fields_are_one_line_errors(field, value, message):
 def test_summary_and_json_lines():
     event = make_event(1)
     assert event.summary() == (
-        "#1001 2025-11-21T22:43:20.001000Z 0000:41:00.0 BAR2+0x1000 pfn 0x3800001 4KiB "
+        "#1001 2025-11-21T22:43:20.001000Z pid - 0000:41:00.0 BAR2+0x1000 pfn 0x3800001 4KiB "
         "policy hard-offline action zapped result Recovered signals 2 "
         "[tid 4001 BUS_MCEERR_AR addr 0x7f3a00001000 lsb 12, tid 5001 BUS_MCEERR_AO addr 0x7f3b00001000 lsb 12] "
         "consumed 1 profile 6.19")
@@ -175,11 +175,16 @@ def test_summary_and_json_lines():
         '"bar":2,"bar_offset":4096,"granularity":4096,"policy":"hard-offline","action":"zapped",'
         '"result":"Recovered","signals_sent":2,"signals":[{"tid":4001,"code":4,"addr":139887084834816,'
         '"lsb":12},{"tid":5001,"code":5,"addr":139891379802112,"lsb":12}],"consumption_count":1,'
-        '"profile":"6.19"}')
+        '"profile":"6.19","publisher_pid":null}')
+    published = dataclasses.replace(event, publisher_pid=4321)
+    assert " pid 4321 0000:41:00.0 BAR2+0x1000 " in published.summary()
+    assert published.to_json().endswith('"profile":"6.19","publisher_pid":4321}')
 
 
 def test_every_event_field_has_an_attribute():
     from hugepfn.host.events.message import _SCALARS, _SIGNAL_FIELDS
 
-    assert {key for key, _ in _SCALARS} | {"signals"} == {f.name for f in dataclasses.fields(MemoryFailureEvent)}
+    # publisher_pid is the message header's nlmsg_pid, not an attribute
+    assert {key for key, _ in _SCALARS} | {"signals", "publisher_pid"} == {
+        f.name for f in dataclasses.fields(MemoryFailureEvent)}
     assert {key for key, _ in _SIGNAL_FIELDS} == {f.name for f in dataclasses.fields(SignalSummary)}

@@ -39,13 +39,17 @@ def test_monitor_json_count_2_prints_exact_lines(private_netns):
                     netns=private_netns)
     try:
         assert _wait_listening(monitor) == f"hugepfn monitor: listening on NETLINK_USERSOCK group {DEFAULT_GROUP}"
-        assert _publish_in(private_netns, [e.to_json() for e in sent]) == [e.to_json() for e in sent]
+        echoed = _publish_in(private_netns, [e.to_json() for e in sent])
         out, err = monitor.communicate(timeout=15)
     finally:
         monitor.kill()
         monitor.wait()
+    published = [events.MemoryFailureEvent.from_json(line) for line in echoed]
+    assert published == sent                         # the events themselves, as sent
+    [pid] = {e.publisher_pid for e in published}     # stamped with the publisher's pid ...
+    assert pid > 0
     assert monitor.returncode == 0, err
-    assert out == "".join(e.to_json() + "\n" for e in sent)
+    assert out == "".join(line + "\n" for line in echoed)   # ... which the monitor prints
     assert err == ""
 
 
@@ -55,13 +59,16 @@ def test_monitor_reports_a_malformed_message_in_one_line_and_goes_on(private_net
     monitor = spawn([*MONITOR, "--count", "1", "--timeout", "15"], netns=private_netns)
     try:
         assert _wait_listening(monitor) == f"hugepfn monitor: listening on NETLINK_USERSOCK group {DEFAULT_GROUP}"
-        _publish_in(private_netns, ["raw:" + garbage.hex(), "raw:ff", make_event(3).to_json()])
+        echoed = _publish_in(private_netns, ["raw:" + garbage.hex(), "raw:ff", make_event(3).to_json()])
         out, err = monitor.communicate(timeout=15)
     finally:
         monitor.kill()
         monitor.wait()
     assert monitor.returncode == 0, err
-    assert out == make_event(3).summary() + "\n"
+    published = events.MemoryFailureEvent.from_json(echoed[-1])
+    assert published == make_event(3) and published.publisher_pid > 0
+    assert out == published.summary() + "\n"
+    assert f" pid {published.publisher_pid} 0000:41:00.0 " in out
     where = f"NETLINK_USERSOCK group {DEFAULT_GROUP}"
     assert err.splitlines() == [
         f"hugepfn monitor: skipped malformed message on {where}: not a hugepfn event (nlmsg_type 0x0) (20 bytes)",

@@ -36,9 +36,11 @@ def test_events_arrive_exactly_and_in_order_inside_a_private_netns(private_netns
         for proc in (listener, publisher):
             proc.kill()
             proc.wait()
-    assert echoed == [e.to_json() for e in sent]  # fully specified events keep seq/timestamp
+    published = [events.MemoryFailureEvent.from_json(line) for line in echoed]
+    assert published == sent  # fully specified events keep seq/timestamp
+    assert len({e.publisher_pid for e in published}) == 1 and published[0].publisher_pid > 0
     assert listener.returncode == 0, err
-    assert out.splitlines() == [e.to_json() for e in sent]
+    assert out.splitlines() == echoed     # what the listener decoded, the publisher's pid included
     assert [events.MemoryFailureEvent.from_json(line) for line in out.splitlines()] == sent
     assert err == ""
 

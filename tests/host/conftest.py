@@ -10,11 +10,13 @@ from hugepfn.host.mm.vm_fault import fault_name
 BAR_PHYS = 0x3800000000          # 1 GiB aligned
 VA = 0x7f0000000000              # 1 GiB aligned
 PID = 4242
-PROFILES = ("6.12", "6.15", "6.19", "7.0")
+# the huge-pfnmap profiles: crosschecked series (6.12, 6.16, 7.3) and the two between them that
+# Debian ships without modules here (6.19, 7.0)
+PROFILES = ("6.12", "6.16", "6.19", "7.0", "7.3")
 PREFIX = "vfio-pci 0000:01:00.0: "
 
 
-def make_machine(kernel: str = "7.0", arch: str = "x86_64", thp: str = "always", bar_size: int = 4 << 30,
+def make_machine(kernel: str = "7.3", arch: str = "x86_64", thp: str = "always", bar_size: int = 4 << 30,
                  bar_phys: int = BAR_PHYS, **kw) -> Machine:
     m = Machine(kernel=kernel, arch=arch, thp=thp, **kw)
     m.create_process(PID, "qemu", [PID, PID + 1])

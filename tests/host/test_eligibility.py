@@ -1,5 +1,6 @@
-"""The eligibility gate (reference 1.2): THP sysfs mode, MADV_HUGEPAGE / NOHUGEPAGE, prctl
-PR_SET_THP_DISABLE, the mm-2026 bypass switch, and the arch's orders."""
+"""The eligibility gate (thp_vma_allowable_orders): THP sysfs mode, MADV_HUGEPAGE / NOHUGEPAGE,
+prctl PR_SET_THP_DISABLE (and PR_THP_DISABLE_EXCEPT_ADVISED), the sysfs bypass for pfnmaps
+(vma_file_bypass_thp_tuneables) per kernel, and the arch's orders."""
 import pytest
 
 from hugepfn.host.mm.constants import MADV_HUGEPAGE, MADV_NOHUGEPAGE, VM_HUGEPAGE, VM_IO, VM_NOHUGEPAGE, VM_PFNMAP
@@ -31,7 +32,21 @@ def first_touch(m, advice=None):
     ("never", None, PTE_ONLY),
     ("never", MADV_HUGEPAGE, PTE_ONLY),
 ])
-def test_thp_sysfs_gates_huge_pfnmaps_in_every_profile(profile, thp, advice, expected):
+@pytest.mark.parametrize("profile", ["6.16", "6.17", "6.18", "6.12.0"])
+def test_thp_sysfs_gates_huge_pfnmaps_where_the_bypass_is_missing(profile, thp, advice, expected):
+    """Debian's 6.16 .. 6.18 gate pfnmaps by the sysfs mode (crosscheck thp_modes, xc-thp-never,
+    xc-thp-madvise: a PTE under "never" on 6.16.12 and 6.18.15)."""
+    assert first_touch(make_machine(profile, thp=thp), advice) == expected
+
+
+@pytest.mark.parametrize("thp,advice,expected", [
+    ("always", None, HUGE), ("madvise", None, HUGE), ("never", None, HUGE), ("never", MADV_HUGEPAGE, HUGE),
+    ("madvise", MADV_NOHUGEPAGE, PTE_ONLY), ("never", MADV_NOHUGEPAGE, PTE_ONLY),
+])
+@pytest.mark.parametrize("profile", ["6.12", "7.2", "7.3"])
+def test_sysfs_mode_does_not_apply_to_pfnmaps_with_huge_fault(profile, thp, advice, expected):
+    """vma_file_bypass_thp_tuneables: Debian's 6.12.118 (by backport), 7.2.13 and 7.3.4 map a PUD
+    under "never" (crosscheck xc-thp-never); MADV_NOHUGEPAGE still blocks."""
     assert first_touch(make_machine(profile, thp=thp), advice) == expected
 
 
@@ -41,7 +56,7 @@ def test_thp_sysfs_gates_huge_pfnmaps_in_every_profile(profile, thp, advice, exp
     ("never", MADV_NOHUGEPAGE, PTE_ONLY),
 ])
 def test_mm_2026_bypass_ignores_sysfs_but_not_nohugepage(thp, advice, expected):
-    m = make_machine("7.0", thp=thp, thp_sysfs_gates_pfnmap=False)
+    m = make_machine("6.16", thp=thp, thp_sysfs_gates_pfnmap=False)
     assert first_touch(m, advice) == expected
 
 
@@ -53,7 +68,24 @@ def test_prctl_thp_disable_blocks_huge_faults_for_the_whole_mm():
     assert first_touch(m) == PTE_ONLY
     assert prctl(thread, 41, 0, 0) == 0
     assert calls_named(m.access(PID, VA + (2 << 30))) == HUGE
-    assert prctl(thread, 41, 1, 1) == -22          # arg3 must be 0
+    assert prctl(thread, 41, 1, 1) == -22          # arg3: only PR_THP_DISABLE_EXCEPT_ADVISED (2)
+
+
+@pytest.mark.parametrize("profile,accepted", [("6.16", False), ("6.18", True), ("7.3", True)])
+def test_prctl_thp_disable_except_advised(profile, accepted):
+    """PR_SET_THP_DISABLE(1, PR_THP_DISABLE_EXCEPT_ADVISED): MADV_HUGEPAGE VMAs keep huge faults,
+    PR_GET_THP_DISABLE reads 3 (crosscheck xc-prctl-thp-except-advised: 7.3.4 takes it, 6.16.12
+    refuses it)."""
+    m = make_machine(profile)
+    thread = m.tasks.thread(PID)
+    assert prctl(thread, 41, 1, 2) == (0 if accepted else -22)
+    if not accepted:
+        return
+    assert prctl(thread, 42, 0, 0) == 3
+    assert m.mmap(PID, "D", 0, 0, 2 << 30, VA) == 0
+    assert m.madvise(PID, VA + (1 << 30), 1 << 30, MADV_HUGEPAGE) == 0
+    assert calls_named(m.access(PID, VA)) == PTE_ONLY
+    assert calls_named(m.access(PID, VA + (1 << 30))) == HUGE
 
 
 def test_hardware_without_thp_gets_ptes_only():

@@ -6,7 +6,7 @@ import pytest
 
 from hugepfn.host.drivers import PciBar
 from hugepfn.host.machine import Machine
-from hugepfn.host.mm.constants import (PMD_SIZE, PUD_SIZE, VM_ALLOW_ANY_UNCACHED, VM_DONTDUMP, VM_DONTEXPAND,
+from hugepfn.host.mm.constants import (MADV_NOHUGEPAGE, PMD_SIZE, PUD_SIZE, VM_ALLOW_ANY_UNCACHED, VM_DONTDUMP, VM_DONTEXPAND,
                                        VM_IO, VM_PFNMAP, VM_SHARED)
 
 from .conftest import PID, VA, make_machine
@@ -72,7 +72,7 @@ def test_syscall_argument_errors():
 
 
 def test_map_fixed_replaces_and_munmap_splits_zaps_and_frees_tables():
-    m = make_machine()
+    m = make_machine("6.12")        # split_huge_leaf clears the PUD at the new VMA boundaries
     m.mmap(PID, "D", 0, 0, 2 * PUD_SIZE, VA)
     m.access(PID, VA)
     m.access(PID, VA + PUD_SIZE)
@@ -92,3 +92,24 @@ def test_map_fixed_replaces_and_munmap_splits_zaps_and_frees_tables():
     assert m.munmap(PID, VA, 2 * PUD_SIZE) == 0
     assert len(mm) == 0 and mm.pgtable.nr_tables() == (0, 0)
     assert len(m.device("D").mapping) == 0
+
+
+def test_7_3_oopses_when_a_vma_boundary_inside_a_pud_is_not_2m_aligned():
+    """vma_adjust_trans_huge of 7.2/7.3 looks for a PMD at a boundary that is not 2 MiB aligned;
+    inside a PUD leaf mm_find_pmd reads the leaf as a PMD table and __split_huge_pmd faults on
+    it (crosscheck xc-munmap-unaligned-in-pud: an Oops in _raw_spin_lock on 7.2.13, 7.3.4, 6.16.12)."""
+    from hugepfn.host.oops import KernelOops
+
+    m = make_machine("7.3")
+    m.mmap(PID, "D", 0, 0, PUD_SIZE, VA)
+    m.access(PID, VA)
+    with pytest.raises(KernelOops) as crash:
+        m.munmap(PID, VA + PMD_SIZE + 4096, 4096)
+    assert crash.value.first_line == "BUG: unable to handle page fault for address: <ptr>"
+    assert crash.value.trace == ("_raw_spin_lock", "__split_huge_pmd", "vma_adjust_trans_huge")
+    # a boundary 2 MiB aligned keeps the PUD across it: no split, no crash
+    m2 = make_machine("7.3")
+    m2.mmap(PID, "D", 0, 0, PUD_SIZE, VA)
+    m2.access(PID, VA)
+    assert m2.madvise(PID, VA + PMD_SIZE, PMD_SIZE, MADV_NOHUGEPAGE) == 0
+    assert m2.tasks.process(PID).mm.pgtable.counts() == (1, 0, 0)

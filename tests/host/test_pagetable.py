@@ -82,13 +82,13 @@ def test_mapping_tree_order_and_overlap():
 
 
 def test_remap_range_uses_linear_tables_and_behaves_like_ptes():
-    from hugepfn.host.mm.pagetable import LinearPtes
+    from hugepfn.host.mm.pagetable import LinearPtes, new_table
     pt = PageTable()
     start = BASE + 0x1000
     pt.set_pte_range(start, BASE + 3 * PMD_SIZE + 0x2000, 0x1000)
     tables = pt.pmd_tables[BASE >> 30].pte_tables
     kinds = [type(tables[(BASE >> 21) + i]).__name__ for i in range(4)]
-    assert kinds == ["dict", "LinearPtes", "LinearPtes", "dict"]
+    assert kinds == ["array", "LinearPtes", "LinearPtes", "array"]
     assert pt.counts() == (0, 0, 511 + 512 + 512 + 2)
     assert pt.lookup(BASE + PMD_SIZE + 0x5000) == Leaf("pte", BASE + PMD_SIZE + 0x5000, 0x1000 + 511 + 5)
     assert pt.lookup(start) == Leaf("pte", start, 0x1000)
@@ -99,6 +99,6 @@ def test_remap_range_uses_linear_tables_and_behaves_like_ptes():
     assert isinstance(tables[(BASE >> 21) + 2], LinearPtes)
     out = pt.zap_range(BASE + 2 * PMD_SIZE, BASE + 3 * PMD_SIZE)
     assert out == [Zapped("pte", BASE + 2 * PMD_SIZE, PMD_SIZE)]
-    assert pt.counts() == (0, 0, 511 + 510 + 2) and tables[(BASE >> 21) + 2] == {}
+    assert pt.counts() == (0, 0, 511 + 510 + 2) and tables[(BASE >> 21) + 2] == new_table()
     assert [leaf.va for leaf in pt.leaves(BASE + PMD_SIZE, BASE + PMD_SIZE + 0x4000)] == [
         BASE + PMD_SIZE, BASE + PMD_SIZE + 0x3000]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hugepfn.fixtures import SCENARIOS
 from hugepfn.host.memory_failure.compare import run_all_policies
 from hugepfn.host.memory_failure.summary import format_bytes
 
@@ -44,7 +45,9 @@ def test_cli_table_and_png(tmp_path):
 
 def test_cli_user_errors():
     out = hugepfn("compare", "no-such.toml")
-    assert out.returncode == 1 and out.stderr.startswith("hugepfn compare: error: No such file or directory")
+    assert out.returncode == 2 and out.stderr == ("hugepfn compare: error: no scenario file or bundled scenario "
+                                                  "'no-such.toml' (`hugepfn scenarios` lists the "
+                                                  f"{len(list(SCENARIOS.glob('*.toml')))} bundled ones)\n")
     out = hugepfn("compare", str(SPLIT), "--png", "x.jpg")
     assert out.returncode == 2 and out.stderr.strip() == "hugepfn compare: error: --png: the file name must end in .png, got 'x.jpg'"
 

@@ -73,7 +73,7 @@ def test_unregistered_pfn_consumption_arm64_logs_sending_sigbus():
 
 
 def test_before_6_19_consumption_is_not_recovered():
-    m = consuming("6.15")
+    m = consuming("6.16")
     mark = len(m.klog)
     res = m.access(4242, ADDR)
     assert [(s.signo, s.code) for s in res.signals] == [("SIGBUS", None)]
@@ -148,7 +148,7 @@ def test_hard_offline_page_results():
     mfo = memory_failure_of(m)
     assert hard_offline_page(mfo, "0x1000", m.tasks.thread(4242), cap_sys_admin=False) == -errno.EPERM
     assert hard_offline_page(mfo, "0x9000000000", m.tasks.thread(4242)) == -errno.EBUSY   # unregistered pfn
-    old = consuming("6.15")
+    old = consuming("6.16")
     assert hard_offline_page(memory_failure_of(old), f"{PFN << 12:#x}", old.tasks.thread(4242)) == -errno.ENXIO
 
 

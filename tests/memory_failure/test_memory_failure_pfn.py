@@ -193,7 +193,7 @@ def test_recovery_sysctl_zero_panics_before_anything_else():
     assert m.tasks.journal == []
 
 
-@pytest.mark.parametrize("kernel", ["6.12", "6.15"])
+@pytest.mark.parametrize("kernel", ["6.12", "6.16"])
 def test_before_6_19_device_memory_is_outside_kernel_control(kernel):
     m = nvgrace_machine(kernel)
     assert m.mmap(4242, "gpu", 4, 0, GiB, VA) == 0

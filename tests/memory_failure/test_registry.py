@@ -82,7 +82,7 @@ def test_config_memory_failure_n_stubs():
     assert len(reg) == 0
 
 
-@pytest.mark.parametrize("kernel", ["6.12", "6.15"])
+@pytest.mark.parametrize("kernel", ["6.12", "6.16"])
 def test_no_registration_api_before_6_19(kernel):
     m = Machine(kernel=kernel)
     assert m.register_pfn_address_space(space(1, 2)) == -errno.EOPNOTSUPP

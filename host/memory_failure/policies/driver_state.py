@@ -74,13 +74,14 @@ class DriverPoison:
             return
         vma = vmf.vma
         if hasattr(dev, "_fmt_nv_fault") and getattr(dev, "memregion")(vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT):
-            dev.klog.lazy(dev._fmt_nv_fault, order, pfn, ret)
+            dev.klog.debug_ratelimited("nvgrace_gpu_vfio_pci_huge_fault", dev._fmt_nv_fault, order, pfn, ret)
             return
         if dev.profile.vfio_alignment == "page":
             pgoff = vmf.pgoff - vma.vm_pgoff
         else:
             pgoff = ((addr - vma.vm_start) & ULONG_MASK) >> PAGE_SHIFT
-        dev.klog.lazy(dev._fmt_huge_fault, order, vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT, pgoff, ret)
+        dev.klog.debug_ratelimited("vfio_pci_mmap_huge_fault", dev._fmt_huge_fault, order,
+                                  vma.vm_pgoff >> VFIO_PCI_PGOFF_SHIFT, pgoff, ret)
 
     def _make_huge_fault(self, orig: VmOperations):
         poison = self.poison

@@ -43,7 +43,7 @@ def _clean(mf: "MemoryFailure", device, pfn: int, order: int) -> bool:
     state = mf.drivers.get(id(device))
     if state is not None and state.poison.any_in(pfn, pfn + (1 << order)):
         return False
-    return not mf.hardware.pfns.any_in(pfn, pfn + (1 << order))
+    return not mf.hardware.any_in(pfn, pfn + (1 << order))
 
 
 def collapse(mf: "MemoryFailure", mm: "MM", start: int, end: int) -> list[tuple[str, int]]:

@@ -9,10 +9,11 @@ hard-offline), so a later zap (reset, memory disable) does not bring a huge leaf
 """
 from __future__ import annotations
 
+from array import array
 from typing import TYPE_CHECKING
 
 from ...mm.constants import PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PMD_SHIFT, PUD_SHIFT
-from ...mm.pagetable import LEVEL_PMD, LEVEL_PTE, LEVEL_PUD, PmdTable, PageTable, Zapped
+from ...mm.pagetable import INDEX_MASK, LEVEL_PMD, LEVEL_PTE, LEVEL_PUD, PmdTable, PageTable, Zapped
 from ...mm.zap import VmaZap
 from .base import PoisonPolicy, space_pgoff
 
@@ -23,11 +24,10 @@ if TYPE_CHECKING:
 PTRS = 1 << PMD_ORDER
 
 
-def _pte_table_without(first_va: int, first_pfn: int, hole_va: int) -> dict[int, int]:
-    """A full PTE table for the 2 MiB at ``first_va`` minus the entry of ``hole_va``."""
-    base = first_va >> PAGE_SHIFT
-    ptes = dict(zip(range(base, base + PTRS), range(first_pfn, first_pfn + PTRS)))
-    del ptes[hole_va >> PAGE_SHIFT]
+def _pte_table_without(first_pfn: int, hole_va: int) -> array:
+    """A full PTE table mapping first_pfn, first_pfn + 1, ... minus the entry of ``hole_va``."""
+    ptes = array("Q", range(first_pfn + 1, first_pfn + 1 + PTRS))     # entries hold pfn + 1
+    ptes[(hole_va >> PAGE_SHIFT) & INDEX_MASK] = 0
     return ptes
 
 
@@ -39,21 +39,19 @@ def split_leaf_around(pt: PageTable, addr: int) -> str | None:
         return None
     pud_idx = addr >> PUD_SHIFT
     pmd_idx = addr >> PMD_SHIFT
+    slot = pmd_idx & INDEX_MASK
     if leaf.level == LEVEL_PUD:
         del pt.pud_leaves[pud_idx]
         table = pt.pmd_tables[pud_idx] = PmdTable()
-        first_pmd = leaf.va >> PMD_SHIFT
-        for i in range(PTRS):
-            if first_pmd + i == pmd_idx:
-                table.pte_tables[pmd_idx] = _pte_table_without(pmd_idx << PMD_SHIFT, leaf.pfn + i * PTRS, addr)
-            else:
-                table.leaves[first_pmd + i] = leaf.pfn + i * PTRS
+        table.leaves = array("Q", range(leaf.pfn + 1, leaf.pfn + 1 + PTRS * PTRS, PTRS))
+        table.leaves[slot] = 0
+        table.pte_tables[pmd_idx] = _pte_table_without(leaf.pfn + slot * PTRS, addr)
     elif leaf.level == LEVEL_PMD:
         table = pt.pmd_tables[pud_idx]
-        del table.leaves[pmd_idx]
-        table.pte_tables[pmd_idx] = _pte_table_without(leaf.va, leaf.pfn, addr)
+        table.leaves[slot] = 0
+        table.pte_tables[pmd_idx] = _pte_table_without(leaf.pfn, addr)
     else:
-        del pt.pmd_tables[pud_idx].pte_tables[pmd_idx][addr >> PAGE_SHIFT]
+        pt.pte_alloc(addr)[(addr >> PAGE_SHIFT) & INDEX_MASK] = 0
     return leaf.level
 
 

@@ -1,0 +1,220 @@
+"""`hugepfn crosscheck`: replay scenarios on a real kernel and diff them with the model.
+
+``crosscheck(paths, series, ...)`` plans every scenario (those that cannot be replayed are
+reported with the reason), fetches the kernel, boots one guest for all of them (a kernel
+crash ends a boot: the crash is reported for the scenario that was running and the rest
+run in a new boot), then for each scenario runs the model on the scenario as the guest saw
+it (its BARs where the guest's firmware placed them) and compares the two traces.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hugepfn.host.scenario.errors import ScenarioError
+from hugepfn.host.scenario.runner import run_scenario
+from hugepfn.host.scenario.spec import load_scenario
+
+from . import kernels as kernels_mod
+from .boot import BootResult, Crash, boot
+from .compare import Verdict, compare
+from .kprobes import DYNDBG_FUNCS, KPROBES
+from .observe import kernel_trace
+from .plan import FIRST_SLOT, GuestBar, NotCrosscheckable, Plan, device_key, guest_scenario, plan, reslot
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    path: str
+    skipped: str | None = None              # why it was not crosschecked
+    verdicts: list[Verdict] = field(default_factory=list)
+    crash: Crash | None = None
+    model: dict | None = None
+    kernel: dict | None = None
+    error: str | None = None
+    raw: dict | None = None                 # what the guest printed (hugepfn.crosscheck.matrix --record)
+
+    @property
+    def agrees(self) -> bool:
+        return self.skipped is None and self.error is None and self.crash is None and all(v.agrees for v in self.verdicts)
+
+
+@dataclass
+class Report:
+    series: str
+    arch: str
+    release: str = ""
+    results: list[ScenarioResult] = field(default_factory=list)
+    boots: int = 0
+    seconds: float = 0.0
+
+
+def scenario_name(path: Path) -> str:
+    return path.stem.replace(" ", "_")
+
+
+def assign_slots(plans: list[Plan]) -> list:
+    """One served device per distinct device shape and occurrence; every plan's devices are
+    put on those slots.  Returns the boot's devices."""
+    slots: dict[tuple[str, int], int] = {}
+    boot_devices = []
+    for p in plans:
+        seen: dict[str, int] = {}
+        chosen = []
+        for dev in p.devices:
+            key = device_key(dev)
+            k = seen.get(key, 0)
+            seen[key] = k + 1
+            if (key, k) not in slots:
+                slots[(key, k)] = FIRST_SLOT + len(slots)
+                boot_devices.append(dev)
+            chosen.append(slots[(key, k)])
+        reslot(p, chosen)
+    for dev, slot in zip(boot_devices, sorted(slots.values())):
+        dev.slot = slot
+    return boot_devices
+
+
+def _guest_bars(lines: list[str]) -> list[GuestBar]:
+    out = []
+    for line in lines:
+        words = line.split()
+        if words[1] == "bar":
+            slot, index, start, end = int(words[2]), int(words[3]), int(words[4], 16), int(words[5], 16)
+            out.append(GuestBar(slot, index, start, end - start + 1 if end else 0))
+    return out
+
+
+def _model_trace(p: Plan, bars: list[GuestBar], series: str) -> dict:
+    scenario = guest_scenario(p, bars)
+    scenario.kernel = series
+    scenario.dyndbg = True
+    return run_scenario(scenario).to_json()
+
+
+def crosscheck(paths: list[Path], series: str, arch: str, cache: Path, mirror: str, logs: Path,
+               timeout: float = 1500.0, progress=print) -> Report:
+    started = time.monotonic()
+    report = Report(series, arch)
+    kernel = kernels_mod.fetch(series, arch, cache, mirror)
+    report.release = kernel.release
+    plans: list[Plan] = []
+    results: dict[str, ScenarioResult] = {}
+    for path in paths:
+        name = scenario_name(path)
+        result = results[name] = ScenarioResult(name, str(path))
+        try:
+            scenario = load_scenario(path)
+            if scenario.arch != arch:
+                raise NotCrosscheckable(f"arch {scenario.arch} (this run is {arch})")
+            p = plan(scenario, name)
+            if p.devices and not kernel.has_vfio:
+                raise NotCrosscheckable(f"Debian's archive has no modules for {kernel.release}: "
+                                        "no vfio device can be bound on it")
+            plans.append(p)
+        except NotCrosscheckable as exc:
+            result.skipped = str(exc)
+        except (ScenarioError, OSError, ValueError) as exc:
+            result.error = str(exc)
+    root = cache / "trixie-root"
+    busybox = root / "usr" / "bin" / "busybox"
+    remaining = sorted(plans, key=lambda p: predicts_crash(p, series))     # stable: crashes last
+    while remaining:
+        devices = assign_slots(remaining)
+        progress(f"crosscheck: booting {kernel.release} for {len(remaining)} scenario(s)")
+        res: BootResult = boot(kernel, root, busybox, remaining, devices, list(KPROBES), list(DYNDBG_FUNCS),
+                               cache, logs, timeout, boot_number=report.boots + 1)
+        report.boots += 1
+        ran = [p for p in remaining if p.name in res.finished]
+        crashed = res.crash.scenario if res.crash else None
+        for p in ran + [x for x in remaining if x.name == crashed]:
+            raw = {"series": series, "arch": arch, "release": res.release, "scenario": p.name,
+                   "lines": res.scenarios.get(p.name, []), "devices": res.devices.get(p.name, []),
+                   "slots": [d.slot for d in p.devices], "crash": None}
+            if p.name == crashed:
+                results[crashed].crash = res.crash
+                raw["crash"] = {"first_line": res.crash.first_line, "trace": res.crash.trace}
+            judge(results[p.name], p, raw)
+        done = {p.name for p in ran} | ({crashed} if crashed else set())
+        if not done:
+            for p in remaining:
+                results[p.name].error = (f"the guest ran no scenario (console: {res.console})"
+                                         if not res.release else "the guest stopped before this scenario")
+            break
+        remaining = [p for p in remaining if p.name not in done]
+    report.results = [results[scenario_name(p)] for p in paths]
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def call_trace_functions(crash: Crash) -> list[str]:
+    """The functions of an Oops, innermost first: the RIP's, then the reliable call-trace
+    entries ("? " entries are the unwinder's guesses)."""
+    out = []
+    in_trace = False
+    for line in crash.trace:
+        text = line.strip()
+        if text.startswith("RIP:"):
+            name = text.split(":", 2)[-1].split("+", 1)[0].strip()
+            if name:
+                out.append(name)
+        elif text.startswith("Call Trace:"):
+            in_trace = True
+        elif in_trace:
+            if text.startswith("<") or text.startswith("? "):
+                continue
+            name = text.split("+", 1)[0].strip()
+            if re.fullmatch(r"[A-Za-z_][\w.]*", name):
+                out.append(name)
+    return out
+
+
+def predicts_crash(p: Plan, series: str) -> bool:
+    """Whether the model says the kernel crashes in this scenario (such scenarios end a boot,
+    so they run last)."""
+    scenario = copy.deepcopy(p.scenario)
+    scenario.kernel = series
+    try:
+        return "crashed_at" in run_scenario(scenario).to_json()
+    except Exception:
+        return False
+
+
+def judge(result: ScenarioResult, p: Plan, raw: dict) -> None:
+    """Compare what the guest printed for one scenario (``raw``) with the model's trace of
+    the same scenario as the guest saw it."""
+    result.raw = raw
+    series = raw["series"]
+    bars = _guest_bars(raw["devices"])
+    pid_of = {t: proc.pid for proc in p.scenario.processes for t in proc.threads}
+    for step in p.scenario.steps:
+        if step.kind == "fork":
+            pid_of[step.fields["child"]] = step.fields["child"]
+    result.kernel = kernel_trace(raw["lines"], guest_scenario(p, bars), pid_of)
+    if raw.get("crash"):
+        crash = Crash(p.name, raw["crash"]["first_line"], raw["crash"]["trace"])
+        result.crash = crash
+        for step in result.kernel["steps"]:
+            if step.get("ret") == "unfinished":
+                step["ret"] = "Oops"
+                step["crash"] = {"first_line": crash.first_line, "call_trace": call_trace_functions(crash)}
+                break
+    try:
+        result.model = _model_trace(p, bars, series)
+    except Exception as exc:    # the model itself failed: that is a finding, reported per scenario
+        result.error = f"the model failed on the guest's scenario: {type(exc).__name__}: {exc}"
+        return
+    result.verdicts = compare(result.model, result.kernel, pid_of)
+
+
+def replay(raw: dict, path: Path) -> ScenarioResult:
+    """Judge recorded guest output again (no guest): the converter and the diff as on CI."""
+    result = ScenarioResult(raw["scenario"], str(path))
+    p = plan(load_scenario(path), raw["scenario"])
+    reslot(p, raw["slots"])
+    judge(result, p, raw)
+    return result
