@@ -121,18 +121,18 @@ def test_more_fds_than_max_msg_fds_is_answered_einval_without_leak(raw, socket_p
 
 def test_fds_on_the_second_part_of_a_split_message_belong_to_it(raw, server, backend):
     guest = memfd(0x10000)
-    msg = wire.message(5, Command.DMA_MAP, wire.DmaMap.build(
-        {"argsz": 32, "flags": 3, "offset": 0, "address": 1 << 32, "size": 0x10000}))
-    raw.sock.sendall(msg[:16])                                  # the header alone
-    time.sleep(0.2)                                             # read by the server on its own
-    send_with_fds(raw.sock, msg[16:], [guest])                  # the body, with the fd
-    reply = raw.wait_reply(5, Command.DMA_MAP)
-    assert reply.flags == wire.MSG_TYPE_REPLY
     os.pwrite(guest, b"from the guest", 0x100)
+    for n in range(16):
+        msg = wire.message(n, Command.DMA_MAP, wire.DmaMap.build(
+            {"argsz": 32, "flags": 3, "offset": 0, "address": (n + 1) << 32, "size": 0x10000}))
+        raw.sock.sendall(msg[:16])                              # the header alone, then at once
+        send_with_fds(raw.sock, msg[16:], [guest])              # the body, with the fd
+        assert raw.wait_reply(n, Command.DMA_MAP).flags == wire.MSG_TYPE_REPLY
     if backend == "python":
-        assert server.dma_read((1 << 32) + 0x100, 14) == b"from the guest"
+        for n in range(16):
+            assert server.dma_read(((n + 1) << 32) + 0x100, 14) == b"from the guest"
     else:   # libvfio-user reads the body with recv(): the fd is dropped, the window has none
-        assert [r.mapped for r in server.dma_regions()] == [False]
+        assert [r.mapped for r in server.dma_regions()] == [False] * 16
     os.close(guest)
 
 
