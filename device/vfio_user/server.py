@@ -30,7 +30,7 @@ from ..interface import ServedDevice
 from .engine import ServerEngine, State
 from .events import Disconnected, Negotiated, PeerReply
 from .limits import ConnectionLimits
-from .transport import listen_unix, recvmsg_fds, send_some
+from .transport import DONTWAIT, listen_unix, recvmsg_fds, send_some
 from .wire import DMA_ACCESS
 
 log = logging.getLogger("hugepfn.vfio_user")
@@ -93,29 +93,28 @@ class _Connection:
     # -- requests ------------------------------------------------------------------
     def receive(self) -> None:
         """Read and handle up to READ_BUDGET messages that have arrived; never waits."""
-        engine = self.engine
+        engine, sock, idle_limit = self.engine, self.sock, self.limits.idle_limit
         for _ in range(READ_BUDGET):
             # Up to the end of the message being assembled and no further: the fds of
             # each recvmsg() then belong to exactly one message.
             while True:
                 try:
-                    data, fds, lost = recvmsg_fds(self.sock, engine.next_read_size(), engine.max_msg_fds,
-                                                  socket.MSG_DONTWAIT)
+                    data, fds, lost = recvmsg_fds(sock, engine.next_read_size(), engine.max_msg_fds, DONTWAIT)
                 except BlockingIOError:
                     return
                 except OSError as exc:
                     self.fail(f"receive failed: {exc.strerror or exc}")
                     return
-                now = time.monotonic()
-                self.last_input = now
-                if data and not engine.assembling:
-                    self.partial_since = now
                 engine.receive_data(data, fds, lost)
                 if engine.state is State.CLOSED:
                     return
                 if not engine.assembling:
                     self.partial_since = None
                     break
+                if self.partial_since is None:
+                    self.partial_since = time.monotonic()
+            if idle_limit is not None:
+                self.last_input = time.monotonic()
             self.queue_replies()
             self.flush()
             if not self.reading or self.close_reason:
@@ -128,30 +127,31 @@ class _Connection:
         self.engine.connection_lost(reason)
 
     # -- clocks --------------------------------------------------------------------
-    def deadlines(self) -> list[tuple[float, str]]:
-        limits, engine = self.limits, self.engine
-        out = []
-        if self.partial_since is not None and self.reading:
-            out.append((self.partial_since + limits.recv_timeout,
-                        f"message left incomplete for {limits.recv_timeout:g} s "
-                        f"({engine.assembled_bytes} bytes of it arrived)"))
-        if engine.state is State.AWAIT_VERSION:
-            out.append((self.connected_at + limits.negotiate_timeout,
-                        f"no VERSION within {limits.negotiate_timeout:g} s of connecting"))
-        if self.over_since is not None:
-            out.append((self.over_since + limits.send_timeout,
-                        f"not reading its replies: {self.queued} bytes queued, over the "
-                        f"{limits.max_output} byte limit for {limits.send_timeout:g} s"))
-        if limits.idle_limit is not None and engine.state is State.READY:
-            out.append((self.last_input + limits.idle_limit, f"idle for {limits.idle_limit:g} s (idle limit)"))
-        return out
-
     def check_clocks(self, now: float) -> float | None:
-        """Close the client if one of its bounds has passed; else seconds to the next one."""
-        upcoming = self.deadlines()
+        """Close the client if one of its bounds has passed; else seconds to the next one
+        (None: no bound runs, the common case of a negotiated client that reads)."""
+        limits, engine = self.limits, self.engine
+        if (self.partial_since is None and self.over_since is None and engine.state is State.READY
+                and limits.idle_limit is None):
+            return None
+        upcoming = []        # (when, reason made only if it is due)
+        if self.partial_since is not None and self.reading:
+            upcoming.append((self.partial_since + limits.recv_timeout,
+                             lambda: f"message left incomplete for {limits.recv_timeout:g} s "
+                                     f"({engine.assembled_bytes} bytes of it arrived)"))
+        if engine.state is State.AWAIT_VERSION:
+            upcoming.append((self.connected_at + limits.negotiate_timeout,
+                             lambda: f"no VERSION within {limits.negotiate_timeout:g} s of connecting"))
+        if self.over_since is not None:
+            upcoming.append((self.over_since + limits.send_timeout,
+                             lambda: f"not reading its replies: {self.queued} bytes queued, over the "
+                                     f"{limits.max_output} byte limit for {limits.send_timeout:g} s"))
+        if limits.idle_limit is not None and engine.state is State.READY:
+            upcoming.append((self.last_input + limits.idle_limit,
+                             lambda: f"idle for {limits.idle_limit:g} s (idle limit)"))
         for when, reason in upcoming:
             if now >= when:
-                self.fail(reason)
+                self.fail(reason())
                 return 0.0
         return min((when for when, _ in upcoming), default=None)
 
@@ -271,12 +271,15 @@ class VfioUserServer:
         poller = select.poll()
         poller.register(self._listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        registered = None
         try:
             while engine.state is not State.CLOSED and not self._stop.is_set():
                 want = (select.POLLIN if client.reading else 0) | select.POLLRDHUP
                 if client.queue:
                     want |= select.POLLOUT
-                poller.register(conn, want)           # re-registering modifies the mask
+                if want != registered:
+                    poller.register(conn, want)       # re-registering modifies the mask
+                    registered = want
                 next_deadline = client.check_clocks(time.monotonic())
                 if engine.state is State.CLOSED:
                     break

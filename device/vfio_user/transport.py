@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import functools
 import os
 import socket
 import stat
@@ -131,9 +132,8 @@ def send_some(sock: socket.socket, data, fds: tuple[int, ...] | list[int] = ()) 
     is full).  ``fds`` ride on it, so they arrive with the first byte sent."""
     try:
         if fds:
-            return sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
-                                socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-        return sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            return sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], SEND_FLAGS)
+        return sock.send(data, SEND_FLAGS)
     except BlockingIOError:
         return 0
 
@@ -153,19 +153,30 @@ class TooManyFds(OSError):
     """The peer attached more fds than we accept in one message (MSG_CTRUNC)."""
 
 
+# Plain ints: arithmetic on socket's IntFlag members costs microseconds per message.
+_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_CTRUNC = int(socket.MSG_CTRUNC)
+SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+DONTWAIT = int(socket.MSG_DONTWAIT)
+
+
 def recvmsg_fds(sock: socket.socket, nbytes: int, max_fds: int, flags: int = 0) -> tuple[bytes, list[int], bool]:
     """One recvmsg(): up to ``nbytes``, the fds that came with them (close-on-exec) and
     whether the peer attached more fds than ``max_fds`` (MSG_CTRUNC: the kernel closed
     the ones that did not fit; the ones that did are returned, the caller owns them)."""
-    data, ancdata, msg_flags, _ = sock.recvmsg(nbytes, socket.CMSG_SPACE(max(max_fds, 1) * 4),
-                                               socket.MSG_CMSG_CLOEXEC | flags)
+    data, ancdata, msg_flags, _ = sock.recvmsg(nbytes, _cmsg_space(max_fds), _CMSG_CLOEXEC | flags)
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             arr = array.array("i")
             arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
             fds.extend(arr)
-    return data, fds, bool(msg_flags & socket.MSG_CTRUNC)
+    return data, fds, bool(msg_flags & _CTRUNC)
+
+
+@functools.lru_cache(maxsize=None)
+def _cmsg_space(max_fds: int) -> int:
+    return socket.CMSG_SPACE(max(max_fds, 1) * 4)
 
 
 def recv_with_fds(sock: socket.socket, nbytes: int, max_fds: int) -> tuple[bytes, list[int]]:
