@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from hugepfn.device.input_limits import InputError, load_toml
 from hugepfn.fixtures import PROFILES
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -174,14 +175,14 @@ def load_profile(name_or_path: str | Path) -> Profile:
     """Load a profile by name (fixtures/profiles/<name>.toml) or by path."""
     path = resolve_profile_path(name_or_path)
     try:
-        text = path.read_text()
+        data = load_toml(path, f"profile {str(path)!r}")
     except FileNotFoundError:
         known = ", ".join(available_profiles())
         raise ProfileError(f"profile {str(name_or_path)!r}: no such profile (known: {known})") from None
     except OSError as exc:
         raise ProfileError(f"profile {str(path)!r}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
+    except InputError as exc:                  # not a regular file, too large, too deep
+        raise ProfileError(str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"profile {path.name}: not valid TOML: {exc}") from None
     try:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hugepfn.device.input_limits import InputError, load_toml
+
 from .. import kernel as kernel_mod
 from ..drivers import DRIVERS
 from .errors import ScenarioError
@@ -220,11 +222,16 @@ def parse_scenario(data: dict, source: str = "") -> Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read and parse a scenario file (OSError if it cannot be read)."""
+    """Read and parse a scenario file (OSError if it cannot be read).
+
+    Only a regular file of at most 1 MiB, nested at most 32 levels, is read
+    (hugepfn.device.input_limits): /dev/zero, a FIFO or a hostile document is a
+    one-line ScenarioError, never an endless read or a RecursionError."""
     path = Path(path)
-    text = path.read_text()
     try:
-        data = tomllib.loads(text)
+        data = load_toml(path, str(path))
+    except InputError as exc:
+        raise ScenarioError(str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
     return parse_scenario(data, str(path))
