@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench e2e system-deps clean
+.PHONY: demo test bench soak e2e system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: $(STAMP) $(JUNIT_XSD) system-deps
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The vfio-user soak for 10 minutes (make bench runs it for 30 s): bench/bench_soak.py.
+soak: $(STAMP)
+	HUGEPFN_SOAK_SECONDS=$${HUGEPFN_SOAK_SECONDS:-600} $(BIN)/python -m bench bench_soak
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,7 +20,7 @@ from bisect import bisect_left
 
 from hugepfn.host.drivers import PciBar
 from hugepfn.host.machine import Machine
-from hugepfn.host.memory_failure import MF_ACTION_REQUIRED, PoisonSet, memory_failure_of, region_space
+from hugepfn.host.memory_failure import MF_ACTION_REQUIRED, PoisonSet, memory_failure_of
 from hugepfn.host.memory_failure.summary import format_bytes
 from hugepfn.host.mm.constants import PAGE_SIZE, PMD_ORDER, PUD_ORDER, PUD_SIZE
 
@@ -47,7 +47,7 @@ def registry_machine(spaces: int, procs: int, early_kill: int) -> tuple[Machine,
     for i in range(spaces):
         dev = m.add_device(f"d{i}", "vfio-pci", f"{i >> 16 & 0xff:04x}:{i >> 8 & 0xff:02x}:{i >> 3 & 0x1f:02x}.{i & 7}",
                            bars=[PciBar(0, 0x100000000000 + i * 2 * MIB, 2 * MIB)])
-        assert m.register_pfn_address_space(region_space(dev, 0)) == 0
+        assert m.register_pfn_address_space(dev.pfn_address_space(0)) == 0
     return m, (0x100000000000 >> 12) + 0x7
 
 

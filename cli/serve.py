@@ -26,6 +26,7 @@ import sys
 import threading
 
 from hugepfn.device.vfio_user.backends import CHOICES, BackendUnavailable, available_backends, select_backend
+from hugepfn.device.vfio_user.limits import ConnectionLimits
 from hugepfn.device.vfio_user.transport import _SUN_PATH_MAX
 
 from .readiness import Readiness
@@ -52,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the device keeps persistent state (the poison list); default: none")
     parser.add_argument("--ready-fd", type=int, metavar="N",
                         help="write READY=1 to fd N and close it once clients can connect")
+    parser.add_argument("--idle-limit", type=float, metavar="SECONDS",
+                        help="close a client that sends nothing for this long (default: never)")
+    parser.add_argument("--recv-timeout", type=float, default=ConnectionLimits.recv_timeout, metavar="SECONDS",
+                        help="close a client that leaves a message half sent for this long (default: %(default)g)")
     parser.add_argument("--print-capabilities", action="store_true",
                         help="print the backend's capabilities as JSON and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection event")
@@ -116,6 +121,7 @@ def run(args) -> int:
         raise ValueError("give --socket-path=PATH (or --socket PATH) or --fd=FDNUM")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=f"{PROG}: %(message)s", stream=sys.stderr)
+    limits = ConnectionLimits(recv_timeout=args.recv_timeout, idle_limit=args.idle_limit)   # ValueError: exit 2
     readiness = Readiness.from_environment(args.ready_fd)      # a bad fd or address: refused now
     listener = None
     if args.fd is not None:
@@ -131,7 +137,7 @@ def run(args) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        _serve(args, choice, why, listener, address, readiness, stop)
+        _serve(args, choice, why, listener, address, readiness, stop, limits)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -139,11 +145,11 @@ def run(args) -> int:
 
 
 def _serve(args, choice, why, listener, address: str | None, readiness: Readiness,
-           stop: threading.Event) -> None:
+           stop: threading.Event, limits: ConnectionLimits) -> None:
     from hugepfn.device.serving import serve
 
     served = serve(args.profile, address or f"fd {args.fd}", choice, state_dir=args.state_dir, listener=listener,
-                   control=False, reason=why)
+                   control=False, reason=why, limits=limits)
     try:
         device = served.device
         say(f"backend {choice.name}: {why}")

@@ -24,6 +24,7 @@ from .vm import SHARE_IN_ROOT, Guest, GuestDevice, qemu_argv
 HERE = Path(__file__).resolve().parent
 GUEST_DIR = HERE / "guest"
 CROSS_GCC = {"x86_64": "gcc", "arm64": "aarch64-linux-gnu-gcc"}
+DATA_TTY = {"x86_64": "/dev/ttyS1", "arm64": "/dev/ttyAMA1"}
 OOPS_START = re.compile(r"(BUG: |Oops|kernel BUG at|general protection fault|Unable to handle kernel)")
 
 
@@ -49,6 +50,7 @@ class BootResult:
     console: Path | None = None
     seconds: float = 0.0
     done: bool = False
+    placement: list[str] = field(default_factory=list)     # XC dev/bar lines printed at boot
 
 
 def build_probe(arch: str, cache: Path) -> Path:
@@ -128,8 +130,13 @@ class ServedSet:
         self.parts.clear()
 
 
+# modules loaded once at boot and kept (the IOMMU the devices' groups hang off)
+BOOT_MODULES = ("virtio_iommu",)
+
+
 def _initramfs(kernel: CachedKernel, busybox: Path, probe: Path, plans: list[Plan],
-               devices: list[PlannedDevice], kprobes: list[str], dyndbg: list[str]) -> bytes:
+               devices: list[PlannedDevice], kprobes: list[str], dyndbg: list[str],
+               extra_modules: list[Path]) -> bytes:
     archive = Newc()
     for directory in ("bin", "sbin", "etc", "etc/xc", "etc/xc/scenarios", "dev", "proc", "sys", "tmp",
                       "lib", "lib/xc"):
@@ -140,11 +147,16 @@ def _initramfs(kernel: CachedKernel, busybox: Path, probe: Path, plans: list[Pla
     modules = kernel.module_order if kernel.has_vfio else []
     for name in modules:
         archive.file(f"lib/xc/{name}.ko", kernel.module(name).read_bytes())
-    archive.file("etc/xc/modules", (" ".join(modules) + "\n").encode())
+    for path in extra_modules:
+        archive.file(f"lib/xc/{path.name}", path.read_bytes())
+    stack = [m for m in modules if m not in BOOT_MODULES] + [p.name[:-3] for p in extra_modules]
+    archive.file("etc/xc/boot_modules", (" ".join(m for m in modules if m in BOOT_MODULES) + "\n").encode())
+    archive.file("etc/xc/modules", (" ".join(stack) + "\n").encode())
     archive.file("etc/xc/devices", "".join(f"{d.slot} {d.bdf} {d.driver if modules else 'none'}\n"
                                            for d in devices).encode())
     archive.file("etc/xc/kprobes", ("\n".join(kprobes) + "\n").encode())
     archive.file("etc/xc/dyndbg", (" ".join(dyndbg) + "\n").encode())
+    archive.file("etc/xc/data_tty", (DATA_TTY[kernel.arch] + "\n").encode())
     for i, p in enumerate(plans):
         archive.file(f"etc/xc/scenarios/{i:03d}-{p.name}.steps", p.text().encode())
     return archive.finish()
@@ -166,7 +178,8 @@ def _crash_from_console(lines: list[str]) -> tuple[str, list[str]] | None:
 
 def boot(kernel: CachedKernel, root: Path, busybox: Path, plans: list[Plan], devices: list[PlannedDevice],
          kprobes: list[str], dyndbg: list[str], cache: Path, logs: Path, timeout: float = 1500.0,
-         memory_mb: int = 512, boot_number: int = 1) -> BootResult:
+         memory_mb: int = 512, boot_number: int = 1, extra_modules: list[Path] | None = None,
+         dtb_gpus: dict[int, tuple[int, int]] | None = None) -> BootResult:
     """Run ``plans`` (in order) in one guest of ``kernel``; see the module docstring."""
     started = time.monotonic()
     result = BootResult()
@@ -178,14 +191,22 @@ def boot(kernel: CachedKernel, root: Path, busybox: Path, plans: list[Plan], dev
     try:
         served = ServedSet(devices, share)
         shutil.copyfile(kernel.image, share / "vmlinuz")
-        (share / "initrd.gz").write_bytes(_initramfs(kernel, busybox, probe, plans, devices, kprobes, dyndbg))
+        (share / "initrd.gz").write_bytes(_initramfs(kernel, busybox, probe, plans, devices, kprobes, dyndbg,
+                                                      list(extra_modules or [])))
         data = share / "data.txt"
         data.touch()
+        logs.mkdir(parents=True, exist_ok=True)
+        dtb = None
+        if dtb_gpus:
+            from .arm64 import device_tree
+            bare = qemu_argv(kernel.arch, f"{SHARE_IN_ROOT}/vmlinuz", f"{SHARE_IN_ROOT}/initrd.gz",
+                             f"{SHARE_IN_ROOT}/data.txt", [], memory_mb)
+            device_tree(root, SHARE_IN_ROOT, share, bare, dtb_gpus, logs / "dtb.log")
+            dtb = f"{SHARE_IN_ROOT}/virt.dtb"
         argv = qemu_argv(kernel.arch, f"{SHARE_IN_ROOT}/vmlinuz", f"{SHARE_IN_ROOT}/initrd.gz",
                          f"{SHARE_IN_ROOT}/data.txt",
                          [GuestDevice(d.slot, f"{SHARE_IN_ROOT}/dev-{d.slot:02x}.sock") for d in devices],
-                         memory_mb)
-        logs.mkdir(parents=True, exist_ok=True)
+                         memory_mb, dtb=dtb)
         result.console = logs / f"console-{kernel.release}-{boot_number}.log"
         guest = Guest(root, share, argv, result.console)
         deadline = time.monotonic() + timeout
@@ -249,6 +270,8 @@ def _parse_data(text: str, result: BootResult) -> None:
                 current = None
             elif what in ("dev", "bar") and current is not None:
                 result.devices[current].append(line)
+            elif what in ("dev", "bar"):
+                result.placement.append(line)           # reported once at boot, before any scenario
             elif what == "done":
                 result.done = True
         elif current is not None:

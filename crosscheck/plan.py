@@ -135,10 +135,26 @@ def _bar_profile(name: str, bars: list[dict]) -> dict:
             "msix": {"vectors": 8, "error_vector": 1}, "bar": out}
 
 
-def _device(spec: DeviceSpec, slot: int) -> PlannedDevice:
+# the guest driver (its pci_driver name) for each model driver the crosscheck can bind
+GUEST_DRIVERS = {"vfio-pci": "vfio-pci", "nvgrace-gpu": "nvgrace_gpu_vfio_pci"}
+
+
+def _device(spec: DeviceSpec, slot: int, arch: str) -> PlannedDevice:
     serve = spec.extra.get("serve")
-    if spec.driver not in ("vfio-pci",):
-        raise NotCrosscheckable(f"device {spec.name}: driver {spec.driver} is crosschecked on arm64 only")
+    if spec.driver not in GUEST_DRIVERS:
+        raise NotCrosscheckable(f"device {spec.name}: driver {spec.driver} has no guest counterpart")
+    if spec.driver == "nvgrace-gpu":
+        # the real driver is arm64-only (NVGRACE_GPU_VFIO_PCI depends on ARM64) and takes its
+        # memory from firmware properties: only a served device describes that memory
+        if arch != "arm64":
+            raise NotCrosscheckable(f"device {spec.name}: nvgrace-gpu is crosschecked on arm64 only")
+        if not serve or spec.driver_args.get("usemem") or spec.driver_args.get("resmem"):
+            raise NotCrosscheckable(f"device {spec.name}: the crosscheck's nvgrace-gpu is a served device whose "
+                                    "memory BAR the firmware properties describe (no usemem/resmem)")
+        from hugepfn.device.profiles import load_profile
+        profile = load_profile(serve.get("profile", "nvgrace"))
+        return PlannedDevice(spec.name, slot, GUEST_DRIVERS[spec.driver],
+                             {"name": profile.name, "source": profile.source})
     if serve:
         from hugepfn.device.profiles import load_profile
         profile = load_profile(serve.get("profile", "tiny"))
@@ -195,7 +211,11 @@ def step_line(step: Step, devices: dict[str, PlannedDevice], all_devices: list[P
     if kind == "thp":
         return f"step {n} write 0 {THP_PATH} {f['mode']}"
     if kind == "hard_offline_page":
-        return f"step {n} write {f['current']} {HARD_OFFLINE_PATH} {_phys_token(all_devices, f['phys'], where)}"
+        if f.get("device") is not None:
+            token = f"@{devices[f['device']].slot}.{f['bar'] if f.get('bar') is not None else 0}+{f['phys']:#x}"
+        else:
+            token = _phys_token(all_devices, f["phys"], where)
+        return f"step {n} write {f['current']} {HARD_OFFLINE_PATH} {token}"
     if kind == "config_write":
         dev = devices[f["device"]]
         return f"step {n} config_write 0 {dev.slot} {f['offset']:#x} {f['size']} {f['value']:#x}"
@@ -226,7 +246,7 @@ def plan(scenario: Scenario, name: str, first_slot: int = FIRST_SLOT, vfio: bool
     device file can be replayed (the devices are still there, with their BARs)."""
     if scenario.policy != "upstream":
         raise NotCrosscheckable(f"policy {scenario.policy!r} is a proposal no kernel carries")
-    devices = [_device(spec, first_slot + i) for i, spec in enumerate(scenario.devices)]
+    devices = [_device(spec, first_slot + i, scenario.arch) for i, spec in enumerate(scenario.devices)]
     if not vfio:
         needing = sorted({s.kind for s in scenario.steps} & NEEDS_VFIO)
         if needing:
@@ -281,6 +301,15 @@ def _comm(comm: str) -> str:
     return comm
 
 
+def nvgrace_memory(dev: PlannedDevice, placed: dict) -> tuple[int, int] | None:
+    """(nvidia,gpu-mem-base-pa, nvidia,gpu-mem-size) the crosscheck gives a served nvgrace
+    device: where the guest placed its memory BAR, and the profile's memory behind it."""
+    from hugepfn.device.profiles import load_profile
+    bar = load_profile(dev.profile["source"] or dev.profile["name"]).memory_bars[0]
+    where = placed.get(bar.index)
+    return None if where is None else (where.start, bar.memory_size)
+
+
 @dataclass(frozen=True)
 class GuestBar:
     slot: int
@@ -299,6 +328,12 @@ def guest_scenario(p: Plan, bars: list[GuestBar]) -> Scenario:
     moves: list[tuple[int, int, int]] = []          # (scenario start, size, guest start)
     for spec, dev in zip(scenario.devices, p.devices):
         placed = by_slot.get(dev.slot, {})
+        if spec.driver == "nvgrace-gpu":
+            memory = nvgrace_memory(dev, placed)
+            if memory is not None:
+                from hugepfn.host.drivers.nvgrace_gpu import regions_from_firmware
+                use, res = regions_from_firmware(*memory)
+                spec.driver_args = {**spec.driver_args, "usemem": use, "resmem": res}
         new_bars = []
         for index in sorted(i for i, b in placed.items() if b.size):
             bar = placed[index]
@@ -314,7 +349,7 @@ def guest_scenario(p: Plan, bars: list[GuestBar]) -> Scenario:
         spec.bdf = dev.bdf
         spec.extra = {k: v for k, v in spec.extra.items() if k != "serve"}
     for step in scenario.steps:
-        if step.kind == "hard_offline_page":
+        if step.kind == "hard_offline_page" and step.fields.get("device") is None:
             phys = step.fields["phys"]
             for start, size, guest in moves:
                 if start <= phys < start + size:

@@ -23,7 +23,8 @@ from .boot import BootResult, Crash, boot
 from .compare import Verdict, compare
 from .kprobes import DYNDBG_FUNCS, KPROBES
 from .observe import kernel_trace
-from .plan import FIRST_SLOT, GuestBar, NotCrosscheckable, Plan, device_key, guest_scenario, plan, reslot
+from .plan import (FIRST_SLOT, GuestBar, NotCrosscheckable, Plan, device_key, guest_scenario, nvgrace_memory, plan,
+                   reslot)
 
 
 @dataclass
@@ -40,7 +41,10 @@ class ScenarioResult:
 
     @property
     def agrees(self) -> bool:
-        return self.skipped is None and self.error is None and self.crash is None and all(v.agrees for v in self.verdicts)
+        """Every step agrees; a kernel crash agrees when the model predicted it (its step's
+        verdict compares the crash)."""
+        return (self.skipped is None and self.error is None and bool(self.verdicts)
+                and all(v.agrees for v in self.verdicts))
 
 
 @dataclass
@@ -126,12 +130,25 @@ def crosscheck(paths: list[Path], series: str, arch: str, cache: Path, mirror: s
             result.error = str(exc)
     root = cache / "trixie-root"
     busybox = root / "usr" / "bin" / "busybox"
+    extra_modules: list[Path] = []
+    if arch == "arm64" and plans:
+        from . import arm64
+        logs.mkdir(parents=True, exist_ok=True)
+        arm64.ensure_qemu_arm(root, logs / "arm64-setup.log")
+        busybox = arm64.ensure_busybox(cache, mirror)
+        if any(d.driver != "vfio-pci" for p in plans for d in p.devices):
+            progress("crosscheck: building nvgrace-gpu from Debian's source (cached after the first time)")
+            extra_modules.append(arm64.ensure_nvgrace_module(kernel, cache, mirror, logs / "nvgrace-build.log"))
     remaining = sorted(plans, key=lambda p: predicts_crash(p, series))     # stable: crashes last
     while remaining:
         devices = assign_slots(remaining)
+        gpus = None
+        if any(d.driver != "vfio-pci" for d in devices):
+            gpus = _gpu_properties(kernel, root, busybox, devices, cache, logs, extra_modules, report, progress)
         progress(f"crosscheck: booting {kernel.release} for {len(remaining)} scenario(s)")
         res: BootResult = boot(kernel, root, busybox, remaining, devices, list(KPROBES), list(DYNDBG_FUNCS),
-                               cache, logs, timeout, boot_number=report.boots + 1)
+                               cache, logs, timeout, boot_number=report.boots + 1, extra_modules=extra_modules,
+                               dtb_gpus=gpus, memory_mb=1024 if arch == "arm64" else 512)
         report.boots += 1
         ran = [p for p in remaining if p.name in res.finished]
         crashed = res.crash.scenario if res.crash else None
@@ -157,6 +174,41 @@ def crosscheck(paths: list[Path], series: str, arch: str, cache: Path, mirror: s
     report.results = [results[scenario_name(p)] for p in paths]
     report.seconds = time.monotonic() - started
     return report
+
+
+def _gpu_properties(kernel, root: Path, busybox: Path, devices: list, cache: Path, logs: Path,
+                    extra_modules: list[Path], report: Report, progress) -> dict[int, tuple[int, int]]:
+    """nvgrace-gpu's firmware properties per slot: where the guest kernel places the memory BAR
+    (deterministic for one set of devices: learnt from one boot without scenarios, cached)."""
+    import hashlib
+    import json as json_mod
+
+    key = hashlib.sha256(json_mod.dumps([kernel.release, [(d.slot, device_key(d)) for d in devices]],
+                                        sort_keys=True).encode()).hexdigest()[:16]
+    cached = cache / "arm64" / f"placement-{key}.json"
+    if cached.exists():
+        lines = json_mod.loads(cached.read_text())
+    else:
+        progress(f"crosscheck: booting {kernel.release} once to learn where the GPU memory BAR goes")
+        res = boot(kernel, root, busybox, [], devices, [], [], cache, logs, 300, boot_number=0,
+                   extra_modules=extra_modules, memory_mb=1024)
+        report.boots += 1
+        lines = res.placement
+        if not lines:
+            raise RuntimeError(f"the placement boot printed no BARs (console: {res.console})")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json_mod.dumps(lines))
+    bars = _guest_bars(lines)
+    by_slot: dict[int, dict[int, GuestBar]] = {}
+    for bar in bars:
+        by_slot.setdefault(bar.slot, {})[bar.index] = bar
+    out = {}
+    for dev in devices:
+        if dev.driver != "vfio-pci":
+            memory = nvgrace_memory(dev, by_slot.get(dev.slot, {}))
+            if memory is not None:
+                out[dev.slot] = memory
+    return out
 
 
 def call_trace_functions(crash: Crash) -> list[str]:

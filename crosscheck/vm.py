@@ -44,6 +44,7 @@ def qemu_argv(arch: str, kernel: str, initrd: str, data_out: str, devices: list[
     else:
         argv = ["qemu-system-aarch64", "-machine", "virt,gic-version=3", "-accel", "tcg",
                 "-cpu", "max,pauth-impdef=on", "-smp", "1", "-m", f"{memory_mb}M",
+                # the SMMUv3 model refuses vfio-user devices; virtio-iommu gives them groups
                 "-device", "virtio-iommu-pci,addr=0x1"]
         serial = ["-serial", "stdio", "-serial", f"file:{data_out}"]
         if dtb:
@@ -59,16 +60,29 @@ def qemu_argv(arch: str, kernel: str, initrd: str, data_out: str, devices: list[
     return argv
 
 
+def _chroot_command(root: Path, share: Path, argv: list[str]) -> list[str]:
+    script = ('root=$1; share=$2; shift 2; '
+              'mount -t proc proc "$root/proc" && mount -t sysfs sysfs "$root/sys" && '
+              'mount --rbind /dev "$root/dev" && mkdir -p "$root' + SHARE_IN_ROOT + '" && '
+              'mount --bind "$share" "$root' + SHARE_IN_ROOT + '" && exec chroot "$root" "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script,
+            "sh", str(root), str(share), *argv]
+
+
+def run_in_root(root: Path, share: Path, argv: list[str], log: Path, timeout: float = 120) -> None:
+    """Run ``argv`` in the root (the share directory mounted) to completion."""
+    with open(log, "a") as out:
+        done = subprocess.run(_chroot_command(root, share, argv), stdout=out, stderr=subprocess.STDOUT,
+                              timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"{argv[0]} failed in the root (log: {log})")
+
+
 class Guest:
     """QEMU in the root; ``lines(deadline)`` yields its console output line by line."""
 
     def __init__(self, root: Path, share: Path, argv: list[str], log: Path) -> None:
-        script = ('root=$1; share=$2; shift 2; '
-                  'mount -t proc proc "$root/proc" && mount -t sysfs sysfs "$root/sys" && '
-                  'mount --rbind /dev "$root/dev" && mkdir -p "$root' + SHARE_IN_ROOT + '" && '
-                  'mount --bind "$share" "$root' + SHARE_IN_ROOT + '" && exec chroot "$root" "$@"')
-        command = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script,
-                   "sh", str(root), str(share), *argv]
+        command = _chroot_command(root, share, argv)
         self.log = open(log, "w", encoding="utf-8", errors="replace")
         self.log.write("# " + " ".join(argv) + "\n")
         self.started = time.monotonic()

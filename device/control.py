@@ -324,7 +324,13 @@ class ControlClient:
         line = self._file.readline(MAX_LINE + 1)
         if not line:
             raise ConnectionError(errno.ECONNRESET, "the control server closed the connection")
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line) if len(line) <= MAX_LINE else None
+        except (ValueError, RecursionError):
+            reply = None
+        if not isinstance(reply, dict):
+            raise ConnectionError(errno.EPROTO, "the control server's reply is not a JSON object of at most "
+                                                f"{MAX_LINE} bytes")
         if not reply.get("ok"):
             raise ControlError(reply.get("error", "request failed"))
         return reply

@@ -27,7 +27,7 @@ from hugepfn.device.interface import InterruptSink, IrqInfo, RegionInfo
 from hugepfn.device.memory import MemoryBar
 from hugepfn.device.msix import MsixState
 from hugepfn.device.poison import PoisonEvent, PoisonModel
-from hugepfn.device.poison_store import PoisonStore
+from hugepfn.device.poison_store import DeviceIdentity, PoisonStore
 from hugepfn.device.profiles import Profile, load_profile
 from hugepfn.device.registers import CONTROL_ERR_IRQ, RegisterFile, RegisterHooks
 
@@ -94,10 +94,11 @@ class GpuDevice:
                 mem_size=first_mem.memory_size if first_mem else 0,
                 mem_dpa=first_mem.dpa_base if first_mem else 0,
                 queue_capacity=profile.error_queue_entries,
+                status_registers=profile.status_registers,
                 hooks=RegisterHooks(doorbell=self.doorbell, intx_ack=self._intx_ack,
                                     poison_ranges=lambda: len(self.poison),
                                     intx_asserted=lambda: self.intx_asserted))
-            store = PoisonStore(self.state_dir) if self.state_dir is not None else None
+            store = PoisonStore(self.state_dir, DeviceIdentity.of(profile)) if self.state_dir is not None else None
             try:
                 self.poison = PoisonModel(profile.bars, store=store, on_inject=self._poison_injected,
                                           lock=self._lock)

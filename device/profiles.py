@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from hugepfn.device.input_limits import InputError, load_toml
 from hugepfn.fixtures import PROFILES
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -64,6 +65,7 @@ class Profile:
     error_vector: int
     error_queue_entries: int
     repair_by_write: bool
+    status_registers: tuple[tuple[int, int], ...] = ()    # (BAR0 offset, fixed value)
     source: str = ""
 
     def bar(self, index: int) -> BarSpec | None:
@@ -173,14 +175,14 @@ def load_profile(name_or_path: str | Path) -> Profile:
     """Load a profile by name (fixtures/profiles/<name>.toml) or by path."""
     path = resolve_profile_path(name_or_path)
     try:
-        text = path.read_text()
+        data = load_toml(path, f"profile {str(path)!r}")
     except FileNotFoundError:
         known = ", ".join(available_profiles())
         raise ProfileError(f"profile {str(name_or_path)!r}: no such profile (known: {known})") from None
     except OSError as exc:
         raise ProfileError(f"profile {str(path)!r}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
+    except InputError as exc:                  # not a regular file, too large, too deep
+        raise ProfileError(str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"profile {path.name}: not valid TOML: {exc}") from None
     try:
@@ -226,6 +228,7 @@ def profile_from_dict(data: dict, source: str = "", default_name: str = "profile
     queue_entries = errors.int_in("queue_entries", 1, 4096, 64)
     repair_by_write = errors.get("repair_by_write", bool, False)
     errors.finish()
+    status_registers = _parse_status_registers(top.get("status_register", list, []))
     top.finish()
 
     kinds = [b.kind for b in bars]
@@ -245,7 +248,24 @@ def profile_from_dict(data: dict, source: str = "", default_name: str = "profile
                    link_speed_code=LINK_SPEEDS[speed], link_width=link_width, bars=bars,
                    msix_vectors=msix_vectors, msix_bar=msix_bar.index, error_vector=error_vector,
                    error_queue_entries=queue_entries, repair_by_write=repair_by_write,
-                   source=source)
+                   status_registers=status_registers, source=source)
+
+
+def _parse_status_registers(raw: list) -> tuple[tuple[int, int], ...]:
+    """[[status_register]] {offset, value}: read-only BAR0 dwords a driver polls before it
+    binds (nvgrace-gpu waits for its C2C-link and HBM-training status to read 0xFF)."""
+    out = []
+    for i, entry in enumerate(raw):
+        r = _Reader(entry, f"status_register[{i}]")
+        # above the register map (docs/device.md ends at the error window, 0x1100 + 0x100)
+        offset = r.int_in("offset", 0x1200, (1 << 32) - 4, required=True)
+        value = r.int_in("value", 0, 0xFFFFFFFF, required=True)
+        r.get("name", str, "")
+        r.finish()
+        if offset % 4:
+            raise ProfileError(f"status_register[{i}].offset: {offset:#x} is not dword aligned")
+        out.append((offset, value))
+    return tuple(out)
 
 
 def _parse_bars(raw_bars: list) -> tuple[BarSpec, ...]:

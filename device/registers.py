@@ -103,7 +103,7 @@ class RegisterHooks:
 
 class RegisterFile:
     def __init__(self, ident: int, mem_bar: int | None, mem_size: int, mem_dpa: int,
-                 queue_capacity: int, hooks: RegisterHooks):
+                 queue_capacity: int, hooks: RegisterHooks, status_registers: tuple[tuple[int, int], ...] = ()):
         self.ident = ident
         self.mem_bar = 0xFFFFFFFF if mem_bar is None else mem_bar
         self.mem_size = mem_size
@@ -130,6 +130,8 @@ class RegisterFile:
             REG_ERRQ_RECORD_SIZE: lambda: ERROR_RECORD_SIZE,
             REG_ERRQ_LOST: lambda: q.lost,
         }
+        for offset, value in status_registers:      # the profile's fixed status dwords
+            self._getters[offset] = (lambda v: lambda: v)(value)
         self.reset()
 
     def reset(self) -> None:

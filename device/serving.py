@@ -75,11 +75,12 @@ class Serving:
 
 def serve(profile: str | os.PathLike, socket_path: str | os.PathLike, backend: str | BackendChoice = "auto",
           state_dir: str | os.PathLike | None = None, listener: socket.socket | None = None,
-          control: bool = True, reason: str | None = None) -> Serving:
+          control: bool = True, reason: str | None = None, **server_options) -> Serving:
     """Serve a GpuDevice built from ``profile`` on ``socket_path`` with ``backend`` (a name, or a
     choice already made with its ``reason``), and its control server unless ``control`` is False.
     ``listener``: a socket already listening there (passed by a manager); the server serves it
-    as it is.  Raises BackendUnavailable (a ValueError) when the backend cannot run here."""
+    as it is.  ``server_options`` go to the backend's server (``limits``: ConnectionLimits).
+    Raises BackendUnavailable (a ValueError) when the backend cannot run here."""
     if isinstance(backend, BackendChoice):
         choice, why = backend, reason or backend.reason
     else:
@@ -87,8 +88,8 @@ def serve(profile: str | os.PathLike, socket_path: str | os.PathLike, backend: s
     device = GpuDevice.from_profile(profile, state_dir=state_dir)
     server = None
     try:
-        server = (choice.Server(device, socket_path) if listener is None
-                  else choice.Server(device, socket_path, listener=listener))
+        server = (choice.Server(device, socket_path, **server_options) if listener is None
+                  else choice.Server(device, socket_path, listener=listener, **server_options))
         server.start()
     except BaseException:
         try:

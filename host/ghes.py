@@ -13,7 +13,7 @@ real platform splits between firmware and the kernel's GHES driver (drivers/acpi
   ``physical_addr_mask`` is reported (event, outcome) and marks the hardware poison, but
   GHES does not call memory_failure per page of it.
 
-Flags and context (ref 4.6):
+Flags and context (docs/kernel-reference.md: memory_failure callers):
 
 * ``mode="async"`` (default: an interrupt-signalled, asynchronous report such as SCI/GSIV
   or an external abort not taken by the consumer): flags 0, memory_failure_queue() into a

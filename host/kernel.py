@@ -1,6 +1,6 @@
 """Kernel behaviour profiles (one per kernel series: "6.1" .. "7.3") and architectures (x86_64, arm64).
 
-A profile pins every version difference of reference/kernel-semantics.md that the model
+A profile pins every version difference (docs/kernel-reference.md) that the model
 emulates; code asks the profile, never a version string.
 """
 from __future__ import annotations
@@ -52,9 +52,10 @@ class KernelProfile:
     # PR_SET_THP_DISABLE accepts PR_THP_DISABLE_EXCEPT_ADVISED in arg3 (MADV_HUGEPAGE VMAs
     # keep huge faults); older kernels refuse any arg3 with -EINVAL.
     thp_disable_except_advised: bool = True
-    # the tracefs system of the memory_failure_event tracepoint (moved from ras to its own
-    # include/trace/events/memory-failure.h in late 2025, with the pfnmap series)
-    memory_failure_trace_system: str = "memory_failure"
+    # the tracefs system of the memory_failure_event tracepoint: "ras" in every Debian build
+    # crosschecked (6.1 .. 7.3: the guest lists events/ras and finds no memory_failure system),
+    # although an mm-tree patch of late 2025 moved it to include/trace/events/memory-failure.h
+    memory_failure_trace_system: str = "ras"
     # the line of get_pat_info's WARN_ON_ONCE in arch/x86/mm/pat/memtype.c (6.1: an mremap of a
     # whole-VMA remap_pfn_range mapping warns there)
     pat_warn_line: int = 0
@@ -71,8 +72,7 @@ def _series(name: str, **differences) -> KernelProfile:
 
 
 _6_12_STABLE = dict(vma_split_huge="leaf", bad_pud_line=42, thp_disable_except_advised=False)
-_BEFORE_PFNMAP_MF = dict(pfnmap_memory_failure=False, pfn_to_vma_pgoff_callback=False,
-                         memory_failure_trace_system="ras")
+_BEFORE_PFNMAP_MF = dict(pfnmap_memory_failure=False, pfn_to_vma_pgoff_callback=False)
 
 PROFILES: dict[str, KernelProfile] = {
     "6.1": _series("6.1", vfio_fault="remap-vma", fault_vma_lock_retry=False, thp_sysfs_gates_pfnmap=True,

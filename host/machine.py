@@ -2,7 +2,7 @@
 user-space operations a process performs (mmap, munmap, madvise, memory accesses).
 
 An access resolves through the page table or handle_mm_fault and turns the fault result
-into the signal the architecture sends (ref 1.7).  ``hw_poison`` is the hook for
+into the signal the architecture sends (docs/kernel-reference.md: fault results).  ``hw_poison`` is the hook for
 hardware poison: None by default; when set, every completed load of a poisoned line is
 handed to it as a consumption (the machine check path).  Stores consume nothing: a BAR is
 mapped uncached, so a store is a posted write that the device takes as it is.

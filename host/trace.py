@@ -1,4 +1,4 @@
-"""The trace: one record per scenario step (spec/scenario-format.md), as JSON or a readable table.
+"""The trace: one record per scenario step (docs/scenarios.md), as JSON or a readable table.
 
 StepRecord holds what one step did; Trace holds the header, the records and the summary.
 All addresses, pfns and offsets are lowercase hex strings with 0x in the JSON form.

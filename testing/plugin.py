@@ -7,9 +7,14 @@ hugepfn_events_dir, hugepfn_netns.  Helpers (import from hugepfn.testing): asser
 assert_no_signal, assert_mapping, run_scenario.  Option: --hugepfn-backend.  Ini keys:
 hugepfn_backend, hugepfn_drivers (driver modules; drivers installed through the hugepfn.drivers
 entry point need nothing), hugepfn_state_dir.  Marker: hugepfn_kernel("6.19", "7.0").
+SIGTERM stops the run as Ctrl-C does (teardown runs: no server or socket directory is left).
 See docs/fault-injection.md.
 """
 from __future__ import annotations
+
+import os
+import signal
+import threading
 
 import pytest
 
@@ -44,6 +49,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                        "subdirectory per test (emptied when it starts); default: none", default="")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt, so that pytest stops the same
+    way: fixtures are torn down, servers closed, socket directories removed."""
+
+
+_session_pid: int | None = None
+
+
+def _on_sigterm(signum, frame) -> None:
+    if os.getpid() != _session_pid:
+        # A fork of the pytest process (pyroute2 forks to create namespaces) that is told
+        # to end must end, as it did before: running pytest's teardown in a copy would
+        # print a second summary and may wait forever on a lock copied held.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    # A second SIGTERM must not cut the teardown short (SIGKILL still ends everything).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated("SIGTERM")
+
+
+def _default_in_forked_children() -> None:
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from hugepfn.host.drivers import DriverError, load_driver_modules
 
@@ -57,6 +88,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "hugepfn_kernel(*versions): run the test once per kernel profile "
                    "(e.g. 6.1, 6.12, 6.16, 7.3; none named: all); hugepfn_host uses it")
+    # Only where nobody else handles SIGTERM (the default would kill the process with no
+    # teardown, leaving sockets and their directories behind).
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        global _session_pid
+        _session_pid = os.getpid()
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        config.stash[_SIGTERM_KEY] = True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.stash.get(_SIGTERM_KEY, False) and signal.getsignal(signal.SIGTERM) in (_on_sigterm, signal.SIG_IGN):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_SIGTERM_KEY = pytest.StashKey[bool]()
+os.register_at_fork(after_in_child=_default_in_forked_children)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -26,8 +26,8 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mkdir -p /tmp/xc
-stty -F /dev/ttyS1 raw -echo 2>/dev/null
-OUT=/dev/ttyS1
+OUT=$(cat /etc/xc/data_tty 2>/dev/null || echo /dev/ttyS1)   # the second serial port
+stty -F "$OUT" raw -echo 2>/dev/null
 T=/sys/kernel/tracing
 say() { echo "XC $*" >"$OUT"; }
 
@@ -41,10 +41,14 @@ finish() {
 
 say kernel "$(uname -r)"
 say tracefs-systems "$(ls $T/events | tr '\n' ' ')"
+say tracefs-ras "$(ls $T/events/ras 2>/dev/null | tr '\n' ' ')"
 echo 8192 >$T/buffer_size_kb 2>/dev/null
 echo 0 >/proc/sys/kernel/printk_ratelimit 2>/dev/null
 
 MODULES=$(cat /etc/xc/modules)
+for m in $(cat /etc/xc/boot_modules); do
+    insmod "/lib/xc/$m.ko" 2>/dev/null
+done
 DEBUG_FUNCS=$(cat /etc/xc/dyndbg 2>/dev/null)
 
 load_stack() {
@@ -107,6 +111,7 @@ while read -r line; do
     if [ -d "$T/events/xc/$name" ]; then say kprobe OK "$line"; else say kprobe NO "$line"; fi
 done </etc/xc/kprobes
 say modules "$(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+report_devices                    # the placement, before any scenario (the host may need it)
 unload_stack
 
 for stepfile in /etc/xc/scenarios/*.steps; do

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import ctypes.util
 import errno
+import fcntl
 import logging
 import os
 import select
@@ -31,7 +32,9 @@ import socket
 import stat
 import struct
 import tempfile
+import termios
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
@@ -40,6 +43,7 @@ from cffi import FFI
 
 from hugepfn.device import interface as vfio
 from hugepfn.device.vfio_user import libvfio_user_cdef as C
+from hugepfn.device.vfio_user.limits import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +62,12 @@ COMMON_PATHS = (
 
 # A stalled peer must not pin the owner thread inside a blocking library call:
 # the library reads a message body and negotiates VERSION with blocking I/O.
+# These are the defaults of ConnectionLimits.recv_timeout and .negotiate_timeout.
 IO_TIMEOUT_S = 2.0
 ATTACH_TIMEOUT_S = 5.0
+# The library sends a reply with one blocking sendmsg(); a client that does not read
+# makes it wait for this long at most (then the reply is cut and the client dropped).
+SEND_BLOCK_S = 0.5
 MAX_DMA_REGIONS = 65535  # the protocol's default max_dma_maps
 
 # libvfio-user reads a message body with one recv() without MSG_WAITALL, so a body
@@ -69,6 +77,8 @@ MAX_DMA_REGIONS = 65535  # the protocol's default max_dma_maps
 # reads and answers it itself, in the owner thread, while the library is idle.
 BYPASS_WRITE_BODY = 64 << 10
 LIBRARY_MAX_DATA_XFER = 1 << 20  # what the library advertises as max_data_xfer_size
+LIBRARY_MAX_MSG = LIBRARY_MAX_DATA_XFER + 32    # SERVER_MAX_MSG_SIZE: larger headers get EINVAL
+PARTIAL_POLL_S = 0.01            # how often the rest of a partly arrived message is looked for
 HEADER = struct.Struct("<HHIII")
 REGION_ACCESS = struct.Struct("<QII")
 CMD_REGION_WRITE = 10
@@ -248,11 +258,16 @@ class Server:
 
     backend_name = "libvfio-user"
 
-    def __init__(self, device: vfio.ServedDevice, socket_path: str | os.PathLike):
+    def __init__(self, device: vfio.ServedDevice, socket_path: str | os.PathLike,
+                 limits: ConnectionLimits | None = None):
         self._lib = lib = _library()
         self.device = device
         self.socket_path = os.fspath(socket_path)
+        self.limits = limits or ConnectionLimits(recv_timeout=IO_TIMEOUT_S, negotiate_timeout=ATTACH_TIMEOUT_S)
         self.stats = collections.Counter()
+        self._last_input = 0.0          # monotonic time of the current client's last message
+        self._stalled_since: float | None = None   # its replies have not been read since
+        self._partial_since: float | None = None   # part of its next message arrived then
         self._keep: list = []           # cffi callbacks and buffers the library points to
         self._region_fds: list[int] = []
         self._region_sizes: dict[int, int] = {}
@@ -322,10 +337,14 @@ class Server:
     def _setup_log(self):
         def on_log(_ctx, level, msg):
             try:
+                text = ffi.string(msg).decode(errors="replace")
                 # The library logs a client's bad requests at LOG_ERR: that is the
                 # client's problem, not ours, so only its graver levels get louder.
-                log.log(logging.WARNING if level <= 2 else logging.DEBUG,
-                        "libvfio-user: %s", ffi.string(msg).decode(errors="replace"))
+                log.log(logging.WARNING if level <= 2 else logging.DEBUG, "libvfio-user: %s", text)
+                if text.startswith("failed to reply") and self._conn is not None:
+                    # Its sendmsg() timed out or was cut (SEND_BLOCK_S): the client does
+                    # not read, and a reply is lost or half sent; the stream is broken.
+                    self._drop_client(f"not reading its replies (libvfio-user: {text})")
             except BaseException:  # never into C
                 pass
         self._lib.vfu_setup_log(self._ctx, self._callback("vfu_log_fn", on_log, None), C.LOG_INFO)
@@ -644,11 +663,29 @@ class Server:
                 if attached:  # to refuse a second client at once
                     poller.register(self._listen_fd, select.POLLIN)
                 watched = want
-            ready = dict(poller.poll())
+            stalled = waiting = False
+            timeout = None
+            if attached and self._conn is not None:
+                stalled = self._output_stalled()
+                waiting = self._partial_since is not None
+                # Stalled: wait for room to reply.  Waiting for the rest of a message:
+                # look again every PARTIAL_POLL_S (its first part keeps POLLIN set).
+                mask = select.POLLOUT if stalled else 0 if waiting else select.POLLIN
+                poller.modify(conn, mask | select.POLLRDHUP)
+                timeout = self._check_client_limits(time.monotonic())
+                if waiting:
+                    timeout = PARTIAL_POLL_S if timeout is None else min(timeout, PARTIAL_POLL_S)
+            ready = dict(poller.poll(None if timeout is None else timeout * 1000 + 1))
             if self._wake_fd in ready:
                 self._on_wake()
-            if conn in ready and not self._stop.is_set():
-                self._serve_messages() if attached else self._attach()
+            gone = bool(ready.get(conn, 0) & (select.POLLHUP | select.POLLERR | select.POLLRDHUP))
+            if self._stop.is_set():
+                continue
+            if not attached:
+                if conn in ready:
+                    self._attach()
+            elif (conn in ready or waiting) and (not stalled or gone):
+                self._serve_messages(peer_gone=gone)
             if attached and self._listen_fd in ready and not self._stop.is_set():
                 # A client that connects right after the current one hung up must wait
                 # for the library to see that hang-up, not be refused.
@@ -672,7 +709,7 @@ class Server:
     def _attach(self):
         with self._attach_lock:
             self._attaching = True
-        watchdog = threading.Timer(ATTACH_TIMEOUT_S, self._abort_attach)
+        watchdog = threading.Timer(self.limits.negotiate_timeout, self._abort_attach)
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -684,6 +721,8 @@ class Server:
                 self._attaching = False
         if rc == 0:
             self.stats["connections"] += 1
+            self._last_input = time.monotonic()
+            self._stalled_since = self._partial_since = None
             log.info("vfio-user: client attached on %s (libvfio-user negotiated the version)", self.socket_path)
         elif err not in (errno.EAGAIN, errno.EWOULDBLOCK):
             self.stats["failed_attaches"] += 1
@@ -706,11 +745,78 @@ class Server:
             self._conn = None
         if fd is not None:
             self._conn = socket.socket(fileno=os.dup(fd))
-            tv = struct.pack("@ll", int(IO_TIMEOUT_S), int(IO_TIMEOUT_S % 1 * 1e6))
-            self._conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-            self._conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+            self._conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.limits.recv_timeout))
+            self._conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                  _timeval(min(SEND_BLOCK_S, self.limits.send_timeout / 3)))
 
-    def _serve_messages(self):
+    def _output_stalled(self) -> bool:
+        """The client leaves its replies unread (our socket buffer is full): the
+        library's next reply would block, so no request is handed to it."""
+        writable = select.poll()
+        writable.register(self._conn, select.POLLOUT)
+        if writable.poll(0):
+            self._stalled_since = None
+            return False
+        if self._stalled_since is None:
+            self._stalled_since = time.monotonic()
+        return True
+
+    def _check_client_limits(self, now: float) -> float | None:
+        """Hang up on a client over a limit; else the seconds until the next limit."""
+        limits = self.limits
+        # SEND_BLOCK_S inside the library plus this wait stay within send_timeout.
+        stall_limit = limits.send_timeout - min(SEND_BLOCK_S, limits.send_timeout / 3)
+        deadlines = []
+        if self._stalled_since is not None:
+            deadlines.append((self._stalled_since + stall_limit,
+                              f"not reading its replies for {limits.send_timeout:g} s"))
+        if limits.idle_limit is not None:
+            deadlines.append((self._last_input + limits.idle_limit, f"idle for {limits.idle_limit:g} s (idle limit)"))
+        if self._partial_since is not None:
+            deadlines.append((self._partial_since + limits.recv_timeout,
+                              f"message left incomplete for {limits.recv_timeout:g} s "
+                              f"({_bytes_waiting(self._conn)} bytes of it arrived)"))
+        for when, reason in deadlines:
+            if now >= when:
+                self._drop_client(reason)
+                self._last_input = now
+                return 0.0
+        return max(0.0, min(when for when, _ in deadlines) - now) if deadlines else None
+
+    def _drop_client(self, reason: str) -> None:
+        """Hang up on the current client; the library sees end-of-file on its next read."""
+        if self._conn is None:
+            return
+        self.stats["dropped_clients"] += 1
+        log.warning("vfio-user: closed the client on %s: %s", self.socket_path, reason)
+        _hang_up(self._conn)
+        self._stalled_since = self._partial_since = None
+
+    def _message_complete(self, conn: socket.socket) -> bool:
+        """Whether the next message has arrived whole, so that the library, which reads
+        a header without waiting and a body with one recv(), never sees a part of one
+        (it would drop the client, or take the rest of the body for the next header).
+        A REGION_WRITE the backend answers itself (BYPASS_WRITE_BODY) does not wait here:
+        its body may be larger than the socket buffer."""
+        waiting = _bytes_waiting(conn)
+        if waiting == 0:
+            return True                    # end of stream or an error: the library handles it
+        if waiting < HEADER.size:
+            return False
+        _, cmd, size, flags, _ = HEADER.unpack(conn.recv(HEADER.size, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        if size < HEADER.size or size > LIBRARY_MAX_MSG:
+            return True                    # refused by the library from its header alone
+        if cmd == CMD_REGION_WRITE and not flags & F_TYPE_MASK and size - HEADER.size > BYPASS_WRITE_BODY:
+            return True
+        return waiting >= size
+
+    def _serve_messages(self, peer_gone: bool = False):
+        if self._conn is not None and not peer_gone and not self._message_complete(self._conn):
+            if self._partial_since is None:
+                self._partial_since = time.monotonic()
+            return
+        self._partial_since = None
+        self._last_input = time.monotonic()
         if self._conn is not None and self._serve_large_write(self._conn):
             return
         # With ATTACH_NB one call handles at most one message; pipelined ones keep
@@ -744,8 +850,9 @@ class Server:
             return True
         message = bytearray(size)
         view, got = memoryview(message), 0
+        deadline = time.monotonic() + self.limits.recv_timeout
         try:
-            while got < size:
+            while got < size and time.monotonic() < deadline:
                 n = conn.recv_into(view[got:])
                 if n == 0:
                     break
@@ -753,7 +860,8 @@ class Server:
         except OSError:
             pass
         if got < size:  # a peer that stalls mid-message loses the connection
-            _hang_up(conn)
+            self._drop_client(f"message left incomplete for {self.limits.recv_timeout:g} s "
+                              f"({got} bytes of it arrived)")
             return True
         offset, region, count = REGION_ACCESS.unpack_from(message, HEADER.size)
         data = bytes(view[HEADER.size + REGION_ACCESS.size:])
@@ -804,7 +912,7 @@ class Server:
                 # Called from a callback: the loop tears down once the library returns.
                 self._teardown_on_exit = True
                 return
-            if not self._loop_exited.wait(ATTACH_TIMEOUT_S + 2 * IO_TIMEOUT_S):
+            if not self._loop_exited.wait(self.limits.negotiate_timeout + 2 * self.limits.recv_timeout):
                 # Destroying the context under a running call would be a use-after-free.
                 raise OSError(errno.EBUSY, "libvfio-user owner thread did not stop; context leaked")
         self._teardown()
@@ -838,6 +946,18 @@ class Server:
         self.close()
 
 
+def _bytes_waiting(conn: socket.socket) -> int:
+    """Bytes queued for reading on the connection (FIONREAD); 0 when it cannot tell."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+def _timeval(seconds: float) -> bytes:
+    return struct.pack("@ll", int(seconds), int(seconds % 1 * 1e6))
+
+
 def _hang_up(conn: socket.socket) -> None:
     """End a connection the library still holds: shut it down (the peer can send
     no more) and discard what is queued, so the library's next read sees EOF."""
@@ -850,7 +970,10 @@ def _hang_up(conn: socket.socket) -> None:
 
 
 def _shutdown_fd(fd: int) -> None:
-    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return   # the library closed it meanwhile: nothing left to unblock
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:

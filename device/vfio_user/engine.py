@@ -13,8 +13,14 @@ closed; fds in ``data_to_send`` stay owned by the device (the kernel duplicates
 them into the peer).
 
 Every command handler raises ``CommandError`` (an errno) on failure; ``_dispatch``
-is the one place that turns an errno into a header-only error reply.  A header that
-cannot be framed raises no reply: the engine closes (``Disconnected``).
+is the one place that turns an errno into a header-only error reply.  A message is
+answered whenever a reply is possible: unknown header flags, an unknown message type
+and more fds than ``max_msg_fds`` get EINVAL and the connection goes on.  Only two
+things also close it (after the EINVAL reply): a ``msg_size`` that cannot be framed
+(below the header size or above ``max_msg_size``: where the next message starts is
+unknowable), and any failure before VERSION has succeeded (as libvfio-user, and as
+the specification says for an unsupported major: "closes the connection").
+docs/vfio-user-conformance.md lists where this differs from libvfio-user and why.
 """
 from __future__ import annotations
 
@@ -86,6 +92,7 @@ class ServerEngine:
         self._region_sizes = [device.region_info(i).size for i in range(device.num_regions)]
         self._buf = bytearray()
         self._fds: list[int] = []
+        self._fds_lost = False                    # the kernel dropped fds of this message (MSG_CTRUNC)
         self._out: list[Reply] = []
         self._events: deque = deque()
         self._next_id = 0
@@ -116,6 +123,11 @@ class ServerEngine:
         """Part of a message has arrived and the rest has not."""
         return bool(self._buf)
 
+    @property
+    def assembled_bytes(self) -> int:
+        """How much of the message being assembled has arrived."""
+        return len(self._buf)
+
     def next_read_size(self) -> int:
         """Bytes still needed to complete the message being assembled (>= 1)."""
         have = len(self._buf)
@@ -126,12 +138,18 @@ class ServerEngine:
             return size - have
         return wire.HEADER_SIZE
 
-    def receive_data(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
-        """Feed bytes (and the fds that came with them); b"" means end of stream."""
+    def receive_data(self, data: bytes, fds: list[int] | tuple[int, ...] = (), fds_lost: bool = False) -> None:
+        """Feed bytes and the fds that came with them; b"" means end of stream.
+
+        ``fds_lost``: the transport saw MSG_CTRUNC, the peer attached more fds than it
+        had room for (the kernel closed the rest).  The message those bytes belong to
+        is then answered with EINVAL, as one with too many fds.
+        """
         if self.state is State.CLOSED:
             _close_all(fds)
             return
         self._fds.extend(fds)
+        self._fds_lost |= fds_lost
         if not data:
             self.connection_lost("peer closed the connection")
             return
@@ -139,21 +157,24 @@ class ServerEngine:
         buf = self._buf
         while len(buf) >= wire.HEADER_SIZE and self.state is not State.CLOSED:
             msg_id, cmd, size, flags, error_no = wire.HEADER.unpack_from(buf)
-            kind = flags & wire.MSG_TYPE_MASK
-            if (size < wire.HEADER_SIZE or size > self.max_msg_size
-                    or flags & ~wire.KNOWN_HEADER_FLAGS or kind > wire.MSG_TYPE_REPLY):
-                self.connection_lost(f"malformed header: id={msg_id} cmd={cmd} size={size} flags={flags:#x}")
+            if size < wire.HEADER_SIZE or size > self.max_msg_size:
+                # Where the next message starts is unknowable: answer, then close.
+                why = f"msg_size {size} outside {wire.HEADER_SIZE}..{self.max_msg_size}"
+                self._fail(msg_id, cmd, flags, errno.EINVAL, why)
+                self.connection_lost(f"unframeable message: id={msg_id} cmd={cmd} {why}")
                 return
             if len(buf) < size:
                 break
             payload = bytes(buf[wire.HEADER_SIZE:size])
             del buf[:size]
             fds, self._fds = self._fds, []
-            if kind == wire.MSG_TYPE_REPLY:
+            fds_lost, self._fds_lost = self._fds_lost, False
+            if flags & wire.MSG_TYPE_MASK == wire.MSG_TYPE_REPLY:
+                # A reply is never answered: ours to a DMA_READ/WRITE, or ignored.
                 self._peer_reply(msg_id, cmd, error_no, payload)
                 _close_all(fds)
             else:
-                self._dispatch(msg_id, cmd, flags, payload, fds)
+                self._dispatch(msg_id, cmd, flags, payload, fds, fds_lost)
 
     def data_to_send(self) -> list[Reply]:
         out, self._out = self._out, []
@@ -171,6 +192,7 @@ class ServerEngine:
         self.state = State.CLOSED
         _close_all(self._fds)
         self._fds = []
+        self._fds_lost = False
         self._buf.clear()
         self.dma.unmap_all()
         self.irqs.close()
@@ -178,12 +200,18 @@ class ServerEngine:
         self._events.append(Disconnected(reason))
 
     # ------------------------------------------------------------ dispatcher
-    def _dispatch(self, msg_id: int, cmd: int, flags: int, payload: bytes, fds: list[int]) -> None:
+    def _dispatch(self, msg_id: int, cmd: int, flags: int, payload: bytes, fds: list[int],
+                  fds_lost: bool = False) -> None:
         try:
+            if flags & wire.MSG_TYPE_MASK != wire.MSG_TYPE_COMMAND:
+                raise einval(f"message type {flags & wire.MSG_TYPE_MASK} is neither command nor reply")
+            if flags & ~wire.KNOWN_HEADER_FLAGS:
+                raise einval(f"unknown header flags {flags & ~wire.KNOWN_HEADER_FLAGS:#x}")
             if cmd not in ALLOWED[self.state]:
                 raise einval(f"{_name(cmd)} not allowed in state {self.state.value}")
-            if len(fds) > self.max_msg_fds:
-                raise einval(f"{len(fds)} fds, more than max_msg_fds {self.max_msg_fds}")
+            if fds_lost or len(fds) > self.max_msg_fds:
+                raise einval(f"{'more than ' if fds_lost else ''}{len(fds)} fds, "
+                             f"more than max_msg_fds {self.max_msg_fds}")
             handler = self._handlers.get(cmd)
             if handler is None:
                 raise einval(f"{_name(cmd)} is not supported")
@@ -195,7 +223,9 @@ class ServerEngine:
         except (ConstructError, ValueError, OverflowError) as exc:
             self._fail(msg_id, cmd, flags, errno.EINVAL, f"malformed {_name(cmd)}: {exc}")
         except Exception as exc:  # a device bug must not take the server down
-            log.exception("vfio-user: %s failed", _name(cmd))
+            # One line in the log (no traceback reaches it); the traceback at debug level.
+            log.error("vfio-user: %s failed inside the device: %s: %s", _name(cmd), type(exc).__name__, exc)
+            log.debug("vfio-user: %s failure", _name(cmd), exc_info=True)
             self._fail(msg_id, cmd, flags, errno.EIO, f"{type(exc).__name__}: {exc}")
         else:
             if not flags & wire.FLAG_NO_REPLY:
@@ -208,6 +238,9 @@ class ServerEngine:
         log.debug("vfio-user: %s -> %s: %s", _name(cmd), errno.errorcode.get(err, err), message)
         if not flags & wire.FLAG_NO_REPLY:
             self._out.append((wire.message(msg_id, cmd, b"", wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, err), ()))
+        if self.state is State.AWAIT_VERSION:
+            # As libvfio-user: a client that cannot negotiate is answered, then dropped.
+            self.connection_lost(f"negotiation failed: {message}")
 
     # ------------------------------------------------------------- handlers
     def _version(self, payload: bytes, fds: list[int]) -> Reply:
@@ -268,8 +301,10 @@ class ServerEngine:
         if len(payload) < size:
             raise einval(f"DMA_UNMAP: payload of {len(payload)} bytes")
         req = wire.DmaUnmap.parse(payload[:size])
-        if req.argsz < size or req.argsz > len(payload):
-            raise einval(f"DMA_UNMAP: argsz {req.argsz}")
+        # argsz is the largest reply the client accepts (the reply is the 24-byte
+        # entry); libvfio-user bounds it by its max_data_xfer_size.
+        if not size <= req.argsz <= self.server_max_xfer:
+            raise einval(f"DMA_UNMAP: argsz {req.argsz} outside {size}..{self.server_max_xfer}")
         if req.flags == wire.DMA_UNMAP_FLAG_ALL:
             if req.address or req.size:
                 raise einval("DMA_UNMAP: UNMAP_ALL with a range")
@@ -345,14 +380,18 @@ class ServerEngine:
         return b"", ()
 
     def _region_read(self, payload: bytes, fds: list[int]) -> Reply:
-        if len(payload) != wire.REGION_ACCESS.size:
+        if len(payload) < wire.REGION_ACCESS.size:
             raise einval(f"REGION_READ: payload of {len(payload)} bytes")
-        offset, region, count = wire.REGION_ACCESS.unpack(payload)
+        # Bytes after the request struct are ignored, as libvfio-user does.
+        access = payload[:wire.REGION_ACCESS.size]
+        offset, region, count = wire.REGION_ACCESS.unpack(access)
         self._check_access(region, offset, count, "REGION_READ")
+        if not count:           # a no-op that succeeds, as in libvfio-user
+            return access, ()
         data = self.device.region_read(region, offset, count)
         if len(data) != count:
             raise CommandError(errno.EIO, f"REGION_READ: device returned {len(data)} of {count} bytes")
-        return payload + bytes(data), ()
+        return access + bytes(data), ()
 
     def _region_write(self, payload: bytes, fds: list[int]) -> Reply:
         if len(payload) < wire.REGION_ACCESS.size:
@@ -361,6 +400,8 @@ class ServerEngine:
         if len(payload) != wire.REGION_ACCESS.size + count:
             raise einval(f"REGION_WRITE: count {count} but {len(payload) - 16} data bytes")
         self._check_access(region, offset, count, "REGION_WRITE")
+        if not count:
+            return payload, ()
         self.device.region_write(region, offset, payload[wire.REGION_ACCESS.size:])
         if region == VFIO_PCI_CONFIG_REGION_INDEX:
             self.refresh_regions()     # a Resizable BAR control write may resize a BAR
@@ -377,13 +418,20 @@ class ServerEngine:
         if len(payload) < wire.DEVICE_FEATURE_FIXED:
             raise einval("DEVICE_FEATURE: short payload")
         req = wire.DeviceFeature.parse(payload)
-        if req.argsz < wire.DEVICE_FEATURE_FIXED or req.argsz > len(payload):
-            raise einval(f"DEVICE_FEATURE: argsz {req.argsz}")
         ops = req.flags & ~wire.DEVICE_FEATURE_MASK
         if ops & ~(wire.DEVICE_FEATURE_GET | wire.DEVICE_FEATURE_SET | wire.DEVICE_FEATURE_PROBE) or not ops:
             raise einval(f"DEVICE_FEATURE: bad flags {req.flags:#x}")
-        # No migration and no DMA dirty logging (QEMU's vfio-user-pci does not migrate yet).
-        raise CommandError(errno.ENOTSUP, f"DEVICE_FEATURE {req.flags & wire.DEVICE_FEATURE_MASK} not supported")
+        if ops & wire.DEVICE_FEATURE_GET and ops & wire.DEVICE_FEATURE_SET and not ops & wire.DEVICE_FEATURE_PROBE:
+            raise einval("DEVICE_FEATURE: GET and SET together only with PROBE")
+        # argsz is the largest reply the client accepts: a GET may offer more room than
+        # its 8-byte request; SET and PROBE are answered with the request itself.
+        needed = wire.DEVICE_FEATURE_FIXED if ops & wire.DEVICE_FEATURE_GET and not ops & wire.DEVICE_FEATURE_PROBE \
+            else len(payload)
+        if req.argsz < needed:
+            raise einval(f"DEVICE_FEATURE: argsz {req.argsz} < {needed}, the size of the reply")
+        # No migration and no DMA dirty logging (QEMU's vfio-user-pci does not migrate
+        # yet).  EINVAL, as libvfio-user without migration callbacks answers.
+        raise einval(f"DEVICE_FEATURE {req.flags & wire.DEVICE_FEATURE_MASK}: not supported by this device")
 
     # --------------------------------------------------------------- checks
     @staticmethod

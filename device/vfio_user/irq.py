@@ -16,6 +16,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from ..interface import VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX
 from .errors import CommandError, einval
 from .wire import (
     IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_TYPE_MASK, IRQ_SET_ACTION_UNMASK,
@@ -23,6 +24,7 @@ from .wire import (
 )
 
 _ONE = (1).to_bytes(8, "little")
+ERR_REQ_INDEXES = (VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX)
 
 
 @dataclass
@@ -81,9 +83,14 @@ class IrqTable:
         irq = self.indexes.get(index)
         if irq is None:
             raise einval(f"SET_IRQS: bad index {index}")
+        # "a count (and start) of 0, with data flags of VFIO_IRQ_SET_DATA_NONE disables
+        # all interrupts of the index" (with ACTION_TRIGGER, as libvfio-user requires).
         disable_all = count == 0 and data_type == IRQ_SET_DATA_NONE and action == IRQ_SET_ACTION_TRIGGER
-        if count == 0 and not disable_all:
-            raise einval("SET_IRQS: count 0 is only valid with DATA_NONE|ACTION_TRIGGER")
+        if count == 0 and (not disable_all or start != 0):
+            raise einval("SET_IRQS: count 0 is only valid with start 0 and DATA_NONE|ACTION_TRIGGER")
+        if index in ERR_REQ_INDEXES and action != IRQ_SET_ACTION_TRIGGER:
+            # As libvfio-user: the error and request notifiers only trigger.
+            raise einval(f"SET_IRQS: index {index} takes ACTION_TRIGGER only")
         if start + count > irq.count:
             raise einval(f"SET_IRQS: vectors {start}+{count} beyond {irq.count} of index {index}")
         if data_type == IRQ_SET_DATA_BOOL and len(data) != count:

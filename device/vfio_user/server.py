@@ -5,6 +5,12 @@ from any thread (the engine's IRQ table is locked).  A second client that connec
 while one is attached is accepted and closed at once (it reads end-of-file, never
 hangs).  When a client goes away its DMA windows and eventfds are dropped, the
 device keeps its state, and the next client is accepted.
+
+No client can hold the server (``limits.ConnectionLimits``): the connection is
+non-blocking, replies wait in a bounded per-client queue (above the bound the
+client's requests are no longer read, and a client that stays above it is closed),
+a message left half sent, a VERSION that never comes and, when configured, silence
+close the client.  Every such close is logged with its reason.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import select
 import signal
 import socket
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
@@ -22,28 +29,151 @@ from pathlib import Path
 from ..interface import ServedDevice
 from .engine import ServerEngine, State
 from .events import Disconnected, Negotiated, PeerReply
+from .limits import ConnectionLimits
+from .transport import DONTWAIT, listen_unix, recvmsg_fds, send_some
 from .wire import DMA_ACCESS
-from .transport import TooManyFds, listen_unix, recv_with_fds, send_with_fds, set_io_timeout
 
 log = logging.getLogger("hugepfn.vfio_user")
 
-SEND_TIMEOUT = 10.0   # a client that stops reading its replies is dropped, not waited for
+READ_BUDGET = 64            # messages taken from one client before looking at anything else
+_HANGUP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
+
+
+class _Connection:
+    """One client's socket, its engine, its reply queue and its clocks."""
+
+    def __init__(self, conn: socket.socket, engine: ServerEngine, limits: ConnectionLimits):
+        self.sock = conn
+        self.engine = engine
+        self.limits = limits
+        self.queue: deque[list] = deque()     # [memoryview, fds] per message, fds on its first byte
+        self.queued = 0                        # bytes in the queue
+        now = time.monotonic()
+        self.connected_at = now
+        self.last_input = now                  # for the idle limit
+        self.partial_since: float | None = None
+        self.over_since: float | None = None   # when the queue went over max_output
+        self.close_reason: str | None = None
+
+    # -- replies -------------------------------------------------------------------
+    def queue_replies(self) -> None:
+        for data, fds in self.engine.data_to_send():
+            self.queue.append([memoryview(data), fds])
+            self.queued += len(data)
+
+    def flush(self) -> None:
+        """Send what the socket takes now; never waits."""
+        while self.queue:
+            entry = self.queue[0]
+            view, fds = entry
+            try:
+                sent = send_some(self.sock, view, fds)
+            except OSError as exc:
+                self.fail(f"send failed: {exc.strerror or exc}")
+                return
+            if not sent:
+                break
+            self.queued -= sent
+            if sent < len(view):
+                entry[0], entry[1] = view[sent:], ()     # the fds went with the first part
+                break
+            self.queue.popleft()
+        if self.queued < self.limits.max_output:
+            if self.over_since is not None and self.partial_since is not None:
+                self.partial_since = time.monotonic()     # its clock stopped while we did not read
+            self.over_since = None
+        elif self.over_since is None:
+            self.over_since = time.monotonic()
+
+    @property
+    def reading(self) -> bool:
+        """Requests are read only while the replies the client has not taken fit."""
+        return self.over_since is None
+
+    # -- requests ------------------------------------------------------------------
+    def receive(self) -> None:
+        """Read and handle up to READ_BUDGET messages that have arrived; never waits."""
+        engine, sock, idle_limit = self.engine, self.sock, self.limits.idle_limit
+        for _ in range(READ_BUDGET):
+            # Up to the end of the message being assembled and no further: the fds of
+            # each recvmsg() then belong to exactly one message.
+            while True:
+                try:
+                    data, fds, lost = recvmsg_fds(sock, engine.next_read_size(), engine.max_msg_fds, DONTWAIT)
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    self.fail(f"receive failed: {exc.strerror or exc}")
+                    return
+                engine.receive_data(data, fds, lost)
+                if engine.state is State.CLOSED:
+                    return
+                if not engine.assembling:
+                    self.partial_since = None
+                    break
+                if self.partial_since is None:
+                    self.partial_since = time.monotonic()
+            if idle_limit is not None:
+                self.last_input = time.monotonic()
+            self.queue_replies()
+            self.flush()
+            if not self.reading or self.close_reason:
+                return
+
+    def fail(self, reason: str) -> None:
+        """Close this client for ``reason`` (logged through the engine's Disconnected)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.engine.connection_lost(reason)
+
+    # -- clocks --------------------------------------------------------------------
+    def check_clocks(self, now: float) -> float | None:
+        """Close the client if one of its bounds has passed; else seconds to the next one
+        (None: no bound runs, the common case of a negotiated client that reads)."""
+        limits, engine = self.limits, self.engine
+        if (self.partial_since is None and self.over_since is None and engine.state is State.READY
+                and limits.idle_limit is None):
+            return None
+        upcoming = []        # (when, reason made only if it is due)
+        if self.partial_since is not None and self.reading:
+            upcoming.append((self.partial_since + limits.recv_timeout,
+                             lambda: f"message left incomplete for {limits.recv_timeout:g} s "
+                                     f"({engine.assembled_bytes} bytes of it arrived)"))
+        if engine.state is State.AWAIT_VERSION:
+            upcoming.append((self.connected_at + limits.negotiate_timeout,
+                             lambda: f"no VERSION within {limits.negotiate_timeout:g} s of connecting"))
+        if self.over_since is not None:
+            upcoming.append((self.over_since + limits.send_timeout,
+                             lambda: f"not reading its replies: {self.queued} bytes queued, over the "
+                                     f"{limits.max_output} byte limit for {limits.send_timeout:g} s"))
+        if limits.idle_limit is not None and engine.state is State.READY:
+            upcoming.append((self.last_input + limits.idle_limit,
+                             lambda: f"idle for {limits.idle_limit:g} s (idle limit)"))
+        for when, reason in upcoming:
+            if now >= when:
+                self.fail(reason())
+                return 0.0
+        return min((when for when, _ in upcoming), default=None)
 
 
 class VfioUserServer:
     backend_name = "python"
 
     def __init__(self, device: ServedDevice, socket_path: str | os.PathLike,
-                 listener: socket.socket | None = None, **engine_options):
+                 listener: socket.socket | None = None, limits: ConnectionLimits | None = None,
+                 **engine_options):
         """``listener``: a socket already listening (a manager's, `hugepfn serve --fd`); the
-        server then serves it as it is and neither creates nor removes ``socket_path``."""
+        server then serves it as it is and neither creates nor removes ``socket_path``.
+        ``limits``: how long and how much one client may hold the server."""
         self.device = device
         self.socket_path = Path(socket_path)
+        self.limits = limits or ConnectionLimits()
         self.engine_options = engine_options
         self._owns_socket_file = listener is None
         self.engine: ServerEngine | None = None      # the current client's engine
         self.clients_served = 0
         self.clients_refused = 0
+        self.clients_dropped = 0                     # closed by the server for going over a limit
         self.event_log: deque = deque(maxlen=1000)   # recent events, for status and tests
         self._listener: socket.socket | None = listener
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -122,7 +252,7 @@ class VfioUserServer:
             ready = {fd for fd, _ in poller.poll()}
             if self._wake_r in ready:
                 self._drain_wake()
-                self._run_jobs(None, None)
+                self._run_jobs(None)
                 continue
             try:
                 conn, _ = self._listener.accept()
@@ -135,70 +265,56 @@ class VfioUserServer:
         self.engine = engine
         self.clients_served += 1
         self.device.set_interrupt_sink(engine.interrupt_sink)
-        conn.setblocking(True)
-        set_io_timeout(conn, SEND_TIMEOUT)
+        conn.setblocking(False)
+        client = _Connection(conn, engine, self.limits)
+        cfd, lfd = conn.fileno(), self._listener.fileno()
         poller = select.poll()
-        poller.register(conn, select.POLLIN)
         poller.register(self._listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        cfd, lfd = conn.fileno(), self._listener.fileno()
-        reason = "server stopped"
+        registered = None
         try:
-            while engine.state is not State.CLOSED:
-                ready = {fd for fd, _ in poller.poll()}
+            while engine.state is not State.CLOSED and not self._stop.is_set():
+                want = (select.POLLIN if client.reading else 0) | select.POLLRDHUP
+                if client.queue:
+                    want |= select.POLLOUT
+                if want != registered:
+                    poller.register(conn, want)       # re-registering modifies the mask
+                    registered = want
+                next_deadline = client.check_clocks(time.monotonic())
+                if engine.state is State.CLOSED:
+                    break
+                timeout = None if next_deadline is None else max(0, next_deadline - time.monotonic())
+                ready = dict(poller.poll(None if timeout is None else timeout * 1000 + 1))
                 if self._stop.is_set():
                     break
                 if self._wake_r in ready:
                     self._drain_wake()
-                    self._run_jobs(conn, engine)
+                    self._run_jobs(client)
+                events = ready.get(cfd, 0)
+                if events & select.POLLOUT:
+                    client.flush()
                 # The current client first: if it just hung up, the connection
                 # waiting on the listener is the next client, not a second one.
-                if cfd in ready:
-                    self._receive(conn, engine)
-                if lfd in ready and not self._client_gone(conn, engine):
+                if events & (select.POLLIN | _HANGUP):
+                    if client.reading:
+                        client.receive()           # reads what is left, then the end of stream
+                    else:
+                        engine.connection_lost("peer closed the connection")
+                if lfd in ready and not events & _HANGUP and engine.state is not State.CLOSED:
                     self._refuse()
-        except OSError as exc:      # a send failed or timed out: drop the client
-            reason = f"send failed: {exc}"
+                self._record(engine.events())
         finally:
-            engine.connection_lost(reason)
+            if engine.state is not State.CLOSED:
+                engine.connection_lost("server stopped")
+            client.queue_replies()
+            client.flush()                      # a last answer (an EINVAL before closing) if it fits
+            if client.close_reason:
+                self.clients_dropped += 1
+                log.warning("vfio-user: closed the client on %s: %s", self.socket_path, client.close_reason)
             self._record(engine.events())
             self._fail_waiting(ConnectionResetError(errno.ENOTCONN, "client disconnected"))
             self.device.set_interrupt_sink(None)
             conn.close()
-
-    def _receive(self, conn: socket.socket, engine: ServerEngine) -> None:
-        try:
-            data, fds = recv_with_fds(conn, engine.next_read_size(), engine.max_msg_fds)
-        except TooManyFds as exc:
-            engine.connection_lost(str(exc))
-            return
-        except OSError as exc:
-            engine.connection_lost(f"receive failed: {exc}")
-            return
-        engine.receive_data(data, fds)
-        # The rest of a message normally came with its header (one sendmsg): take it
-        # now without going back to poll(), but never wait for it here.
-        while engine.assembling and engine.state is not State.CLOSED:
-            try:
-                chunk = conn.recv(engine.next_read_size(), socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                engine.connection_lost(f"receive failed: {exc}")
-                break
-            engine.receive_data(chunk)
-        for out, out_fds in engine.data_to_send():
-            send_with_fds(conn, out, out_fds)
-        self._record(engine.events())
-
-    def _client_gone(self, conn: socket.socket, engine: ServerEngine) -> bool:
-        """Before refusing a newcomer, read whatever the current client has already
-        sent: if that ends in its hang-up, the newcomer is simply the next client."""
-        probe = select.poll()
-        probe.register(conn, select.POLLIN)
-        while engine.state is not State.CLOSED and probe.poll(0):
-            self._receive(conn, engine)
-        return engine.state is State.CLOSED
 
     # ------------------------------------------------------------- status
     @property
@@ -221,6 +337,7 @@ class VfioUserServer:
             "attached": engine is not None,
             "clients_served": self.clients_served,
             "clients_refused": self.clients_refused,
+            "clients_dropped": self.clients_dropped,
             "dma_windows": [(r.address, r.size, r.mapping is not None) for r in engine.dma.regions()]
             if engine is not None else [],
             "irq_eventfds": wired,
@@ -260,7 +377,8 @@ class VfioUserServer:
     def _ask_client(self, make_request, timeout: float) -> PeerReply:
         future: Future = Future()
 
-        def job(conn, engine):
+        def job(client: _Connection | None):
+            engine = client.engine if client is not None else None
             if engine is None or engine.state is not State.READY:
                 future.set_exception(OSError(errno.ENOTCONN, "no client attached"))
                 return
@@ -270,8 +388,8 @@ class VfioUserServer:
                 future.set_exception(OSError(errno.EINVAL, str(exc)))
                 return
             self._waiting[msg_id] = future
-            for out, out_fds in engine.data_to_send():
-                send_with_fds(conn, out, out_fds)
+            client.queue_replies()
+            client.flush()
 
         self._jobs.append(job)
         os.write(self._wake_w, b"j")
@@ -287,9 +405,9 @@ class VfioUserServer:
         except BlockingIOError:
             pass
 
-    def _run_jobs(self, conn, engine) -> None:
+    def _run_jobs(self, client: _Connection | None) -> None:
         while self._jobs:
-            self._jobs.popleft()(conn, engine)
+            self._jobs.popleft()(client)
 
     def _fail_waiting(self, exc: Exception) -> None:
         waiting, self._waiting = self._waiting, {}

@@ -2,7 +2,9 @@
 
 * fds travel as SCM_RIGHTS on the same sendmsg() as the message they belong to;
 * a receiver reads each header on its own (``recv_with_fds``) so the fds it gets
-  are exactly those of that message, as libvfio-user and QEMU do;
+  are exactly those of that message, as libvfio-user and QEMU do; the server reads
+  the rest of a message with ``recvmsg_fds`` too, so fds a peer attached to the
+  second part of a message sent in two parts belong to that message;
 * the listening socket is created with mode 0600 in a directory the user owns.
 """
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import functools
 import os
 import socket
 import stat
@@ -124,6 +127,17 @@ def set_io_timeout(sock: socket.socket, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
 
 
+def send_some(sock: socket.socket, data, fds: tuple[int, ...] | list[int] = ()) -> int:
+    """One non-blocking sendmsg(): the bytes the kernel took (0 when the socket buffer
+    is full).  ``fds`` ride on it, so they arrive with the first byte sent."""
+    try:
+        if fds:
+            return sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], SEND_FLAGS)
+        return sock.send(data, SEND_FLAGS)
+    except BlockingIOError:
+        return 0
+
+
 def send_with_fds(sock: socket.socket, data: bytes, fds: tuple[int, ...] | list[int] = ()) -> None:
     """Send one whole message; its fds ride on the first sendmsg()."""
     view = memoryview(data)
@@ -139,17 +153,36 @@ class TooManyFds(OSError):
     """The peer attached more fds than we accept in one message (MSG_CTRUNC)."""
 
 
-def recv_with_fds(sock: socket.socket, nbytes: int, max_fds: int) -> tuple[bytes, list[int]]:
-    """One recvmsg(): up to ``nbytes`` and the fds that came with them (close-on-exec)."""
-    data, ancdata, msg_flags, _ = sock.recvmsg(nbytes, socket.CMSG_SPACE(max(max_fds, 1) * 4),
-                                               socket.MSG_CMSG_CLOEXEC)
+# Plain ints: arithmetic on socket's IntFlag members costs microseconds per message.
+_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_CTRUNC = int(socket.MSG_CTRUNC)
+SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+DONTWAIT = int(socket.MSG_DONTWAIT)
+
+
+def recvmsg_fds(sock: socket.socket, nbytes: int, max_fds: int, flags: int = 0) -> tuple[bytes, list[int], bool]:
+    """One recvmsg(): up to ``nbytes``, the fds that came with them (close-on-exec) and
+    whether the peer attached more fds than ``max_fds`` (MSG_CTRUNC: the kernel closed
+    the ones that did not fit; the ones that did are returned, the caller owns them)."""
+    data, ancdata, msg_flags, _ = sock.recvmsg(nbytes, _cmsg_space(max_fds), _CMSG_CLOEXEC | flags)
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             arr = array.array("i")
             arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
             fds.extend(arr)
-    if msg_flags & socket.MSG_CTRUNC:
+    return data, fds, bool(msg_flags & _CTRUNC)
+
+
+@functools.lru_cache(maxsize=None)
+def _cmsg_space(max_fds: int) -> int:
+    return socket.CMSG_SPACE(max(max_fds, 1) * 4)
+
+
+def recv_with_fds(sock: socket.socket, nbytes: int, max_fds: int) -> tuple[bytes, list[int]]:
+    """``recvmsg_fds`` for a client: more fds than it accepts is an error (TooManyFds)."""
+    data, fds, lost = recvmsg_fds(sock, nbytes, max_fds)
+    if lost:
         for fd in fds:
             os.close(fd)
         raise TooManyFds(errno.EMSGSIZE, "peer sent more fds than max_msg_fds")

@@ -19,6 +19,8 @@ from construct import (
     Adapter, Array, Bytes, Const, GreedyBytes, Int16ul, Int32sl, Int32ul, Int64ul, Struct, this,
 )
 
+from ..input_limits import nesting_depth
+
 
 class Command(enum.IntEnum):
     VERSION = 1
@@ -97,6 +99,12 @@ HEADER = struct.Struct("<HHIII")  # fast twin of Header
 # ---------------------------------------------------------------------------
 # VERSION: u16 major, u16 minor, then an optional NUL-terminated JSON object.
 
+# json-c, which libvfio-user parses VERSION with, refuses documents nested deeper than
+# JSON_TOKENER_DEFAULT_DEPTH (32); the same bound here also keeps a hostile document
+# thousands of levels deep from reaching Python's recursion limit.
+MAX_JSON_DEPTH = 32
+
+
 class NulTerminatedJson(Adapter):
     """The capabilities text: absent (None) or a JSON object followed by one NUL."""
 
@@ -105,7 +113,13 @@ class NulTerminatedJson(Adapter):
             return None
         if not obj.endswith(b"\0") or b"\0" in obj[:-1]:
             raise ValueError("capabilities JSON is not NUL-terminated")
-        value = json.loads(obj[:-1].decode("utf-8"))
+        too_deep = ValueError(f"capabilities JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+        try:
+            value = json.loads(obj[:-1].decode("utf-8"))
+        except RecursionError:
+            raise too_deep from None
+        if nesting_depth(value) > MAX_JSON_DEPTH:
+            raise too_deep
         if not isinstance(value, dict):
             raise ValueError("capabilities JSON is not an object")
         return value

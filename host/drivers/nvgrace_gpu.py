@@ -1,4 +1,4 @@
-"""nvgrace-gpu: the vfio-pci variant for Grace-Hopper/Blackwell GPUs (ref 2.2).
+"""nvgrace-gpu: the vfio-pci variant for Grace-Hopper/Blackwell GPUs (docs/kernel-reference.md: nvgrace-gpu).
 
 Device memory that is not in the kernel's memmap is exposed as two fake BARs: usemem
 (region index 4, cached) and resmem (index 2, non-cached, only if memlength > 0), each
@@ -41,11 +41,27 @@ STATUS_READY = 0xFF
 POLL_QUANTUM_MS = 1000
 POLL_TIMEOUT_MS = 30000
 U64_MAX = (1 << 64) - 1
-# The driver's own history (ref 2.2): fault/huge_fault and the readiness check after reset since
+# The driver's own history (docs/kernel-reference.md: nvgrace-gpu): fault/huge_fault and the readiness check after reset since
 # v6.19 (generation 2; before it, remap_pfn_range at mmap), its memory registered for poison
 # handling at open since v7.0.
 HUGE_FAULT_SINCE = (6, 19)
 REGISTERS_MEMORY_SINCE = (7, 0)
+
+
+MEMBLK_SIZE = 512 << 20        # usemem is a multiple of it when resmem is carved out (hardwired ABI)
+RESMEM_SIZE = 1 << 30          # the carve-out on GPUs with the MIG hardware bug
+
+
+def regions_from_firmware(memphys: int, memlength: int, mig_hw_bug: bool = True
+                          ) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """nvgrace_gpu_init_nvdev_struct: (usemem, resmem) from the firmware's
+    nvidia,gpu-mem-base-pa / nvidia,gpu-mem-size.  A GPU without the NVIDIA DVSEC that says
+    "MIG supported with cached resmem" has the MIG hardware bug: 1 GiB is carved out as
+    resmem at the end, usemem is rounded down to MEMBLK_SIZE and resmem takes the rest."""
+    if not mig_hw_bug:
+        return (memphys, memlength), None
+    use = ((memlength - RESMEM_SIZE) // MEMBLK_SIZE) * MEMBLK_SIZE
+    return (memphys, use), (memphys + use, memlength - use)
 
 
 def roundup_pow_of_two(n: int) -> int:
@@ -85,7 +101,7 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
     nv_vm_ops_name = "nvgrace_gpu_vfio_pci_mmap_ops"     # its own ops; BARs keep the core's
     fields = (_memory_field("usemem"), _memory_field("resmem"),
               # the model's option: the merged callback ("literal") or one with the upper-bound
-              # check its commit message describes ("fixed"), ref 2.2 / open question 5
+              # check its commit message describes ("fixed"); docs/kernel-reference.md: open questions
               Field("pgoff_callback", "str", required=False, default="literal", choices=CALLBACK_VARIANTS))
 
     def __init__(self, machine: "Machine", pdev: PciDevice, name: str | None = None,
@@ -101,11 +117,14 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
 
     @classmethod
     def adopt_served_memory(cls, args: dict, memory: list[tuple[int, int, int]]) -> dict:
-        """A served device without usemem/resmem: its first memory BAR, where firmware placed it,
-        is usemem (the host physical address the firmware reports for the GPU's memory)."""
+        """A served device without usemem/resmem: the driver takes device memory from firmware
+        properties (base and size); for a served device that is where its first memory BAR was
+        placed and the memory behind it, split as the driver splits it (regions_from_firmware:
+        our devices have no DVSEC, so resmem is carved)."""
         if args.get("usemem") is None and args.get("resmem") is None and memory:
             _index, address, size = memory[0]
-            args = {**args, "usemem": (address, size)}
+            use, res = regions_from_firmware(address, size)
+            args = {**args, "usemem": use, "resmem": res}
         return args
 
     # -- regions ------------------------------------------------------------------------------
@@ -168,7 +187,7 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
 
     def pfn_to_vma_pgoff(self, vma: Vma, pfn: int) -> tuple[int, int | None]:
         """nvgrace_gpu_pfn_to_vma_pgoff: file pgoff of ``pfn`` in ``vma``.  Like the kernel it
-        checks only the lower bound against the VMA, not its end (ref 2.2, open question 5)."""
+        checks only the lower bound against the VMA, not its end (docs/kernel-reference.md: nvgrace-gpu, open questions)."""
         if vma.vm_ops is not self.nv_vm_ops:
             return -errno.ENOENT, None
         region = self.memregion(vma_region_index(vma))
@@ -189,7 +208,7 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
             return super().mmap(vma)
         if not vma.vm_flags & VM_SHARED:
             # the driver itself does not check; the pfn insert helpers would BUG on a
-            # private writable PFNMAP, so the model refuses (ref open question 6)
+            # private writable PFNMAP, so the model refuses (docs/kernel-reference.md: open questions)
             return -errno.EINVAL
         pgoff = vma_region_pgoff(vma)
         req_len = vma.vm_end - vma.vm_start
@@ -222,7 +241,7 @@ class NvgraceGpuDevice(VfioPciCoreDevice):
         return f"{self.dev_prefix}nvgrace_gpu_vfio_pci_huge_fault order = {order} pfn {pfn:#x}: {ret:#x}"
 
     def nv_huge_fault(self, vmf: VmFaultCtx, order: int) -> int:
-        """nvgrace_gpu_vfio_pci_huge_fault (ref 2.2): no memregion -> SIGBUS silently; misaligned ->
+        """nvgrace_gpu_vfio_pci_huge_fault (docs/kernel-reference.md: nvgrace-gpu): no memregion -> SIGBUS silently; misaligned ->
         FALLBACK; runtime-PM engaged or not ready after reset -> SIGBUS silently; else the core
         insert helper.  The debug line is printed for FALLBACK and insert results.  With recorded
         poison (a proposal policy), Peter Xu's rule first (the core's poison_fault)."""

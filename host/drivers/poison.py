@@ -5,7 +5,7 @@
   memory-failure model sees it (summaries, repair, collapse).
 * pgoff_callback: a pfn_to_vma_pgoff for a device region (the v7.0 callback), recognising the
   driver's VMAs by the vm_operations table its mmap installs; ``fixed`` adds the upper-bound
-  check the merged v7.0 variant driver's callback lacks (ref 2.2).
+  check the merged v7.0 variant driver's callback lacks (docs/kernel-reference.md: open questions).
 """
 from __future__ import annotations
 

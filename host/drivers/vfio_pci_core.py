@@ -6,7 +6,7 @@ Variant drivers subclass VfioPciCoreDevice and override only what differs
 tables its mmap installs, where its regions' memory is — and how it hears of poison (the
 pfn_address_space it registers, with pfn_to_vma_pgoff and the failure notification) are
 methods and class attributes here, so the generic code asks the driver and never its type.
-Kernel references: ref 1.3, 1.5, 1.6, 2.1, 3.3.
+Kernel references: docs/kernel-reference.md: vfio-pci huge_fault, debug lines, vfio-pci mmap, zaps.
 """
 from __future__ import annotations
 
@@ -248,8 +248,8 @@ class VfioPciCoreDevice:
         return record.record(pfn)
 
     def poison_fault(self, vmf: VmFaultCtx, order: int, report: FaultReport) -> int:
-        """Peter Xu's rule for recorded poison (ref 2.3 rules 2-3), as a building block for
-        huge_fault: order > 0 and [pfn, pfn + 2^order) holds a recorded pfn -> VM_FAULT_FALLBACK
+        """Peter Xu's rule for recorded poison (docs/kernel-reference.md: poison policies), as a
+        building block for huge_fault: order > 0 and [pfn, pfn + 2^order) holds a recorded pfn -> VM_FAULT_FALLBACK
         (never HWPOISON: that would end the fault and SIGBUS clean pages); order 0 on a recorded
         pfn -> VM_FAULT_HWPOISON; else 0 (the driver's own handler decides).  ``report`` prints
         the driver's debug line for the result it returns."""
@@ -301,7 +301,7 @@ class VfioPciCoreDevice:
 
     # -- mmap ---------------------------------------------------------------------------------
     def mmap(self, vma: Vma) -> int:
-        """vfio_pci_core_mmap: the checks of ref 2.1, in order; nothing is mapped here."""
+        """vfio_pci_core_mmap: the checks of docs/kernel-reference.md: vfio-pci mmap, in order; nothing is mapped here."""
         index = vma_region_index(vma)
         if index >= VFIO_PCI_NUM_REGIONS + self.num_regions:
             return -errno.EINVAL
@@ -370,8 +370,8 @@ class VfioPciCoreDevice:
         return self.huge_fault(vmf, 0)
 
     def huge_fault(self, vmf: VmFaultCtx, order: int) -> int:
-        """vfio_pci_mmap_huge_fault for the machine's kernel profile (ref 1.3 / 1.5); with
-        recorded poison, Peter Xu's rule first (poison_fault)."""
+        """vfio_pci_mmap_huge_fault for the machine's kernel profile (docs/kernel-reference.md:
+        vfio-pci huge_fault); with recorded poison, Peter Xu's rule first (poison_fault)."""
         if self.poison_record is not None:
             ret = self.poison_fault(vmf, order, self._report_fault)
             if ret:

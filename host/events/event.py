@@ -3,7 +3,7 @@
 One event says what the host did about one poisoned pfn behind a device BAR: which
 policy ran, what it did, the kernel's action_result() verdict, and which SIGBUS it
 sent.  It is the "alternative protocol to signal userspace about the failed memory
-besides fault and SIGBUS" asked for on the huge-pfnmap thread (seed 002).
+besides fault and SIGBUS" asked for on the "mm: Support huge pfnmaps" v2 thread (Aug-Sep 2024).
 
 The wire form is the pyroute2 message class in ``message.py``; this module knows
 nothing about sockets or bytes.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 # other two are proposals from the thread, offered by name only.
 POLICIES = ("upstream", "hard-offline", "split")
 
-# action_result() strings (mm/memory-failure.c, kernel-semantics.md §4.5).
+# action_result() strings (mm/memory-failure.c action_result; docs/kernel-reference.md: memory_failure).
 RESULTS = ("Ignored", "Failed", "Delayed", "Recovered")
 
 # What the policy did.  Documented vocabulary; the wire carries any short token so

@@ -1,4 +1,4 @@
-"""collect_procs_pfn and task_early_kill: who memory_failure_pfn signals (ref 4.2, 4.3).
+"""collect_procs_pfn and task_early_kill: who memory_failure_pfn signals (docs/kernel-reference.md: memory_failure).
 
 The kernel walks every process (for_each_process) and, for each selected thread, every
 VMA of the mapping's i_mmap.  The model produces the identical ordered list without the

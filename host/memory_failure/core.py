@@ -1,4 +1,4 @@
-"""memory_failure() and memory_failure_pfn() for device memory without struct page (ref 4).
+"""memory_failure() and memory_failure_pfn() for device memory without struct page (docs/kernel-reference.md: memory_failure).
 
 One MemoryFailure object per Machine (``machine.memory_failure``) holds the pfn_address_space
 registry, the latch of a real hardware failure, the trace buffer of memory_failure_event, the
@@ -78,7 +78,7 @@ class MemoryFailure:
         self.drivers: dict[int, "PoisonRecord"] = {}    # id(device) -> the poison record that driver keeps
         self.hardware = HardwarePoison(self)
 
-    # -- registration (ref 5) -----------------------------------------------------------------
+    # -- registration (docs/kernel-reference.md: registration) -----------------------------------------------------------------
     def register_pfn_address_space(self, space: PfnAddressSpace) -> int:
         if not self.profile.pfnmap_memory_failure:
             return -errno.EOPNOTSUPP        # the API does not exist before v6.19
@@ -88,7 +88,7 @@ class MemoryFailure:
         if self.profile.pfnmap_memory_failure:
             self.registry.unregister(space)
 
-    # -- entry (ref 4.1) ------------------------------------------------------------------------
+    # -- entry (docs/kernel-reference.md: memory_failure) ------------------------------------------------------------------------
     def memory_failure(self, pfn: int, flags: int = 0, current: Thread | None = None) -> int:
         """memory_failure(pfn, flags) with ``current`` the calling thread (None: a kworker)."""
         m = self.machine
@@ -110,7 +110,7 @@ class MemoryFailure:
         self._finish(MfOutcome(pfn, flags, current, -errno.ENXIO))
         return -errno.ENXIO
 
-    # -- the pfnmap path (ref 4.2) ---------------------------------------------------------------
+    # -- the pfnmap path (docs/kernel-reference.md: memory_failure) ---------------------------------------------------------------
     def memory_failure_pfn(self, pfn: int, flags: int, current: Thread | None) -> int:
         m = self.machine
         out = MfOutcome(pfn, flags, current, 0)

@@ -1,5 +1,5 @@
 """memory_failure() vocabulary: enum mf_flags, the action results and page types of
-action_result(), and the panic the model raises when vm.memory_failure_recovery is 0 (ref 4.1, 4.5)."""
+action_result(), and the panic the model raises when vm.memory_failure_recovery is 0 (docs/kernel-reference.md: memory_failure)."""
 from __future__ import annotations
 
 import enum

@@ -1,4 +1,4 @@
-"""The consumption-loop guard for VMMs (seed 002: "a reasonable VMM should have means to detect
+"""The consumption-loop guard for VMMs (the huge-pfnmap v2 thread, Aug 2024: "a reasonable VMM should have means to detect
 and break" a memory-error-consumption loop).
 
 Every consumption of a poisoned pfn by a process — a machine check on a mapped poisoned

@@ -7,7 +7,7 @@ calls memory_failure(pfn, MF_ACTION_REQUIRED) as that thread; 0, -EHWPOISON and 
 end there, anything else logs "mce: Memory error not recovered" and forces a plain SIGBUS.
 arm64 (SEA -> GHES task work) calls memory_failure the same way and, on any other result,
 logs "<pfn>: Sending SIGBUS to <comm>:<tid> due to hardware memory corruption" and forces a
-plain SIGBUS (ref 4.6).
+plain SIGBUS (docs/kernel-reference.md: memory_failure callers).
 
 Where the bad memory is known: pfns marked here (the ``poison`` scenario step, an error
 source's report when it has no better view), and the memory of devices that keep their own

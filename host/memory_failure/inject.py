@@ -1,4 +1,4 @@
-"""Injection interfaces (ref 6) as the host offers them for device memory.
+"""Injection interfaces (docs/kernel-reference.md: injection interfaces) as the host offers them for device memory.
 
 * hard_offline_page (sysfs): a physical address; works on pfnmap memory; memory_failure(pfn,
   MF_SW_SIMULATED) with the writer as ``current``; -EOPNOTSUPP becomes success.

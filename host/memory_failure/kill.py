@@ -1,4 +1,4 @@
-"""kill_procs / kill_proc for the pfn path (ref 4.4): forcekill is always true there.
+"""kill_procs / kill_proc for the pfn path (docs/kernel-reference.md: memory_failure): forcekill is always true there.
 
 Entries are handled in list order; an entry whose address could not be found gets SIGKILL
 with the "forcibly killing" line, every other entry a SIGBUS: BUS_MCEERR_AR when the entry's

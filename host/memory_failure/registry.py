@@ -1,5 +1,5 @@
 """register_pfn_address_space / unregister_pfn_address_space: the global interval tree of
-inclusive pfn ranges under one lock (ref 5).
+inclusive pfn ranges under one lock (docs/kernel-reference.md: registration).
 
 The tree is the `intervaltree` library (half-open intervals, so [start, last] is stored as
 [start, last + 1)).  The kernel does not validate start <= last; such a space is accepted

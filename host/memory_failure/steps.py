@@ -1,4 +1,4 @@
-"""Scenario step kinds of the memory-failure model (spec/scenario-format.md): poison,
+"""Scenario step kinds of the memory-failure model (docs/scenarios.md): poison,
 memory_failure, hard_offline_page, register, unregister, and the extensions of the format
 repair, collapse, consumption_guard, corrupt_pfn, unpoison_pfn, madvise_hwpoison (STEP_KINDS).
 
@@ -60,7 +60,13 @@ def do_memory_failure(run: "ScenarioRun", step: "Step") -> int:
 
 def do_hard_offline_page(run: "ScenarioRun", step: "Step") -> int:
     f = step.fields
-    ret = hard_offline_page(_mf(run), f["phys"], run.machine.tasks.thread(f["current"]))
+    phys = f["phys"]
+    if f.get("device") is not None:
+        bar = run.machine.device(f["device"]).pdev.bar(f["bar"] if f.get("bar") is not None else 0)
+        if bar is None:
+            return -22          # the writer named a BAR the device does not have
+        phys += bar.phys
+    ret = hard_offline_page(_mf(run), phys, run.machine.tasks.thread(f["current"]))
     return ret if ret < 0 else 0     # the write returns the byte count on success
 
 
@@ -192,8 +198,13 @@ STEP_KINDS: tuple[StepKind, ...] = (
                                                      check=check_mf_flags),
                                  Field("current", "any", required=False, default="kworker", check=check_current)),
               do_memory_failure, thread_field="current", doc="memory_failure() as called by an error handler"),
-    step_kind("hard_offline_page", (Field("phys"), Field("current", "int")), do_hard_offline_page,
-              thread_field="current", doc="write to /sys/devices/system/memory/hard_offline_page"),
+    step_kind("hard_offline_page", (Field("phys"), Field("current", "int"),
+                                    Field("device", "str", required=False, default=None),
+                                    Field("bar", "int", required=False, default=None,
+                                          check=lambda v: None if 0 <= v <= 5 else f"must be 0..5, got {v}")),
+              do_hard_offline_page, thread_field="current",
+              doc="write to /sys/devices/system/memory/hard_offline_page; with device and bar, phys is "
+                  "an offset into that BAR (wherever firmware placed it)"),
     # `register` has an optional `callback` field ("literal" | "fixed"): an extension.
     step_kind("register", (device_field(), _region_field(),
                            Field("callback", "str", required=False, default="literal", choices=("literal", "fixed"))),

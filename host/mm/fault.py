@@ -1,4 +1,4 @@
-"""handle_mm_fault: the __handle_mm_fault cascade PUD -> PMD -> PTE (ref 1.1).
+"""handle_mm_fault: the __handle_mm_fault cascade PUD -> PMD -> PTE (docs/kernel-reference.md: fault cascade).
 
 A huge attempt happens only when its slot is empty and the order is allowed; FALLBACK
 goes one level down, any other result ends the fault.  The PMD table is allocated as soon

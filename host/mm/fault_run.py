@@ -2,7 +2,7 @@
 mapping without huge pages takes one fault per 4 KiB (16 Mi faults for 64 GiB).
 
 Once a 2 MiB block's PTE table exists, handle_mm_fault for an empty PTE in it goes straight to
-do_fault -> vm_ops->fault (ref 1.1: a PMD slot holding a table never reaches huge_fault), so the
+do_fault -> vm_ops->fault (docs/kernel-reference.md: fault cascade: a PMD slot holding a table never reaches huge_fault), so the
 faults of the following empty PTEs are nothing but ``fault`` once per page.  A driver that offers
 ``VmOperations.fault_run`` takes such a run in one call with the same effects (entries, counters,
 log lines); the run stops where an entry is present, at the table's end or at ``limit``.

@@ -1,4 +1,4 @@
-"""The pfn insert helpers a fault handler calls: vmf_insert_pfn, vmf_insert_pfn_pmd/_pud (ref 1.4).
+"""The pfn insert helpers a fault handler calls: vmf_insert_pfn, vmf_insert_pfn_pmd/_pud (docs/kernel-reference.md: insert helpers).
 
 Each returns a vm_fault_t (plain int).  The BUG() conditions of the kernel raise KernelBug:
 a driver that trips them is broken, not a user input error.

@@ -310,7 +310,7 @@ class PageTable:
         """Clear every entry in [start, end) (page aligned).
 
         A huge leaf the range only partly covers is cleared whole and nothing is installed
-        in its place (split of a special huge entry, reference 3.2).  PTE tables stay
+        in its place (split of a special huge entry, docs/kernel-reference.md: zaps).  PTE tables stay
         allocated even when emptied.  Returns what was cleared, PTE runs coalesced.
         """
         out: list[Zapped] = []

@@ -1,4 +1,4 @@
-"""struct pfn_address_space: a registration of device pfns for memory-failure handling (ref 5).
+"""struct pfn_address_space: a registration of device pfns for memory-failure handling (docs/kernel-reference.md: registration).
 
 Only the record lives here (drivers build it); the registry and memory_failure_pfn live in
 hugepfn.host.memory_failure.  ``pfn_to_vma_pgoff(vma, pfn)`` returns (0, pgoff) or (-errno, None)

@@ -1,4 +1,4 @@
-"""The eligibility gate for huge faults (thp_vma_allowable_orders, mm/huge_memory.c), ref 1.2.
+"""The eligibility gate for huge faults (thp_vma_allowable_orders, mm/huge_memory.c), docs/kernel-reference.md: eligibility.
 
 Only "special" VMAs (VM_PFNMAP / VM_MIXEDMAP, i.e. device pfnmaps) are modelled: their
 supported orders are PMD and PUD.  Whether the arch can then map a PUD is decided by

@@ -1,4 +1,4 @@
-"""Zapping: zap a VMA range, and unmap_mapping_range over a file's i_mmap (ref 3.1-3.2)."""
+"""Zapping: zap a VMA range, and unmap_mapping_range over a file's i_mmap (docs/kernel-reference.md: zaps)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple

@@ -202,7 +202,7 @@ def do_process_errors(run: "ScenarioRun", step: "Step") -> int:
 
 def do_scrub(run: "ScenarioRun", step: "Step") -> int:
     """The device repairs [offset, offset + length) of a memory BAR itself (a patrol scrub that
-    rewrites the lines, as seed 004's DAX memory allows): loads there stop machine-checking at
+    rewrites the lines, as DAX memory allows: Dan Williams, "Replace and improve mcsafe with copy_safe()", May 2020): loads there stop machine-checking at
     once; the host's driver keeps what it recorded until it hears of the repair (``repair``)."""
     from hugepfn.device.control import ControlError
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hugepfn.device.input_limits import InputError, load_toml
+
 from .. import kernel as kernel_mod
 from ..driver_error import DriverError
 from ..drivers.registry import DriverRegistry, default_registry as default_drivers
@@ -245,7 +247,7 @@ def parse_scenario(data: dict, source: str = "", registry: ScenarioRegistry | No
                 raise ScenarioError(f"{where}: pid: no process with pid {value}")
             if key in ("tid", "current") and isinstance(value, int) and value not in tids:
                 raise ScenarioError(f"{where}: {key}: no thread with tid {value}")
-            if key == "device" and value not in names:
+            if key == "device" and value is not None and value not in names:
                 raise ScenarioError(f"{where}: device: no device named {value!r}")
         if do == "fork":
             child = fields["child"]
@@ -262,11 +264,16 @@ def parse_scenario(data: dict, source: str = "", registry: ScenarioRegistry | No
 
 def load_scenario(path: str | Path, registry: ScenarioRegistry | None = None,
                   drivers: DriverRegistry | None = None) -> Scenario:
-    """Read and parse a scenario file (OSError if it cannot be read)."""
+    """Read and parse a scenario file (OSError if it cannot be read).
+
+    Only a regular file of at most 1 MiB, nested at most 32 levels, is read
+    (hugepfn.device.input_limits): /dev/zero, a FIFO or a hostile document is a
+    one-line ScenarioError, never an endless read or a RecursionError."""
     path = Path(path)
-    text = path.read_text()
     try:
-        data = tomllib.loads(text)
+        data = load_toml(path, str(path))
+    except InputError as exc:
+        raise ScenarioError(str(exc)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: invalid TOML: {exc}") from None
     return parse_scenario(data, str(path), registry, drivers)

@@ -12,6 +12,7 @@ from hugepfn.device import cper, pci_formats as pf, poison_store
 from hugepfn.device.config_layout import (AER_OFFSET, MSIX_OFFSET, PCIE_OFFSET, PM_OFFSET,
                                           REBAR_OFFSET, VNDR_OFFSET, VNDR_LENGTH)
 from hugepfn.device.gpu import GpuDevice
+from hugepfn.device.profiles import load_profile
 
 u8, u16, u32, u64 = (st.integers(0, (1 << n) - 1) for n in (8, 16, 32, 64))
 
@@ -115,24 +116,29 @@ def test_error_record_coarse_granularity_has_no_dram_coordinates():
     assert not decoded.validation_bits & (cper.CPER_MEM_VALID_ROW | cper.CPER_MEM_VALID_COLUMN)
 
 
+IDENTITY = poison_store.DeviceIdentity.of(load_profile("tiny"))
+
+
 @given(entries=st.lists(st.tuples(st.integers(0, 5), u32, u32), max_size=20), generation=u64)
 @settings(max_examples=50, deadline=None)
 def test_poison_file_roundtrip_and_struct_path_agrees(entries, generation):
     entries = [(bar, start, start + length + 1) for bar, start, length in entries]
-    raw = poison_store.encode(entries, generation)
+    raw = poison_store.encode(entries, generation, IDENTITY)
     value = roundtrip(poison_store.PoisonFile, raw)
     assert value.count == len(entries) and value.generation == generation
+    assert value.identity == IDENTITY.encode() and value.identity_size == len(IDENTITY.encode())
     assert [(e.bar, e.start, e.end) for e in value.entries] == entries
     built = poison_store.PoisonFile.build(dict(generation=generation, count=len(entries),
+                                               identity_size=len(IDENTITY.encode()), identity=IDENTITY.encode(),
                                                entries=[dict(bar=b, start=s, end=e) for b, s, e in entries],
                                                crc32=value.crc32))
     assert built == raw
-    assert poison_store.decode(raw) == (generation, entries)
+    assert poison_store.decode(raw) == (generation, IDENTITY, entries)
 
 
 def test_poison_file_random_large_roundtrip():
     rng = random.Random(4)
     entries = sorted((2, s, s + 64) for s in rng.sample(range(0, 1 << 30, 128), 2000))
-    raw = poison_store.encode(entries, 3)
-    assert poison_store.decode(raw) == (3, entries)
-    assert len(raw) == 32 + 24 * len(entries) + 4
+    raw = poison_store.encode(entries, 3, IDENTITY)
+    assert poison_store.decode(raw) == (3, IDENTITY, entries)
+    assert len(raw) == 32 + len(IDENTITY.encode()) + 24 * len(entries) + 4

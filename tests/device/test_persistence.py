@@ -11,7 +11,8 @@ import textwrap
 import pytest
 
 from hugepfn.device.gpu import GpuDevice
-from hugepfn.device.poison_store import CRASH_ENV, PoisonFileError, PoisonStore
+from hugepfn.device.poison_store import CRASH_ENV, DeviceIdentity, PoisonFileError, PoisonStore, encode
+from hugepfn.device.profiles import load_profile
 
 CHILD = textwrap.dedent("""
     import sys
@@ -76,7 +77,8 @@ def test_sigkill_during_save_leaves_old_or_new_list(tmp_path, crash_at, survivor
     assert loaded_offsets(tmp_path) == survivors
     if crash_at == "mid-write":
         tmp = tmp_path / (PoisonStore.FILENAME + ".tmp")
-        assert tmp.stat().st_size == (32 + 4 * 24 + 4) // 2        # half of the 4-entry file
+        four = encode([(2, i * 256, i * 256 + 64) for i in range(4)], 4, DeviceIdentity.of(load_profile("tiny")))
+        assert tmp.stat().st_size == len(four) // 2                # half of the 4-entry file
     # the next save replaces any stale temp file and goes on from the survivors
     assert run_child(tmp_path, 10, 1).returncode == 0
     assert loaded_offsets(tmp_path) == survivors + [2560]
@@ -131,8 +133,7 @@ class TestCorruptFiles:
         self.expect_error(saved, "bad magic")
 
     def test_entry_outside_the_profile(self, saved, tmp_path):
-        from hugepfn.device.poison_store import encode
-        saved.write_bytes(encode([(2, 1 << 40, (1 << 40) + 64)], 1))
+        saved.write_bytes(encode([(2, 1 << 40, (1 << 40) + 64)], 1, DeviceIdentity.of(load_profile("tiny"))))
         self.expect_error(saved, "does not fit this device profile")
 
     def test_corrupt_file_is_left_in_place(self, saved):

@@ -1,4 +1,4 @@
-"""Accesses as the task sees them (reference 1.7) and the range-touch operation: fault results
+"""Accesses as the task sees them (docs/kernel-reference.md: fault results) and the range-touch operation: fault results
 become signals, mapped leaves are skipped arithmetically, and the hardware-poison hook sees
 every touched poisoned page."""
 from hugepfn.host.mm.constants import MADV_NOHUGEPAGE, PMD_SIZE, PUD_SIZE

@@ -1,5 +1,5 @@
 """The variant driver shown in docs/driver-authors.md works as the page says (the first python
-block is executed as written), and doubles as the test of reference 1.7 for HWPOISON."""
+block is executed as written), and doubles as the test of docs/kernel-reference.md: fault results for HWPOISON."""
 import re
 from pathlib import Path
 

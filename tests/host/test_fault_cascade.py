@@ -1,4 +1,4 @@
-"""__handle_mm_fault (reference 1.1): PUD -> PMD -> PTE, attempts only on empty slots, FALLBACK
+"""__handle_mm_fault (docs/kernel-reference.md: fault cascade): PUD -> PMD -> PTE, attempts only on empty slots, FALLBACK
 continues and anything else ends the fault; the PMD table is allocated once the cascade passes
 the PUD level; an existing PTE table blocks huge attempts; arm64 never calls the driver for a PUD."""
 from hugepfn.host.mm.constants import MADV_HUGEPAGE, MADV_NOHUGEPAGE, PMD_SIZE, PUD_SIZE

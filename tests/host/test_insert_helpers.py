@@ -1,4 +1,4 @@
-"""vmf_insert_pfn / _pmd / _pud (reference 1.4): results, where they install, and the BUG checks."""
+"""vmf_insert_pfn / _pmd / _pud (docs/kernel-reference.md: insert helpers): results, where they install, and the BUG checks."""
 import pytest
 
 from hugepfn.host.mm.constants import (PMD_SIZE, PUD_SIZE, VM_IO, VM_MAYWRITE, VM_MIXEDMAP, VM_PFNMAP,

@@ -1,4 +1,4 @@
-"""vfio_pci_core_mmap (reference 2.1): the -EINVAL checks in order, what a successful mmap sets,
+"""vfio_pci_core_mmap (docs/kernel-reference.md: vfio-pci mmap): the -EINVAL checks in order, what a successful mmap sets,
 and that nothing is mapped at mmap time; plus munmap splitting and page-table freeing."""
 import errno
 

@@ -1,4 +1,4 @@
-"""nvgrace-gpu (reference 2.2): fake power-of-two BARs, mmap checks, generation 1 (PTEs at mmap,
+"""nvgrace-gpu (docs/kernel-reference.md: nvgrace-gpu): fake power-of-two BARs, mmap checks, generation 1 (PTEs at mmap,
 vm_pgoff = pfn) vs generation 2 (own huge_fault and debug line), readiness after reset, v7.0
 registration at open, and the pfn_to_vma_pgoff callback."""
 import errno

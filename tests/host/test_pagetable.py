@@ -1,4 +1,4 @@
-"""The sparse page table: entries per level, lookups, and exact huge-leaf zap semantics (ref 3.2)."""
+"""The sparse page table: entries per level, lookups, and exact huge-leaf zap semantics (docs/kernel-reference.md: zaps)."""
 from hugepfn.host.mm import (PMD_SIZE, PUD_SIZE, AddressSpace, Leaf, MM, PageTable, Vma, VmFault, Zapped,
                              fault_name, parse_fault_name)
 from hugepfn.host.mm.constants import VM_IO, VM_PFNMAP, VM_SHARED

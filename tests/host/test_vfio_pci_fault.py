@@ -1,4 +1,4 @@
-"""vfio_pci_mmap_huge_fault (reference 1.3 rows 1-7, 1.5 generations, 1.6 debug lines),
+"""vfio_pci_mmap_huge_fault (docs/kernel-reference.md: vfio-pci huge_fault, debug lines debug lines),
 per kernel profile: results, mappings, memory_lock use and the exact dynamic-debug line."""
 import pytest
 

@@ -1,4 +1,4 @@
-"""Zap semantics (reference 3): unmap_mapping_range over the device file, huge leaves partly
+"""Zap semantics (docs/kernel-reference.md: zaps): unmap_mapping_range over the device file, huge leaves partly
 covered are cleared whole with nothing installed, PTE tables stay; who zaps in vfio-pci
 (COMMAND memory-disable, PM_CTRL to D3hot, reset, low-power entry) and what faults see after."""
 from hugepfn.host.drivers import PciBar

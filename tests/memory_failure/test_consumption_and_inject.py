@@ -1,5 +1,5 @@
 """Hardware consumption (machine check from the accessing thread, per arch), the consumption-loop
-guard, and the injection interfaces (reference 4.6, 6)."""
+guard, and the injection interfaces (docs/kernel-reference.md: memory_failure callers, injection interfaces)."""
 from __future__ import annotations
 
 import errno

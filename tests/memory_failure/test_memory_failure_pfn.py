@@ -1,4 +1,4 @@
-"""memory_failure() entry and memory_failure_pfn() on device pfns (reference 4.1-4.5)."""
+"""memory_failure() entry and memory_failure_pfn() on device pfns (docs/kernel-reference.md: memory_failure)."""
 from __future__ import annotations
 
 import errno
@@ -35,7 +35,7 @@ def test_unregistered_pfn_is_ignored_with_ebusy_and_no_signal():
     assert ret == -errno.EBUSY
     assert log == ["Memory failure: 0x9000000: recovery action for non struct page pfn: Ignored"]
     assert signals == []
-    assert trace == ["memory_failure:memory_failure_event: pfn 0x9000000: recovery action for non struct page pfn: "
+    assert trace == ["ras:memory_failure_event: pfn 0x9000000: recovery action for non struct page pfn: "
                      "Ignored"]
 
 
@@ -43,7 +43,7 @@ def test_kworker_and_no_early_kill_signals_nobody_but_recovers():
     m = mapped()
     ret, log, signals, trace = run(m)
     assert (ret, log, signals) == (0, [RECOVERED], [])
-    assert trace == [f"memory_failure:memory_failure_event: pfn {PFN:#x}: recovery action for non struct page pfn: "
+    assert trace == [f"ras:memory_failure_event: pfn {PFN:#x}: recovery action for non struct page pfn: "
                      "Recovered"]
 
 
@@ -203,14 +203,14 @@ def test_before_6_19_device_memory_is_outside_kernel_control(kernel):
     assert signals == [] and trace == []
 
 
-def test_6_19_handles_a_space_registered_by_hand_and_uses_the_same_trace_system():
+def test_6_19_handles_a_space_registered_by_hand_and_traces_in_ras():
     m = nvgrace_machine("6.19")
     dev = m.device("gpu")
     assert m.register_pfn_address_space(dev.pfn_address_space(4)) == 0
     assert m.mmap(4242, "gpu", 4, 0, GiB, VA) == 0
     ret, _, signals, trace = run(m, current=m.tasks.thread(4242))
     assert ret == 0 and len(signals) == 1
-    assert trace[0].startswith("memory_failure:memory_failure_event: ")
+    assert trace[0].startswith("ras:memory_failure_event: ")
 
 
 def test_hardware_failure_latch_only_for_non_simulated_reports():

@@ -1,6 +1,6 @@
 """The poison policies: upstream (nothing unmapped), hard-offline (zap + FALLBACK refault,
 VM_FAULT_HWPOISON on the page), split (in-place split, no refault for clean pages), repair and
-collapse (reference 2.3, 3.2 and the seeds)."""
+collapse (docs/kernel-reference.md: poison policies, zaps the seeds)."""
 from __future__ import annotations
 
 from hugepfn.host.memory_failure import MF_ACTION_REQUIRED, collapse, memory_failure_of, repair_pfn

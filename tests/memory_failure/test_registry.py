@@ -1,5 +1,5 @@
 """register/unregister_pfn_address_space (reference section 5) and nvgrace-gpu's registration
-at device open (reference 2.2)."""
+at device open (docs/kernel-reference.md: nvgrace-gpu)."""
 from __future__ import annotations
 
 import errno

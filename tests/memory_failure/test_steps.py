@@ -41,7 +41,7 @@ def test_poison_register_memory_failure_unregister():
     assert s[4]["consumed_poison"] is True
     assert s[4]["signals"] == [{"tid": 11, "signo": "SIGBUS", "code": "BUS_MCEERR_AR", "addr": "0x7f0000005000",
                                 "addr_lsb": 12, "delivered": True}]
-    assert s[4]["trace_events"] == ["memory_failure:memory_failure_event: pfn 0x3800005: recovery action for non "
+    assert s[4]["trace_events"] == ["ras:memory_failure_event: pfn 0x3800005: recovery action for non "
                                     "struct page pfn: Recovered"]
     assert s[7]["log"] == ["Memory failure: 0x3800005: recovery action for non struct page pfn: Ignored"]
 

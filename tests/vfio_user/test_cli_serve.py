@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from hugepfn.device.vfio_user import backends
 from hugepfn.host.vfio_user import VfioUserClient
 
@@ -72,3 +74,29 @@ def test_missing_socket_directory_is_a_one_line_error(tmp_path):
     err = _one_line_error("--profile", "tiny", "--socket", str(tmp_path / "missing" / "s.sock"),
                           "--backend", "python")
     assert err == f"hugepfn serve: error: socket directory does not exist: {tmp_path / 'missing'}"
+
+
+def test_idle_limit_closes_a_quiet_client_and_says_why(backend, socket_path):
+    import select
+    proc = _serve("--profile", "tiny", "--socket", str(socket_path), "--backend", backend, "--idle-limit", "0.5")
+    try:
+        _wait_for(socket_path, proc)
+        with VfioUserClient.attach(socket_path) as client:
+            poller = select.poll()
+            poller.register(client.sock, select.POLLRDHUP)
+            assert poller.poll(5000), "the idle client was not closed"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert f"hugepfn serve: vfio-user: closed the client on {socket_path}: idle for 0.5 s (idle limit)" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--idle-limit", "0"), "hugepfn serve: error: idle-limit must be a positive number of seconds"),
+    (("--recv-timeout", "-2"), "hugepfn serve: error: recv-timeout must be a positive number of seconds"),
+])
+def test_bad_limits_are_a_one_line_error(tmp_path, args, message):
+    assert _one_line_error("--profile", "tiny", "--socket", str(tmp_path / "s.sock"), "--backend", "python",
+                           *args) == message

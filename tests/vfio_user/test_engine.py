@@ -53,12 +53,15 @@ def engine(device):
     return eng
 
 
-def test_before_version_only_version_is_allowed(device):
+def test_before_version_only_version_is_allowed_and_anything_else_is_answered_then_closed(device):
     eng = ServerEngine(device)
     eng.receive_data(read_msg(3, 7, 0, 4))
     [((msg_id, cmd, size, flags, err), payload, fds)] = replies(eng)
     assert (msg_id, cmd, size, flags, err) == (3, 9, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
-    assert eng.state is State.AWAIT_VERSION
+    assert eng.state is State.CLOSED            # as libvfio-user: a failed negotiation ends it
+    [failed, gone] = eng.events()
+    assert isinstance(failed, CommandFailed) and isinstance(gone, Disconnected)
+    assert gone.reason.startswith("negotiation failed: REGION_READ not allowed")
 
 
 @pytest.mark.parametrize("proposed,expected", [(0, 0), (1, 1), (2, 2), (9, 2)])
@@ -106,12 +109,32 @@ def test_version_with_smaller_client_xfer_bounds_region_reads(engine):
     b"\0\0\0\0{\"capabilities\":{\"write_multiple\":1}}\0",
     b"\0\0\0\0\xff\xfe\0",
 ])
-def test_bad_version_proposals_get_einval_and_no_negotiation(device, payload):
+def test_bad_version_proposals_get_einval_then_the_connection_closes(device, payload):
     eng = ServerEngine(device)
     eng.receive_data(wire.message(1, Command.VERSION, payload))
     [((_, _, size, flags, err), _, _)] = replies(eng)
     assert (size, flags, err) == (16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
-    assert eng.state is State.AWAIT_VERSION
+    # "closes the connection if it cannot support the advertised version" (and, as
+    # libvfio-user, after any VERSION it cannot accept)
+    assert eng.state is State.CLOSED
+    assert eng.events()[-1].reason.startswith("negotiation failed: ")
+    eng.receive_data(version_msg(2))            # nothing more is read
+    assert replies(eng) == []
+
+
+@pytest.mark.parametrize("depth,accepted", [(32, True), (33, False), (5000, False)])
+def test_version_json_nesting_is_bounded_as_json_c_bounds_it(device, depth, accepted):
+    # {"capabilities": {"x": [[...]]}}: the two objects and depth-2 arrays
+    doc = b'{"capabilities":{"x":' + b"[" * (depth - 2) + b"]" * (depth - 2) + b"}}\0"
+    eng = ServerEngine(device)
+    eng.receive_data(wire.message(1, Command.VERSION, b"\0\0\0\0" + doc))
+    [((_, _, _, flags, err), _, _)] = replies(eng)
+    if accepted:
+        assert (flags, err, eng.state) == (wire.MSG_TYPE_REPLY, 0, State.READY)
+    else:
+        assert (flags, err, eng.state) == (wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL, State.CLOSED)
+        failed = next(e for e in eng.events() if isinstance(e, CommandFailed))
+        assert "nested deeper than 32 levels" in failed.message
 
 
 def test_second_version_is_refused(engine):
@@ -143,19 +166,52 @@ def test_next_read_size_asks_for_header_then_payload(engine):
 @pytest.mark.parametrize("header", [
     wire.HEADER.pack(1, 9, 8, 0, 0),              # msg_size smaller than a header
     wire.HEADER.pack(1, 9, 0xFFFF_FFFF, 0, 0),    # absurd msg_size
-    wire.HEADER.pack(1, 9, 16, 0x40, 0),          # unknown flag bit
-    wire.HEADER.pack(1, 9, 16, 0x2, 0),           # message type 2
-])
-def test_malformed_header_disconnects_without_reply(engine, header):
+], ids=["size-8", "size-4G"])
+def test_unframeable_msg_size_is_answered_einval_then_the_connection_closes(engine, header):
     engine.dma.map(0x10000, 0x1000, 3, 0, None)
     engine.receive_data(header)
-    assert replies(engine) == []
+    [(head, _, _)] = replies(engine)
+    assert head == (1, 9, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
     assert engine.state is State.CLOSED
-    [event] = engine.events()
-    assert isinstance(event, Disconnected) and "malformed header" in event.reason
+    failed, gone = engine.events()
+    assert isinstance(failed, CommandFailed) and isinstance(gone, Disconnected)
+    assert gone.reason.startswith("unframeable message: id=1 cmd=9 msg_size ")
     assert len(engine.dma) == 0
     engine.receive_data(read_msg(1, 7, 0, 4))    # nothing happens after close
     assert replies(engine) == []
+
+
+@pytest.mark.parametrize("flags,why", [
+    (0x40, "unknown header flags 0x40"),
+    (0x8000_0000, "unknown header flags 0x80000000"),
+    (0x2, "message type 2 is neither command nor reply"),
+    (0xF, "message type 15 is neither command nor reply"),
+])
+def test_unknown_flags_and_types_are_answered_einval_and_the_stream_stays_in_step(engine, device, flags, why):
+    device.config[0x40:0x44] = b"\x01\x02\x03\x04"
+    bad = wire.HEADER.pack(1, Command.REGION_READ, 32, flags, 0) + wire.REGION_ACCESS.pack(0x40, 7, 4)
+    engine.receive_data(bad + read_msg(2, 7, 0x40, 4))
+    (first, _, _), (second, payload, _) = replies(engine)
+    assert first == (1, 9, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
+    assert second[0] == 2 and second[3] == wire.MSG_TYPE_REPLY and payload[16:] == b"\x01\x02\x03\x04"
+    assert engine.state is State.READY
+    [failed] = engine.events()
+    assert failed.message == why
+
+
+def test_more_fds_than_max_msg_fds_are_answered_einval_and_closed(engine):
+    fds = [os.eventfd(0) for _ in range(engine.max_msg_fds + 1)]
+    engine.receive_data(read_msg(1, 7, 0, 4), fds)
+    [(head, _, _)] = replies(engine)
+    assert head == (1, 9, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
+    assert not any(fd_is_open(fd) for fd in fds)
+    assert engine.state is State.READY
+    # the transport saw MSG_CTRUNC (the kernel dropped fds that did not fit): the same
+    engine.receive_data(read_msg(2, 7, 0, 4), [os.eventfd(0)], fds_lost=True)
+    engine.receive_data(read_msg(3, 7, 0, 4))
+    (lost, _, _), (fine, _, _) = replies(engine)
+    assert lost == (2, 9, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
+    assert fine[0] == 3 and fine[3] == wire.MSG_TYPE_REPLY
 
 
 def test_no_reply_flag_suppresses_reply_and_error_reply(engine, device):
@@ -277,3 +333,81 @@ def test_fds_belong_to_the_message_whose_bytes_they_came_with(engine):
     with_fd, without_fd = engine.dma.regions()
     assert with_fd.mapping is not None and without_fd.mapping is None
     os.close(memfd)
+
+
+def _error(engine, msg) -> tuple[int, str]:
+    """Feed one message that must fail: (its reply's errno, the reason the engine gives)."""
+    engine.receive_data(msg)
+    [((_, _, size, flags, err), _, _)] = replies(engine)
+    assert (size, flags) == (16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR)
+    [failed] = [e for e in engine.events() if isinstance(e, CommandFailed)]
+    return err, failed.message
+
+
+def test_dma_unmap_argsz_is_the_largest_reply_the_client_accepts(engine):
+    # "argsz is the maximum size of the reply payload": larger than the 24-byte entry is fine
+    engine.dma.map(0x10000, 0x1000, 3, 0, None)
+    request = wire.DmaUnmap.build({"argsz": 4096, "flags": 0, "address": 0x10000, "size": 0x1000})
+    engine.receive_data(wire.message(1, Command.DMA_UNMAP, request))
+    [(head, payload, _)] = replies(engine)
+    assert head[3] == wire.MSG_TYPE_REPLY and payload == request and len(engine.dma) == 0
+    # below the entry, or above max_data_xfer_size (libvfio-user's bound): EINVAL
+    for argsz in (23, engine.server_max_xfer + 1):
+        err, why = _error(engine, wire.message(2, Command.DMA_UNMAP, wire.DmaUnmap.build(
+            {"argsz": argsz, "flags": 0, "address": 0x10000, "size": 0x1000})))
+        assert err == errno.EINVAL and why.startswith(f"DMA_UNMAP: argsz {argsz} outside 24..")
+
+
+def test_device_feature_get_may_offer_more_reply_room_than_its_request(engine):
+    get = wire.DeviceFeature.build({"argsz": 4096, "flags": wire.FEATURE_MIGRATION | wire.DEVICE_FEATURE_GET,
+                                    "data": b""})
+    err, why = _error(engine, wire.message(1, Command.DEVICE_FEATURE, get))
+    # refused because the device offers no feature (EINVAL, as libvfio-user), not for its argsz
+    assert (err, why) == (errno.EINVAL, "DEVICE_FEATURE 1: not supported by this device")
+    probe = wire.DeviceFeature.build({"argsz": 8, "flags": wire.FEATURE_MIGRATION | wire.DEVICE_FEATURE_PROBE,
+                                      "data": bytes(8)})
+    err, why = _error(engine, wire.message(2, Command.DEVICE_FEATURE, probe))
+    assert (err, why) == (errno.EINVAL, "DEVICE_FEATURE: argsz 8 < 16, the size of the reply")
+
+
+def test_set_irqs_count_0_needs_start_0_as_in_libvfio_user(engine):
+    efd = os.eventfd(0)
+    engine.receive_data(wire.message(1, Command.DEVICE_SET_IRQS, wire.SetIrqs.build(
+        {"argsz": 20, "flags": 0x24, "index": 2, "start": 0, "count": 1, "data": b""})), [efd])
+    replies(engine)
+    err, why = _error(engine, wire.message(2, Command.DEVICE_SET_IRQS, wire.SetIrqs.build(
+        {"argsz": 20, "flags": 0x21, "index": 2, "start": 1, "count": 0, "data": b""})))
+    assert err == errno.EINVAL and "count 0 is only valid with start 0" in why
+    assert engine.irqs.vector(2, 0).eventfd is not None            # nothing was disabled
+    engine.receive_data(wire.message(3, Command.DEVICE_SET_IRQS, wire.SetIrqs.build(
+        {"argsz": 20, "flags": 0x21, "index": 2, "start": 0, "count": 0, "data": b""})))
+    [(head, _, _)] = replies(engine)
+    assert head[3] == wire.MSG_TYPE_REPLY and engine.irqs.vector(2, 0).eventfd is None
+    assert not fd_is_open(efd)
+
+
+@pytest.mark.parametrize("index", [3, 4])
+def test_err_and_req_indexes_only_trigger(engine, index):
+    err, why = _error(engine, wire.message(1, Command.DEVICE_SET_IRQS, wire.SetIrqs.build(
+        {"argsz": 20, "flags": wire.IRQ_SET_DATA_NONE | wire.IRQ_SET_ACTION_MASK, "index": index, "start": 0,
+         "count": 1, "data": b""})))
+    assert (err, why) == (errno.EINVAL, f"SET_IRQS: index {index} takes ACTION_TRIGGER only")
+
+
+def test_zero_length_region_access_succeeds_without_reaching_the_device(engine, device, monkeypatch):
+    def must_not_be_called(*args):
+        raise AssertionError("the device was called for a zero-length access")
+    monkeypatch.setattr(device, "region_read", must_not_be_called)
+    monkeypatch.setattr(device, "region_write", must_not_be_called)
+    engine.receive_data(read_msg(1, 0, 0x10, 0))
+    engine.receive_data(wire.message(2, Command.REGION_WRITE, wire.REGION_ACCESS.pack(0x10, 0, 0)))
+    (r, rp, _), (w, wp, _) = replies(engine)
+    assert (r[3], rp) == (wire.MSG_TYPE_REPLY, wire.REGION_ACCESS.pack(0x10, 0, 0))
+    assert (w[3], wp) == (wire.MSG_TYPE_REPLY, wire.REGION_ACCESS.pack(0x10, 0, 0))
+
+
+def test_region_read_ignores_bytes_after_the_request_as_libvfio_user(engine, device):
+    device.config[0x40:0x44] = b"\x01\x02\x03\x04"
+    engine.receive_data(wire.message(1, Command.REGION_READ, wire.REGION_ACCESS.pack(0x40, 7, 4) + b"junk"))
+    [(head, payload, _)] = replies(engine)
+    assert head[3] == wire.MSG_TYPE_REPLY and payload == wire.REGION_ACCESS.pack(0x40, 7, 4) + b"\x01\x02\x03\x04"

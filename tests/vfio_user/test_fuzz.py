@@ -1,14 +1,21 @@
-"""Fuzz: >= 100,000 hypothesis-generated messages per run against a live server.
-
-Two generators:
+"""Fuzz: >= 100,000 hypothesis-generated messages per backend per run against a live server
+(`hugepfn serve` in its own process; a dead or tracebacking server, an fd it keeps or
+memory that grows fails the test).
 
 * structured-but-hostile: a valid header around a payload built for its command,
   with every field drawn from boundary values (0, 1, sizes +-1, 2**32-1, 2**64-1)
-  or at random, and sometimes a payload of random bytes.  They are pipelined in
-  batches over the socket; every one must get exactly one reply, in order, with
+  or at random, and sometimes a payload of random bytes; the header sometimes carries
+  unknown flag bits, the ERROR bit, NO_REPLY, or the reply type or an unknown type;
+  some messages carry fds (eventfds, a memfd, more than max_msg_fds) and some are sent
+  in two parts with the fds on the second.  They are pipelined in batches over the
+  socket; every message that must be answered gets exactly one reply, in order, with
   its msg_id and cmd, either a success or a header-only error.
 * raw bytes after a valid VERSION, on a fresh connection each: the server replies,
   waits for more, or hangs up, and must then accept the next client.
+* hostile sessions, one connection each: VERSION with JSON nested up to 3000 deep or
+  a bad major, msg_size that lies, a message stopped half way, reply-type messages,
+  garbage; then clients that stop reading their replies.  Each is answered or closed
+  within the receive timeout (+1 s) and the next client is served within 2 s.
 
 Afterwards the server must still answer correctly (reads, writes, region info
 with its fd).
@@ -16,6 +23,7 @@ with its fd).
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import signal
 import socket
@@ -29,10 +37,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hugepfn.device.vfio_user import wire
+from hugepfn.device.vfio_user.transport import send_some
 from hugepfn.device.vfio_user.wire import Command
 from hugepfn.host.vfio_user import VfioUserClient
 
-from .helpers import QEMU_CAPS, attach_after_hangup, still_answers
+from .helpers import QEMU_CAPS, attach_after_hangup, read_request, still_answers
 
 REGS_SIZE, MEM_SIZE = 0x10000, 64 << 20      # GpuDevice profile "tiny" (checked below)
 
@@ -154,6 +163,51 @@ hostile_messages = st.lists(st.binary(min_size=8, max_size=56).map(_split),
                             min_size=BATCH_MAX // 2, max_size=BATCH_MAX)
 
 
+# Transport and header variants, drawn from selector bits no field uses (26-37).
+FLAG_VARIANTS = {10: 0x40, 11: 0x100, 12: wire.FLAG_ERROR, 13: wire.MSG_TYPE_REPLY, 14: "type"}
+FD_VARIANTS = {12: ("eventfd", 1), 13: ("memfd", 1), 14: ("eventfd", 4), 15: ("eventfd", 17)}
+
+
+def _fds(kind: str, n: int) -> list[int]:
+    if kind == "eventfd":
+        return [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(n)]
+    fd = os.memfd_create("fuzz-guest", os.MFD_CLOEXEC)
+    os.ftruncate(fd, 1 << 20)
+    return [fd]
+
+
+def frame(selector: int, msg_id: int, cmd: int, payload: bytes, no_reply: bool,
+          python: bool) -> tuple[list[tuple[bytes, list[int]]], bool]:
+    """The chunks that carry one message (header flags, fds, split point from the
+    selector) and whether the server must reply to it.
+
+    Both servers answer every message that is not a reply and has no NO_REPLY, whatever
+    its other flag bits (python: EINVAL for unknown bits and types; libvfio-user ignores
+    unknown bits).  A reply-type message gets no answer from python; libvfio-user
+    answers it EINVAL and does not read its payload, so it gets no payload there."""
+    flags = wire.FLAG_NO_REPLY if no_reply else 0
+    variant = FLAG_VARIANTS.get((selector >> 26) & 0xF, 0)
+    if variant == "type":
+        variant = 2 + (selector >> 30) % 14
+    flags |= variant
+    kind = flags & wire.MSG_TYPE_MASK
+    if kind and not python:
+        payload = b""
+    fd_kind, nfds = FD_VARIANTS.get((selector >> 30) & 0xF, (None, 0))
+    if not python:
+        nfds = min(nfds, 8)                      # libvfio-user's max_msg_fds
+    fds = _fds(fd_kind, nfds) if nfds else []
+    data = wire.message(msg_id, cmd, payload, flags)
+    split = (selector >> 34) & 0xF
+    at = {13: (selector >> 38) % 16 or 1, 14: 16, 15: 16 + (selector >> 38) % max(len(payload), 1)}.get(split)
+    if at is None or at >= len(data) or (not python and at < 16):
+        chunks = [(data, fds)]
+    else:                                        # the fds ride on the second part
+        chunks = [(data[:at], []), (data[at:], fds)]
+    answered = not flags & wire.FLAG_NO_REPLY and (kind != wire.MSG_TYPE_REPLY or not python)
+    return chunks, answered
+
+
 class Exchange:
     """Pipelines a batch over a non-blocking socket and collects the reply headers."""
 
@@ -162,24 +216,36 @@ class Exchange:
         self.sel = selectors.DefaultSelector()
         sock.setblocking(False)
 
-    def run(self, data: bytes, expected: int, timeout: float = 30.0) -> tuple[list[tuple], bool]:
-        """Send ``data``; read until ``expected`` replies.  Returns (headers, closed)."""
-        out = memoryview(data)
+    def run(self, chunks: list[tuple[bytes, list[int]]], expected: int,
+            timeout: float = 30.0) -> tuple[list[tuple], bool]:
+        """Send ``chunks`` (each chunk's fds on its first byte); read until ``expected``
+        replies.  Returns (headers, closed)."""
+        merged: list[list] = []                  # fd-less neighbours go out in one send
+        for data, fds in chunks:
+            if merged and not fds and not merged[-1][1]:
+                merged[-1][0] += data
+            else:
+                merged.append([bytearray(data), fds])
+        queue = [[memoryview(data), fds] for data, fds in merged]
         buf = bytearray()
         headers: list[tuple] = []
         self.sel.register(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
         try:
-            while len(headers) < expected:
+            while len(headers) < expected or queue:
                 events = self.sel.select(timeout)
                 if not events:
                     raise TimeoutError(f"server answered {len(headers)} of {expected} messages")
                 for _, mask in events:
-                    if mask & selectors.EVENT_WRITE and out:
+                    if mask & selectors.EVENT_WRITE and queue:
                         try:
-                            out = out[self.sock.send(out):]
-                        except BrokenPipeError:
+                            sent = send_some(self.sock, *queue[0])
+                        except (BrokenPipeError, ConnectionResetError):
                             return headers, True
-                        if not out:
+                        if sent == len(queue[0][0]):
+                            queue.pop(0)
+                        elif sent:
+                            queue[0] = [queue[0][0][sent:], []]
+                        if not queue:
                             self.sel.modify(self.sock, selectors.EVENT_READ)
                     if mask & selectors.EVENT_READ:
                         try:
@@ -206,14 +272,41 @@ def _negotiated(socket_path) -> VfioUserClient:
     return client
 
 
+def server_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def server_rss(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError("no VmRSS")
+
+
+def settled_fds(pid: int) -> int:
+    """The server's fd count once it has let go of a client that just left."""
+    counts = [server_fds(pid)]
+    for _ in range(50):
+        time.sleep(0.02)
+        counts.append(server_fds(pid))
+        if counts[-1] == counts[-2] == counts[-3:][0]:
+            break
+    return counts[-1]
+
+
 @pytest.fixture
-def server_process(backend, socket_path, tmp_path):
+def server_args():
+    return []
+
+
+@pytest.fixture
+def server_process(backend, socket_path, tmp_path, server_args):
     """`hugepfn serve --profile tiny` in its own process: the server and this test
     (hypothesis + the client) then run in parallel, and a crash is a dead process."""
     log = tmp_path / "server.log"
     with open(log, "w") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "hugepfn.cli.main", "serve", "--profile", "tiny",
-                                 "--socket", str(socket_path), "--backend", backend],
+                                 "--socket", str(socket_path), "--backend", backend, *server_args],
                                 stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while not socket_path.exists():
@@ -232,7 +325,11 @@ def server_process(backend, socket_path, tmp_path):
 def test_fuzz_100k_messages_then_the_server_still_answers(server_process, socket_path, facts, backend):
     assert (facts.regs_size, facts.mem_size) == (REGS_SIZE, MEM_SIZE)
     python = backend == "python"
-    state = {"client": _negotiated(socket_path), "sent": 0, "errors": 0, "ok": 0, "disconnects": 0}
+    with _negotiated(socket_path):
+        pass
+    fds_before, rss_before = settled_fds(server_process.pid), server_rss(server_process.pid)
+    state = {"client": _negotiated(socket_path), "sent": 0, "errors": 0, "ok": 0, "disconnects": 0,
+             "with_fds": 0, "split": 0}
 
     @settings(max_examples=50, deadline=None, database=None, derandomize=False,
               suppress_health_check=list(HealthCheck))
@@ -240,15 +337,22 @@ def test_fuzz_100k_messages_then_the_server_still_answers(server_process, socket
     def batch(entropy):
         client = state["client"]
         chunks, expected = [], []
-        messages = [build_message(selector, blob) for selector, blob in entropy]
-        for n, (cmd, payload, no_reply) in enumerate(messages):
-            no_reply = no_reply and python     # libvfio-user does not honour NO_REPLY
+        for n, (selector, blob) in enumerate(entropy):
+            cmd, payload, no_reply = build_message(selector, blob)
             msg_id = (state["sent"] + n) & 0xFFFF
-            chunks.append(wire.message(msg_id, cmd, payload, wire.FLAG_NO_REPLY if no_reply else 0))
-            if not no_reply:
+            parts, answered = frame(selector, msg_id, cmd, payload, no_reply, python)
+            chunks += parts
+            if answered:
                 expected.append((msg_id, cmd))
-        headers, closed = Exchange(client.sock).run(b"".join(chunks), len(expected))
-        state["sent"] += len(messages)
+        try:
+            headers, closed = Exchange(client.sock).run(chunks, len(expected))
+        finally:
+            for _, fds in chunks:
+                for fd in fds:
+                    os.close(fd)
+        state["sent"] += len(entropy)
+        state["with_fds"] += sum(bool(fds) for _, fds in chunks)
+        state["split"] += len(chunks) - len(entropy)
         for (msg_id, cmd), got in zip(expected, headers):
             got_id, got_cmd, size, flags, error_no, payload = got
             assert (got_id, got_cmd) == (msg_id, cmd)
@@ -276,6 +380,7 @@ def test_fuzz_100k_messages_then_the_server_still_answers(server_process, socket
         rounds += 1
     assert state["sent"] >= TARGET_MESSAGES
     assert state["ok"] > 1000 and state["errors"] > 1000      # both paths were exercised
+    assert state["with_fds"] > 1000 and state["split"] > 1000
 
     client = state["client"]
     client.sock.setblocking(True)
@@ -286,8 +391,11 @@ def test_fuzz_100k_messages_then_the_server_still_answers(server_process, socket
     with attach_after_hangup(socket_path, backend) as fresh:
         assert fresh.regions[facts.mem].fd is not None and fresh.regions[facts.mem].size == MEM_SIZE
         assert fresh.config_read(0, 4) == facts.ids
+    # no fd kept from any of the messages' fds, no memory growing with the messages
+    assert settled_fds(server_process.pid) == fds_before
+    assert server_rss(server_process.pid) - rss_before < 64 << 20
     print(f"fuzz[{backend}]: {state['sent']} messages, {state['ok']} ok, {state['errors']} errors, "
-          f"{state['disconnects']} disconnects")
+          f"{state['disconnects']} disconnects, {state['with_fds']} with fds, {state['split']} split")
 
 
 @pytest.mark.parametrize("seed_case", ["raw"])
@@ -318,3 +426,127 @@ def test_fuzz_raw_bytes_after_version(server, socket_path, backend, seed_case):
     with attach_after_hangup(socket_path, backend) as c:
         still_answers(c)
     assert sum(outcomes.values()) >= 100
+
+
+# -- hostile sessions: one connection each ------------------------------------------------------
+
+RECV_TIMEOUT = 0.3
+SESSION_KINDS = ("version", "lying-size", "stalled", "reply-type", "garbage-after-version")
+
+
+def _read_until_closed_or_quiet(sock: socket.socket, quiet: float) -> tuple[list[tuple], bool]:
+    """Reply headers until the server closes (True) or, having said nothing for ``quiet`` s
+    or nothing more for 50 ms after a reply, leaves the connection open (False)."""
+    sock.settimeout(quiet)
+    buf, headers = b"", []
+    while True:
+        if headers:
+            sock.settimeout(0.05)
+        try:
+            chunk = sock.recv(1 << 16)
+        except socket.timeout:
+            return headers, False
+        except ConnectionResetError:
+            return headers, True
+        if not chunk:
+            return headers, True
+        buf += chunk
+        while len(buf) >= 16 and len(buf) >= wire.HEADER.unpack_from(buf)[2]:
+            headers.append(wire.HEADER.unpack_from(buf))
+            buf = buf[wire.HEADER.unpack_from(buf)[2]:]
+
+
+def _deep_version(depth: int, blob: bytes) -> bytes:
+    inner = json.dumps(blob.hex()) if blob else "1"
+    doc = '{"capabilities":{"max_msg_fds":8,"x":' + "[" * depth + inner + "]" * depth + "}}"
+    return struct.pack("<HH", 0, 0) + doc.encode() + b"\0"
+
+
+sessions = st.tuples(st.sampled_from(SESSION_KINDS), st.integers(0, 3000), st.integers(-64, 64),
+                     st.integers(0, 0xFFFF), st.binary(max_size=64))
+
+
+@pytest.mark.parametrize("server_args", [["--recv-timeout", str(RECV_TIMEOUT)]], ids=["recv-timeout-0.3"])
+def test_fuzz_hostile_sessions_then_the_server_still_answers(server_process, socket_path, backend, server_args):
+    """Deep JSON, lying sizes, stalled partial messages, reply-type messages and garbage,
+    each on a fresh connection: every one is answered or closed within RECV_TIMEOUT + 1 s,
+    and the next client is then served at once.  Then the same for clients that stop
+    reading.  No fd or memory is kept."""
+    python = backend == "python"
+    with _negotiated(socket_path):
+        pass
+    pid = server_process.pid
+    fds_before, rss_before = settled_fds(pid), server_rss(pid)
+    outcomes: dict[str, int] = {}
+
+    @settings(max_examples=120, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(sessions)
+    def session(case):
+        kind, depth, lie, word, blob = case
+        client = attach_after_hangup(socket_path, backend) if kind != "version" else \
+            VfioUserClient.connect(socket_path)
+        sock = client.sock
+        if kind == "version":
+            payload = _deep_version(depth, blob) if word % 4 else struct.pack("<HH", word, 0) + blob
+            sock.sendall(wire.message(1, Command.VERSION, payload))
+        elif kind == "lying-size":       # msg_size says more (or less) than what follows
+            body = blob + bytes(max(0, 24 - len(blob)))
+            size = max(0, 16 + len(body) + lie)
+            sock.sendall(wire.HEADER.pack(word, Command.REGION_READ, size, 0, 0) + body)
+        elif kind == "stalled":          # part of a message, then nothing
+            msg = wire.message(word, Command.REGION_WRITE, read_request(0, 0x10, 8) + bytes(8))
+            sock.sendall(msg[:1 + depth % (len(msg) - 1)])
+        elif kind == "reply-type":       # replies nobody asked for, then a real request
+            cmd = (Command.DMA_READ, Command.DMA_WRITE, word % 20)[depth % 3]
+            sock.sendall(wire.message(word, cmd, blob if python else b"", wire.MSG_TYPE_REPLY | (lie & 0x30)))
+            sock.sendall(wire.message(7, Command.DEVICE_GET_INFO, wire.DeviceInfo.build(
+                {"argsz": 16, "flags": 0, "num_regions": 0, "num_irqs": 0})))
+        else:
+            sock.sendall(blob + bytes(depth % 64))
+        started = time.monotonic()
+        headers, closed = _read_until_closed_or_quiet(sock, RECV_TIMEOUT + 1.0)
+        assert time.monotonic() - started < RECV_TIMEOUT + 3.0
+        if kind == "reply-type" and python:
+            # ignored: the request after it is the only answer, and the connection goes on
+            assert [h[:2] for h in headers] == [(7, Command.DEVICE_GET_INFO)] and not closed
+        if kind == "version" and headers:
+            ok = headers[0][3] == wire.MSG_TYPE_REPLY
+            assert ok or closed                       # a refused VERSION ends the connection
+            outcomes["version-ok" if ok else "version-refused"] = outcomes.get("version-ok" if ok else
+                                                                               "version-refused", 0) + 1
+        if kind in ("lying-size", "stalled") and python:
+            assert closed or headers                  # never held: answered, or closed by the timeout
+        outcomes[kind] = outcomes.get(kind, 0) + 1
+        client.close()
+        started = time.monotonic()
+        with attach_after_hangup(socket_path, backend) as fresh:
+            still_answers(fresh)
+        assert time.monotonic() - started < 2.0
+
+    session()
+    assert set(SESSION_KINDS) <= set(outcomes) and outcomes["version-refused"] and outcomes["version-ok"]
+
+    for _ in range(2):                  # clients that stop reading their replies
+        hog = _negotiated(socket_path)
+        hog.sock.setblocking(False)
+        request = wire.message(1, Command.REGION_READ, read_request(2, 0, 1 << 20))
+        with pytest.raises((BlockingIOError, BrokenPipeError, ConnectionResetError)):
+            for _ in range(100_000):
+                hog.sock.send(request)
+        headers, closed = _read_until_closed_or_quiet_unread(hog.sock, 3.0)
+        assert closed, "a client that does not read kept the server"
+        hog.close()
+        with attach_after_hangup(socket_path, backend) as fresh:
+            still_answers(fresh)
+
+    assert settled_fds(pid) == fds_before
+    assert server_rss(pid) - rss_before < 64 << 20
+    print(f"sessions[{backend}]: {outcomes}")
+
+
+def _read_until_closed_or_quiet_unread(sock: socket.socket, timeout: float) -> tuple[list, bool]:
+    """Wait for the server to close without reading what it sent (POLLRDHUP)."""
+    import select
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)
+    return [], bool(poller.poll(timeout * 1000))

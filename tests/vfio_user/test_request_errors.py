@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 
 import pytest
 
@@ -11,7 +12,7 @@ from hugepfn.device.vfio_user import wire
 from hugepfn.device.vfio_user.transport import send_with_fds
 from hugepfn.host.vfio_user import VfioUserClient, VfioUserProtocolError
 
-from .helpers import Command, attach_after_hangup, error_of, read_request, still_answers
+from .helpers import Command, attach_after_hangup, error_of, memfd, read_request, still_answers
 
 
 def open_fds() -> int:
@@ -27,16 +28,39 @@ def test_unknown_or_unsupported_commands_get_einval(raw, cmd):
 @pytest.mark.parametrize("header", [
     wire.HEADER.pack(1, 9, 4, 0, 0),               # msg_size below the header size
     wire.HEADER.pack(1, 9, 0xFFFF_FFF0, 0, 0),     # msg_size of 4 GiB
-    wire.HEADER.pack(1, 9, 16, 0xFFFF_FFFF, 0),    # every flag bit
-], ids=["tiny-size", "huge-size", "all-flags"])
-def test_malformed_header_ends_the_connection_and_the_server_lives_on(raw, socket_path, header, backend):
+], ids=["tiny-size", "huge-size"])
+def test_unframeable_size_is_answered_einval(raw, socket_path, header, backend):
     raw.sock.sendall(header)
+    reply = raw.receive()
+    assert (reply.msg_id, reply.cmd, reply.flags, reply.error_no) == (1, 9, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR,
+                                                                       errno.EINVAL)
     if backend == "python":
+        # then the connection ends: where the next message would start is unknowable
         with pytest.raises(VfioUserProtocolError):
             raw.receive()
     raw.close()
     with attach_after_hangup(socket_path, backend) as c:
         still_answers(c)
+
+
+def test_every_flag_bit_set_means_no_reply_and_the_connection_goes_on(raw, facts, backend):
+    # type 15 is not a command, but NO_REPLY (bit 4) is set too: no answer, no hang-up.
+    # libvfio-user does not read the payload of a message it refuses for its type (it
+    # would take it for the next header), so it gets one without a payload.
+    body = read_request(facts.regs, facts.scratch, 4) if backend == "python" else b""
+    raw.sock.sendall(wire.HEADER.pack(1, 9, 16 + len(body), 0xFFFF_FFFF, 0) + body)
+    still_answers(raw)
+
+
+@pytest.mark.parametrize("flags", [0x40, 0x100, 0x8000_0000])
+def test_unknown_header_flags_are_answered_einval(raw, facts, backend, flags):
+    msg_id = raw.send(Command.REGION_READ, read_request(facts.regs, facts.scratch, 4), flags=flags)
+    reply = raw.wait_reply(msg_id, Command.REGION_READ)
+    if backend == "python":
+        assert (reply.flags, reply.error_no) == (wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
+    else:   # libvfio-user ignores the bits and runs the command (docs/vfio-user-conformance.md)
+        assert (reply.flags, len(reply.payload)) == (wire.MSG_TYPE_REPLY, 20)
+    still_answers(raw)
 
 
 def test_pipelined_requests_are_answered_in_order(raw, device, facts):
@@ -48,8 +72,6 @@ def test_pipelined_requests_are_answered_in_order(raw, device, facts):
 
 
 def test_no_reply_commands_get_no_reply(raw, device, backend, facts):
-    if backend != "python":
-        pytest.skip("libvfio-user does not honour NO_REPLY on commands it receives")
     raw.send(Command.REGION_WRITE, read_request(facts.regs, facts.scratch, 4) + b"quit", flags=wire.FLAG_NO_REPLY)
     raw.send(Command.REGION_READ, read_request(0, 0xFFFF_FFFF, 4), flags=wire.FLAG_NO_REPLY)   # fails silently
     msg_id = raw.send(Command.REGION_READ, read_request(facts.regs, facts.scratch, 4))
@@ -78,18 +100,18 @@ def test_fds_on_commands_that_take_none_are_not_leaked(raw, server, backend):
     assert open_fds() == before
 
 
-def test_more_fds_than_max_msg_fds_is_refused_without_leak(raw, socket_path, backend):
+def test_more_fds_than_max_msg_fds_is_answered_einval_without_leak(raw, socket_path, backend):
     before = open_fds()
     efds = [os.eventfd(0) for _ in range(40)]
     payload = wire.SetIrqs.build({"argsz": 20, "flags": 0x24, "index": 2, "start": 0, "count": 4, "data": b""})
-    try:
-        send_with_fds(raw.sock, wire.message(9, Command.DEVICE_SET_IRQS, payload), efds)
-        reply = raw.receive()
-        assert reply.flags & wire.FLAG_ERROR
-    except (VfioUserProtocolError, ConnectionError):
-        pass   # dropping the connection is an acceptable answer
+    send_with_fds(raw.sock, wire.message(9, Command.DEVICE_SET_IRQS, payload), efds)
+    reply = raw.receive()
+    # python: more than the 16 it advertised; libvfio-user takes up to 1024 fds whatever it
+    # advertised, and refuses 40 eventfds for 4 vectors
+    assert (reply.msg_id, reply.flags, reply.error_no) == (9, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)
     for fd in efds:
         os.close(fd)
+    still_answers(raw)
     raw.close()
     with attach_after_hangup(socket_path, backend) as c:
         still_answers(c)
@@ -97,22 +119,21 @@ def test_more_fds_than_max_msg_fds_is_refused_without_leak(raw, socket_path, bac
         assert open_fds() <= before
 
 
-def test_a_client_that_never_reads_replies_is_not_a_hang_for_others(raw, socket_path, backend):
-    if backend != "python":
-        pytest.skip("server-side send timeout of the python backend")
-    raw.sock.setblocking(False)
-    request = wire.message(1, Command.REGION_READ, read_request(7, 0, 4096))
-    sent = 0
-    try:
-        for _ in range(2000):                       # ~8 MiB of replies nobody reads
-            raw.sock.send(request)
-            sent += 1
-    except BlockingIOError:
-        pass
-    raw.close()                                     # the server's sends fail; it drops us
-    with VfioUserClient.attach(socket_path) as c:
-        still_answers(c)
-    assert sent > 0
+def test_fds_on_the_second_part_of_a_split_message_belong_to_it(raw, server, backend):
+    guest = memfd(0x10000)
+    os.pwrite(guest, b"from the guest", 0x100)
+    for n in range(16):
+        msg = wire.message(n, Command.DMA_MAP, wire.DmaMap.build(
+            {"argsz": 32, "flags": 3, "offset": 0, "address": (n + 1) << 32, "size": 0x10000}))
+        raw.sock.sendall(msg[:16])                              # the header alone, then at once
+        send_with_fds(raw.sock, msg[16:], [guest])              # the body, with the fd
+        assert raw.wait_reply(n, Command.DMA_MAP).flags == wire.MSG_TYPE_REPLY
+    if backend == "python":
+        for n in range(16):
+            assert server.dma_read(((n + 1) << 32) + 0x100, 14) == b"from the guest"
+    else:   # libvfio-user reads the body with recv(): the fd is dropped, the window has none
+        assert [r.mapped for r in server.dma_regions()] == [False] * 16
+    os.close(guest)
 
 
 def test_raw_garbage_before_version(server, socket_path, backend):

@@ -1,9 +1,9 @@
 """hard-offline (proposal): Jiaqi Yan's `sysctl_enable_hard_offline` knob in memory_failure_pfn
-plus Peter Xu's FALLBACK rule in the driver (seed 002, ref 2.3).
+plus Peter Xu's FALLBACK rule in the driver ("mm: Support huge pfnmaps" v2 thread, Aug 2024; docs/kernel-reference.md: poison policies).
 
 On a report the driver records the pfn and the page is zapped with
 unmap_mapping_range(mapping, pgoff << PAGE_SHIFT, PAGE_SIZE): a PUD/PMD leaf only partly covered
-by the zap is removed whole (ref 3.2).  The driver's fault handlers then (poison_fault in
+by the zap is removed whole (docs/kernel-reference.md: zaps).  The driver's fault handlers then (poison_fault in
 host/drivers/vfio_pci_core.py) return FALLBACK from huge_fault for any range holding a recorded
 pfn and VM_FAULT_HWPOISON for the poisoned page itself.
 """

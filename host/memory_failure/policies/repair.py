@@ -1,10 +1,10 @@
 """Repair and collapse.
 
-Repair: memory that a write can fix (as DAX/PMEM badblocks can, seed 004) is reported
+Repair: memory that a write can fix (as DAX/PMEM badblocks can: Dan Williams on copy_safe(), May 2020) is reported
 repaired by the device; the driver forgets the pfn, the hardware no longer machine-checks
 on it, and the consumption counts for it restart.  Nothing is remapped by that alone.
 
-Why a range stays small after repair (reference 1.1): a huge attempt happens only when the
+Why a range stays small after repair (docs/kernel-reference.md: fault cascade): a huge attempt happens only when the
 slot at that level is empty.  After hard-offline or split the poisoned 2 MiB is mapped by a
 PTE table and its 1 GiB by a PMD table; zapping clears entries but keeps tables, so later
 faults there never reach huge_fault(PMD) or huge_fault(PUD) again.  ``collapse`` is the

@@ -1,6 +1,6 @@
 """split (HGM-like, what no kernel does for pfnmaps): the leaf covering the poisoned page is
 replaced in place by lower-level leaves so that only the poisoned 4 KiB becomes unmapped
-(the idea of Jiaqi Yan's 2023 HGM RFC, seed 001, applied to a pfnmap).
+(the idea of Jiaqi Yan's RFC "PAGE_SIZE Unmapping in Memory Failure Recovery for HugeTLB Pages", Apr 2023, applied to a pfnmap).
 
 A PUD leaf becomes a PMD table with 511 PMD leaves and one PTE table of 511 PTEs; a PMD leaf
 becomes a PTE table of 511 PTEs; a PTE is simply cleared.  Clean pages keep their
