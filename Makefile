@@ -6,9 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench soak e2e system-deps clean
 
-$(STAMP): pyproject.toml
+# An out-of-tree variant driver (docs/driver-authors.md), installed next to hugepfn as any
+# third-party driver package would be; `make test` runs its own suite too.
+EXAMPLE := examples/poison-aware-gpu
+
+$(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,plot]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e $(EXAMPLE)
 	touch $@
 
 # pciutils (lspci) is used by the tests to validate config space; installed when missing (needs root).
@@ -37,6 +42,7 @@ $(JUNIT_XSD): | $(STAMP)
 
 test: $(STAMP) $(JUNIT_XSD) system-deps
 	$(BIN)/python -m pytest -q
+	cd $(EXAMPLE) && $(CURDIR)/$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
@@ -46,7 +52,7 @@ soak: $(STAMP)
 	HUGEPFN_SOAK_SECONDS=$${HUGEPFN_SOAK_SECONDS:-600} $(BIN)/python -m bench bench_soak
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(EXAMPLE)/src/*.egg-info
 
 # make e2e: QEMU guests against served devices (docs/e2e.md); not part of make test.
 include e2e/Makefile.inc

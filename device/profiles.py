@@ -253,7 +253,7 @@ def profile_from_dict(data: dict, source: str = "", default_name: str = "profile
 
 def _parse_status_registers(raw: list) -> tuple[tuple[int, int], ...]:
     """[[status_register]] {offset, value}: read-only BAR0 dwords a driver polls before it
-    binds (nvgrace-gpu waits for its C2C-link and HBM-training status to read 0xFF)."""
+    binds (the Grace-Hopper variant driver waits for its C2C-link and HBM-training status to read 0xFF)."""
     out = []
     for i, entry in enumerate(raw):
         r = _Reader(entry, f"status_register[{i}]")

@@ -140,3 +140,41 @@ def test_explicit_p_without_entry_points(pytester, monkeypatch):
     pytester.makepyfile(test_user=USER_SUITE)
     result = pytester.runpytest_subprocess("-q", "-p", "hugepfn.testing.plugin", timeout=120)
     result.assert_outcomes(passed=2)
+
+
+DRIVER_MODULE = '''
+from hugepfn.host.drivers import VfioPciCoreDevice
+
+
+class LoudGpu(VfioPciCoreDevice):
+    driver_name = "loud-gpu"
+
+
+HUGEPFN_DRIVERS = {"loud-gpu": LoudGpu}
+'''
+
+
+def test_the_ini_key_hugepfn_drivers_makes_a_driver_module_available(pytester):
+    # a subprocess: the driver registry of a session is process-wide (as for `hugepfn run
+    # --driver-module`), and this process's must not learn of loud-gpu
+    pytester.makepyfile(loud_drivers=DRIVER_MODULE)
+    pytester.makeini("[pytest]\npythonpath = .\nhugepfn_drivers = loud_drivers\n")
+    pytester.makepyfile(test_loud='''
+        def test_bound_by_name(hugepfn_host):
+            host = hugepfn_host(driver="loud-gpu")
+            bar = host.spawn(100, "app").mmap_bar("gpu", 2)
+            bar.access(0x200000)
+            assert host.log()[-1] == ("loud-gpu 0000:01:00.0: vfio_pci_mmap_huge_fault(,order = 9) BAR 2 "
+                                      "page offset 0x200: 0x100")
+    ''')
+    result = pytester.runpytest_subprocess("-q")
+    result.assert_outcomes(passed=1)
+
+
+def test_a_bad_hugepfn_drivers_module_is_a_usage_error(pytester):
+    pytester.makeini("[pytest]\nhugepfn_drivers = no_such_driver_module\n")
+    pytester.makepyfile(test_nothing="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-q")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: ini key hugepfn_drivers: cannot import 'no_such_driver_module': "
+                                 "No module named 'no_such_driver_module'"])
