@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from hugepfn.device.registers import REG_SCRATCH
+from hugepfn.abi.registers import REG_SCRATCH
 from hugepfn.device.vfio_user import backends
-from hugepfn.device.vfio_user.wire import REGION_ACCESS, Command
+from hugepfn.abi.vfio_user import REGION_ACCESS, Command
 from hugepfn.host.vfio_user import VfioUserClient
 
 from bench.results import record

@@ -188,7 +188,7 @@ def _start_control(served, address: str | None, passed: bool) -> None:
 def _say_restored_poison(device, state_dir: str | None) -> None:
     if state_dir is None:
         return
-    from hugepfn.device.profiles import format_size
+    from hugepfn.abi.sizes import format_size
 
     ranges = list(device.poison)
     where = device.poison.store.path
@@ -202,7 +202,7 @@ def _say_restored_poison(device, state_dir: str | None) -> None:
 
 def _say_qemu_options(device, address: str | None) -> None:
     from hugepfn.device import qemu_options
-    from hugepfn.device.profiles import format_size
+    from hugepfn.abi.sizes import format_size
 
     if address is not None:
         say(f"QEMU: {qemu_options.device_argument(address)}")

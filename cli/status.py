@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from hugepfn.device.control import CONTROL_SUFFIX, ControlClient, control_path
-from hugepfn.device.profiles import format_size
+from hugepfn.abi.sizes import format_size
 
 
 def add_parser(subparsers) -> None:

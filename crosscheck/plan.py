@@ -44,14 +44,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from hugepfn.abi.vfio import (VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, VFIO_DEVICE_FEATURE_LOW_POWER_EXIT,
+                              VFIO_DEVICE_FEATURE_SET)
 from hugepfn.host.mm.constants import MADV_HUGEPAGE, MADV_NOHUGEPAGE
 from hugepfn.host.scenario.spec import DeviceSpec, Scenario, Step
 from hugepfn.host.scenario.steps import PRCTL_ARG_NAMES, PRCTL_OPTIONS, resolve
 
 FIRST_SLOT = 0x10
-VFIO_DEVICE_FEATURE_SET = 1 << 17
-VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY = 3
-VFIO_DEVICE_FEATURE_LOW_POWER_EXIT = 5
 PROT = {"none": 0, "r": 1, "rw": 3, "w": 2}
 MADVICE_NUMBERS = {"MADV_NORMAL": 0, "MADV_DONTNEED": 4, "MADV_HUGEPAGE": MADV_HUGEPAGE,
                    "MADV_NOHUGEPAGE": MADV_NOHUGEPAGE}

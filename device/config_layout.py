@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from hugepfn.abi import pci
 from hugepfn.device import pci_formats as f
 from hugepfn.device.msix import msix_bar_layout
 from hugepfn.device.profiles import BarSpec, Profile
@@ -43,14 +44,14 @@ class Rule:
 
 # Standard header and capability registers: who may write which bit.
 HEADER_RULES = (
-    Rule(f.PCI_COMMAND, 2, rw=f.PCI_COMMAND_MEMORY | f.PCI_COMMAND_MASTER | f.PCI_COMMAND_PARITY
-         | f.PCI_COMMAND_SERR | f.PCI_COMMAND_INTX_DISABLE),
-    Rule(f.PCI_STATUS, 2, w1c=f.PCI_STATUS_W1C),
-    Rule(f.PCI_CACHE_LINE_SIZE, 1, rw=0xFF),
-    Rule(f.PCI_INTERRUPT_LINE, 1, rw=0xFF),
+    Rule(pci.PCI_COMMAND, 2, rw=pci.PCI_COMMAND_MEMORY | pci.PCI_COMMAND_MASTER | pci.PCI_COMMAND_PARITY
+         | pci.PCI_COMMAND_SERR | pci.PCI_COMMAND_INTX_DISABLE),
+    Rule(pci.PCI_STATUS, 2, w1c=pci.PCI_STATUS_W1C),
+    Rule(pci.PCI_CACHE_LINE_SIZE, 1, rw=0xFF),
+    Rule(pci.PCI_INTERRUPT_LINE, 1, rw=0xFF),
 )
-PM_RULES = (Rule(4, 2, rw=f.PCI_PM_CTRL_STATE_MASK | f.PCI_PM_CTRL_PME_ENABLE,
-                 w1c=f.PCI_PM_CTRL_PME_STATUS),)
+PM_RULES = (Rule(4, 2, rw=pci.PCI_PM_CTRL_STATE_MASK | pci.PCI_PM_CTRL_PME_ENABLE,
+                 w1c=pci.PCI_PM_CTRL_PME_STATUS),)
 PCIE_RULES = (
     Rule(0x08, 2, rw=0x7FFF),            # Device Control (bit 15 Initiate FLR is a hook, reads 0)
     Rule(0x0A, 2, w1c=0x000F),           # Device Status: CorrErr NonFatalErr FatalErr UnsupReq
@@ -58,7 +59,7 @@ PCIE_RULES = (
     Rule(0x28, 2, rw=0x001F),            # Device Control 2: completion timeout
     Rule(0x30, 2, rw=0x000F),            # Link Control 2: target link speed
 )
-MSIX_RULES = (Rule(2, 2, rw=f.PCI_MSIX_FLAGS_MASKALL | f.PCI_MSIX_FLAGS_ENABLE),)
+MSIX_RULES = (Rule(2, 2, rw=pci.PCI_MSIX_FLAGS_MASKALL | pci.PCI_MSIX_FLAGS_ENABLE),)
 AER_RULES = (
     Rule(0x04, 4, w1c=UNC_ERRORS),       # Uncorrectable Error Status
     Rule(0x08, 4, rw=UNC_ERRORS),        # Uncorrectable Error Mask
@@ -74,7 +75,7 @@ def bar_rules(bar: BarSpec, size: int | None = None) -> tuple[Rule, ...]:
     """The address bits of a memory BAR are writable down to its size; type bits are RO."""
     size = bar.size if size is None else size
     addr_mask = ~(size - 1) & 0xFFFFFFFFFFFFFFF0
-    offset = f.PCI_BASE_ADDRESS_0 + 4 * bar.index
+    offset = pci.PCI_BASE_ADDRESS_0 + 4 * bar.index
     rules = [Rule(offset, 4, rw=addr_mask & 0xFFFFFFFF)]
     if bar.is_64bit:
         rules.append(Rule(offset + 4, 4, rw=addr_mask >> 32))
@@ -82,8 +83,8 @@ def bar_rules(bar: BarSpec, size: int | None = None) -> tuple[Rule, ...]:
 
 
 def bar_flags(bar: BarSpec) -> int:
-    flags = f.PCI_BASE_ADDRESS_MEM_TYPE_64 if bar.is_64bit else 0
-    return flags | (f.PCI_BASE_ADDRESS_MEM_PREFETCH if bar.prefetchable else 0)
+    flags = pci.PCI_BASE_ADDRESS_MEM_TYPE_64 if bar.is_64bit else 0
+    return flags | (pci.PCI_BASE_ADDRESS_MEM_PREFETCH if bar.prefetchable else 0)
 
 
 def rebar_size_code(size: int) -> int:
@@ -112,16 +113,16 @@ def vendor_payload(profile: Profile) -> bytes:
 
 
 def build_layout(profile: Profile) -> ConfigLayout:
-    image = bytearray(f.CONFIG_SPACE_SIZE)
-    rw = bytearray(f.CONFIG_SPACE_SIZE)
-    w1c = bytearray(f.CONFIG_SPACE_SIZE)
+    image = bytearray(pci.CONFIG_SPACE_SIZE)
+    rw = bytearray(pci.CONFIG_SPACE_SIZE)
+    w1c = bytearray(pci.CONFIG_SPACE_SIZE)
 
     bars = [0] * 6
     for bar in profile.bars:
         bars[bar.index] = bar_flags(bar)
-    image[0:f.HEADER_SIZE] = f.Type0Header.build(dict(
+    image[0:pci.HEADER_SIZE] = f.Type0Header.build(dict(
         vendor_id=profile.vendor_id, device_id=profile.device_id, command=0,
-        status=f.PCI_STATUS_CAP_LIST, revision_id=profile.revision, class_code=profile.class_code,
+        status=pci.PCI_STATUS_CAP_LIST, revision_id=profile.revision, class_code=profile.class_code,
         cache_line_size=0, latency_timer=0, header_type=0, bist=0, bars=bars, cardbus_cis=0,
         subsystem_vendor_id=profile.subsystem_vendor_id, subsystem_id=profile.subsystem_id,
         expansion_rom=0, capabilities_ptr=PM_OFFSET, reserved=bytes(7), interrupt_line=0,
@@ -131,13 +132,13 @@ def build_layout(profile: Profile) -> ConfigLayout:
         _apply(bar_rules(bar), 0, rw, w1c)
 
     image[PM_OFFSET:PM_OFFSET + f.PM_CAP_SIZE] = f.PmCap.build(dict(
-        next=PCIE_OFFSET, pmc=0x0003, pmcsr=f.PCI_PM_CTRL_NO_SOFT_RESET, bridge_ext=0, data=0))
+        next=PCIE_OFFSET, pmc=0x0003, pmcsr=pci.PCI_PM_CTRL_NO_SOFT_RESET, bridge_ext=0, data=0))
     _apply(PM_RULES, PM_OFFSET, rw, w1c)
 
     speed, width = profile.link_speed_code, profile.link_width
     image[PCIE_OFFSET:PCIE_OFFSET + f.PCIE_CAP_SIZE] = f.PcieCap.build(dict(
-        next=MSIX_OFFSET, flags=f.PCI_EXP_FLAGS_VERS2,
-        devcap=0x1 | 1 << 5 | 1 << 15 | f.PCI_EXP_DEVCAP_FLR,  # MPS 256B, ExtTag, RBE, FLR
+        next=MSIX_OFFSET, flags=pci.PCI_EXP_FLAGS_VERS2,
+        devcap=0x1 | 1 << 5 | 1 << 15 | pci.PCI_EXP_DEVCAP_FLR,  # MPS 256B, ExtTag, RBE, FLR
         devctl=0x2910,                                           # MRRS 512B, ExtTag, RlxdOrd
         devsta=0, lnkcap=speed | width << 4, lnkctl=0, lnksta=speed | width << 4,
         sltcap=0, sltctl=0, sltsta=0, rtctl=0, rtcap=0, rtsta=0,
@@ -156,7 +157,7 @@ def build_layout(profile: Profile) -> ConfigLayout:
 
     resizable = [b for b in profile.bars if b.resizable]
     image[AER_OFFSET:AER_OFFSET + f.AER_CAP_SIZE] = f.AerCap.build(dict(
-        header=dict(cap_id=f.PCI_EXT_CAP_ID_ERR, version=2, next=REBAR_OFFSET if resizable else 0),
+        header=dict(cap_id=pci.PCI_EXT_CAP_ID_ERR, version=2, next=REBAR_OFFSET if resizable else 0),
         uncor_status=0, uncor_mask=0, uncor_severity=UNC_SEVERITY_DEFAULT, cor_status=0,
         cor_mask=0x2000, cap_control=0, header_log=[0] * 4, root_command=0, root_status=0,
         error_source=0, tlp_prefix_log=[0] * 4))
@@ -170,7 +171,7 @@ def build_layout(profile: Profile) -> ConfigLayout:
             control |= rebar_size_code(bar.size) << REBAR_CTRL_SIZE_SHIFT
             entries.append(dict(capability=supported, control=control))
         cap = f.rebar_cap(len(resizable))
-        blob = cap.build(dict(header=dict(cap_id=f.PCI_EXT_CAP_ID_REBAR, version=1, next=0),
+        blob = cap.build(dict(header=dict(cap_id=pci.PCI_EXT_CAP_ID_REBAR, version=1, next=0),
                               entries=entries))
         image[REBAR_OFFSET:REBAR_OFFSET + len(blob)] = blob
         for n in range(len(resizable)):
@@ -188,13 +189,13 @@ def walk_capabilities(data: bytes) -> list[tuple[int, int]]:
     """(offset, id) of the standard capability chain, then ((offset, 0x10000 | id)) extended."""
     found: list[tuple[int, int]] = []
     seen = set()
-    ptr = data[f.PCI_CAPABILITY_LIST] & ~3
+    ptr = data[pci.PCI_CAPABILITY_LIST] & ~3
     while ptr and ptr not in seen and ptr < 0x100:
         seen.add(ptr)
         header = f.CapHeader.parse(data[ptr:ptr + 2])
         found.append((ptr, header.cap_id))
         ptr = header.next & ~3
-    ptr = f.EXT_CAP_START
+    ptr = pci.EXT_CAP_START
     while ptr and ptr not in seen:
         seen.add(ptr)
         header = f.ExtCapHeader.parse(data[ptr:ptr + 4])

@@ -19,7 +19,7 @@ import errno
 import struct
 from typing import Callable
 
-from hugepfn.device.pci_formats import CONFIG_SPACE_SIZE
+from hugepfn.abi.pci import CONFIG_SPACE_SIZE
 
 Hook = Callable[[int, int, int], None]   # (old, new, written) of one dword
 _U32 = struct.Struct("<I")

@@ -28,9 +28,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from hugepfn.device.cper import MEMORY_ERROR_TYPES
+from hugepfn.abi.cper import MEMORY_ERROR_TYPES
+from hugepfn.abi.sizes import format_size, parse_size
 from hugepfn.device.poison import DEFAULT_GRANULARITY
-from hugepfn.device.profiles import format_size, parse_size
 from hugepfn.device.vfio_user.transport import connect_unix, listen_unix
 
 CONTROL_SUFFIX = ".ctl"
@@ -49,26 +49,16 @@ class ControlError(ValueError):
 
 # -- request parsing ---------------------------------------------------------------------------
 def _number(request: dict, key: str, default: Any = None, required: bool = False) -> int | None:
+    """A number or size of the request (the grammar of hugepfn.abi.sizes), below 2**64."""
     value = request.get(key, default)
     if value is None:
         if required:
             raise ControlError(f"{key}: missing")
         return None
-    if isinstance(value, bool):
-        raise ControlError(f"{key}: expected a number, got {value!r}")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            number = int(text, 0) if text[:2].lower() in ("0x", "0o", "0b") else parse_size(text, key)
-        except ValueError:
-            raise ControlError(f"{key}: {value!r} is not a number (use e.g. 4096, 0x1000, 4K, 2MiB)") from None
-    else:
-        raise ControlError(f"{key}: expected a number, got {value!r}")
-    if number < 0 or number >= 1 << 64:
-        raise ControlError(f"{key}: {value!r} is out of range")
-    return number
+    try:
+        return parse_size(value, limit=1 << 64)
+    except ValueError as exc:
+        raise ControlError(f"{key}: {exc}") from None
 
 
 def _error_type(request: dict) -> int:
@@ -277,7 +267,7 @@ def device_status(device, server=None) -> dict:
 def device_config(device) -> dict:
     """Config space as a client reads it now (BARs hold what the client's firmware programmed),
     hex-encoded, with the sysfs ``resource`` lines that go with it (`hugepfn lspci --socket`)."""
-    from hugepfn.device.interface import VFIO_PCI_CONFIG_REGION_INDEX as CONFIG
+    from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX as CONFIG
     from hugepfn.device.sysfs_tree import resource_lines
 
     config = device.region_read(CONFIG, 0, device.region_info(CONFIG).size)

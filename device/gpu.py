@@ -16,20 +16,21 @@ import threading
 import struct
 from pathlib import Path
 
-from hugepfn.device import interface as vfio
-from hugepfn.device import pci_formats as pf
+from hugepfn.abi import vfio
+from hugepfn.abi import pci
 from hugepfn.device.config_layout import (MSIX_OFFSET, PCIE_OFFSET, REBAR_CTRL_SIZE_MASK,
                                           REBAR_CTRL_SIZE_SHIFT, bar_rules, build_layout,
                                           rebar_control_offset)
 from hugepfn.device.config_space import ConfigSpace
-from hugepfn.device.cper import CPER_MEM_ERR_MULTI_ECC, MemoryErrorRecord, build_record, parse_record
+from hugepfn.abi.cper import CPER_MEM_ERR_MULTI_ECC, MemoryErrorRecord, build_record, parse_record
 from hugepfn.device.interface import InterruptSink, IrqInfo, RegionInfo
 from hugepfn.device.memory import MemoryBar
 from hugepfn.device.msix import MsixState
 from hugepfn.device.poison import PoisonEvent, PoisonModel
 from hugepfn.device.poison_store import DeviceIdentity, PoisonStore
 from hugepfn.device.profiles import Profile, load_profile
-from hugepfn.device.registers import CONTROL_ERR_IRQ, RegisterFile, RegisterHooks
+from hugepfn.abi.registers import CONTROL_ERR_IRQ
+from hugepfn.device.registers import RegisterFile, RegisterHooks
 
 _unpack_u32 = struct.Struct("<I").unpack
 _CONFIG = vfio.VFIO_PCI_CONFIG_REGION_INDEX
@@ -77,7 +78,7 @@ class GpuDevice:
         layout = build_layout(profile)
         self._rebar_bars = layout.rebar_bars
         self.config = ConfigSpace(layout.image, layout.rw_mask, layout.w1c_mask)
-        self.config.hooks[pf.PCI_COMMAND] = self._command_written
+        self.config.hooks[pci.PCI_COMMAND] = self._command_written
         self.config.hooks[MSIX_OFFSET] = self._msix_control_written
         self.config.hooks[PCIE_OFFSET + 8] = self._devctl_written
         for entry in range(len(layout.rebar_bars)):
@@ -149,11 +150,11 @@ class GpuDevice:
     # -- config-derived state the host model reads ----------------------------------------
     @property
     def command(self) -> int:
-        return self.config.field(pf.PCI_COMMAND, 2)
+        return self.config.field(pci.PCI_COMMAND, 2)
 
     @property
     def memory_enabled(self) -> bool:
-        return bool(self.command & pf.PCI_COMMAND_MEMORY)
+        return bool(self.command & pci.PCI_COMMAND_MEMORY)
 
     def add_memory_enable_listener(self, listener) -> None:
         """``listener(enabled: bool)`` runs whenever COMMAND's Memory Space bit changes (a
@@ -162,7 +163,7 @@ class GpuDevice:
 
     @property
     def bus_master_enabled(self) -> bool:
-        return bool(self.command & pf.PCI_COMMAND_MASTER)
+        return bool(self.command & pci.PCI_COMMAND_MASTER)
 
     @property
     def msix_enabled(self) -> bool:
@@ -180,7 +181,7 @@ class GpuDevice:
         spec = self.profile.bar(index)
         if spec is None:
             raise OSError(errno.EINVAL, f"BAR {index} is not implemented")
-        off = pf.PCI_BASE_ADDRESS_0 + 4 * index
+        off = pci.PCI_BASE_ADDRESS_0 + 4 * index
         value = self.config.field(off, 8 if spec.is_64bit else 4)
         return value & ~0xF
 
@@ -309,9 +310,9 @@ class GpuDevice:
             return
         with self._lock:
             self.intx_asserted = True
-            self.config.set_field(pf.PCI_STATUS, 2, self.config.field(pf.PCI_STATUS, 2)
-                                  | pf.PCI_STATUS_INTERRUPT)
-            if self.command & pf.PCI_COMMAND_INTX_DISABLE:
+            self.config.set_field(pci.PCI_STATUS, 2, self.config.field(pci.PCI_STATUS, 2)
+                                  | pci.PCI_STATUS_INTERRUPT)
+            if self.command & pci.PCI_COMMAND_INTX_DISABLE:
                 return
             if self._intx_masked:
                 self._intx_pending = True
@@ -320,8 +321,8 @@ class GpuDevice:
 
     def _intx_ack(self) -> None:
         self.intx_asserted = self._intx_pending = False
-        self.config.set_field(pf.PCI_STATUS, 2, self.config.field(pf.PCI_STATUS, 2)
-                              & ~pf.PCI_STATUS_INTERRUPT)
+        self.config.set_field(pci.PCI_STATUS, 2, self.config.field(pci.PCI_STATUS, 2)
+                              & ~pci.PCI_STATUS_INTERRUPT)
 
     def doorbell(self, vector: int) -> None:
         """What a write to the DOORBELL register does: MSI-X vector ``vector`` (latched in
@@ -364,21 +365,21 @@ class GpuDevice:
     def _command_written(self, old: int, new: int, written: int) -> None:
         # The hook sees the COMMAND|STATUS dword.  INTx is level-triggered: clearing
         # Interrupt Disable while the line is asserted delivers it.
-        re_enabled = (old & ~new) & pf.PCI_COMMAND_INTX_DISABLE
+        re_enabled = (old & ~new) & pci.PCI_COMMAND_INTX_DISABLE
         if re_enabled and self.intx_asserted and not self._intx_masked:
             self._emit(vfio.VFIO_PCI_INTX_IRQ_INDEX, 0)
-        if (old ^ new) & pf.PCI_COMMAND_MEMORY:
+        if (old ^ new) & pci.PCI_COMMAND_MEMORY:
             for listener in list(self._memory_listeners):
-                listener(bool(new & pf.PCI_COMMAND_MEMORY))
+                listener(bool(new & pci.PCI_COMMAND_MEMORY))
 
     def _msix_control_written(self, old: int, new: int, written: int) -> None:
         control = new >> 16
-        self.msix.enabled = bool(control & pf.PCI_MSIX_FLAGS_ENABLE)
-        self.msix.function_masked = bool(control & pf.PCI_MSIX_FLAGS_MASKALL)
+        self.msix.enabled = bool(control & pci.PCI_MSIX_FLAGS_ENABLE)
+        self.msix.function_masked = bool(control & pci.PCI_MSIX_FLAGS_MASKALL)
         self.msix.deliver_unmasked_pending()
 
     def _devctl_written(self, old: int, new: int, written: int) -> None:
-        if written & pf.PCI_EXP_DEVCTL_BCR_FLR:
+        if written & pci.PCI_EXP_DEVCTL_BCR_FLR:
             self.reset()
 
     def _rebar_hook(self, entry: int):
@@ -395,7 +396,7 @@ class GpuDevice:
             for rule in bar_rules(spec, size):
                 self.config.set_rw_mask32(rule.offset, rule.rw)
                 value = self.config.field(rule.offset, 4)
-                keep = rule.rw | (0 if rule.offset == pf.PCI_BASE_ADDRESS_0 + 4 * bar_index + 4 else 0xF)
+                keep = rule.rw | (0 if rule.offset == pci.PCI_BASE_ADDRESS_0 + 4 * bar_index + 4 else 0xF)
                 self.config.set_field(rule.offset, 4, value & keep)
             self.memory[bar_index].window = size
         return written

@@ -6,45 +6,15 @@ cffi (``backend libvfio-user``).  Both backends see the device only through the
 ``ServedDevice`` protocol below, so the device never knows which one it has.
 
 Failures are raised as ``OSError(errno, message)``; the backend turns the errno
-into the wire reply in exactly one place.
+into the wire reply in exactly one place.  The VFIO numbers (region and IRQ
+indexes, flags) are declared in ``hugepfn.abi.vfio``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-# VFIO PCI region indexes (include/uapi/linux/vfio.h).
-VFIO_PCI_BAR0_REGION_INDEX = 0
-VFIO_PCI_BAR5_REGION_INDEX = 5
-VFIO_PCI_ROM_REGION_INDEX = 6
-VFIO_PCI_CONFIG_REGION_INDEX = 7
-VFIO_PCI_VGA_REGION_INDEX = 8
-VFIO_PCI_NUM_REGIONS = 9
-
-# VFIO PCI IRQ indexes.
-VFIO_PCI_INTX_IRQ_INDEX = 0
-VFIO_PCI_MSI_IRQ_INDEX = 1
-VFIO_PCI_MSIX_IRQ_INDEX = 2
-VFIO_PCI_ERR_IRQ_INDEX = 3
-VFIO_PCI_REQ_IRQ_INDEX = 4
-VFIO_PCI_NUM_IRQS = 5
-
-# struct vfio_device_info flags.
-VFIO_DEVICE_FLAGS_RESET = 1 << 0
-VFIO_DEVICE_FLAGS_PCI = 1 << 1
-
-# struct vfio_region_info flags.
-VFIO_REGION_INFO_FLAG_READ = 1 << 0
-VFIO_REGION_INFO_FLAG_WRITE = 1 << 1
-VFIO_REGION_INFO_FLAG_MMAP = 1 << 2
-VFIO_REGION_INFO_FLAG_CAPS = 1 << 3
-
-# struct vfio_irq_info flags.
-VFIO_IRQ_INFO_EVENTFD = 1 << 0
-VFIO_IRQ_INFO_MASKABLE = 1 << 1
-VFIO_IRQ_INFO_AUTOMASKED = 1 << 2
-VFIO_IRQ_INFO_NORESIZE = 1 << 3
-
+from hugepfn.abi.vfio import VFIO_IRQ_INFO_EVENTFD
 
 @dataclass(frozen=True)
 class SparseArea:

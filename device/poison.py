@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from hugepfn.device.cper import CACHELINE, CPER_MEM_ERR_MULTI_ECC
+from hugepfn.abi.cper import CACHELINE, CPER_MEM_ERR_MULTI_ECC
 from hugepfn.device.poison_store import PoisonFileError, PoisonStore
 from hugepfn.device.profiles import GiB, BarSpec
 from hugepfn.device.ranges import RangeSet

@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from hugepfn.abi.sizes import format_size, parse_size
 from hugepfn.device.input_limits import InputError, load_toml
 from hugepfn.fixtures import PROFILES
 
@@ -83,41 +84,19 @@ class Profile:
         return tuple(b for b in self.bars if b.kind == "memory")
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB|K|M|G|T)?\s*$")
-_UNITS = {None: 1, "B": 1, "K": KiB, "KiB": KiB, "M": MiB, "MiB": MiB, "G": GiB, "GiB": GiB,
-          "T": TiB, "TiB": TiB}
+def _size(value: object, where: str) -> int:
+    """A size in the one grammar of hugepfn.abi.sizes ('64MiB', '0x1000', 4096), or a
+    ProfileError naming the field."""
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ProfileError(f"{where}: {exc}") from None
 
 
-def parse_size(value: object, where: str) -> int:
-    """An int, or a string such as '64MiB', '96GiB' or '4096'."""
-    if isinstance(value, bool):
-        raise ProfileError(f"{where}: {value!r} is not a size")
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, str):
-        match = _SIZE_RE.match(value)
-        if not match:
-            raise ProfileError(f"{where}: {value!r} is not a size (use e.g. 64MiB, 8GiB, 4096)")
-        size = int(match.group(1)) * _UNITS[match.group(2)]
-    else:
-        raise ProfileError(f"{where}: {value!r} is not a size")
-    if size < 0:
-        raise ProfileError(f"{where}: size must not be negative")
-    return size
-
-
-def parse_size_list(value: object, where: str) -> tuple[int, ...]:
+def _size_list(value: object, where: str) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise ProfileError(f"{where}: expected a list of sizes")
-    return tuple(parse_size(v, f"{where}[{i}]") for i, v in enumerate(value))
-
-
-def format_size(size: int) -> str:
-    """Binary units, as lspci prints them: 64M, 8G, 96G+6M stays in MiB."""
-    for unit, name in ((TiB, "TiB"), (GiB, "GiB"), (MiB, "MiB"), (KiB, "KiB")):
-        if size >= unit and size % unit == 0:
-            return f"{size // unit}{name}"
-    return f"{size}B"
+    return tuple(_size(v, f"{where}[{i}]") for i, v in enumerate(value))
 
 
 def _is_pow2(n: int) -> bool:
@@ -281,7 +260,7 @@ def _parse_bars(raw_bars: list) -> tuple[BarSpec, ...]:
         kind = r.get("kind", str, required=True)
         if kind not in BAR_KINDS:
             raise ProfileError(f"{where}.kind: {kind!r} is not one of {', '.join(BAR_KINDS)}")
-        size = parse_size(r.get("size", (int, str), required=True), f"{where}.size")
+        size = _size(r.get("size", (int, str), required=True), f"{where}.size")
         if not _is_pow2(size) or size < PAGE_SIZE or size > MAX_BAR_SIZE:
             raise ProfileError(f"{where}.size: {size:#x} must be a power of two from 4KiB to 128TiB")
         bits = r.get("bits", int, 64 if kind == "memory" else 32)
@@ -298,10 +277,10 @@ def _parse_bars(raw_bars: list) -> tuple[BarSpec, ...]:
         dpa_base = 0
         sizes: tuple[int, ...] = ()
         if kind == "memory":
-            memory_size = parse_size(r.get("memory_size", (int, str), size), f"{where}.memory_size")
+            memory_size = _size(r.get("memory_size", (int, str), size), f"{where}.memory_size")
             if memory_size % PAGE_SIZE or not 0 < memory_size:
                 raise ProfileError(f"{where}.memory_size: must be a positive multiple of 4KiB")
-            sizes = parse_size_list(r.get("resizable_sizes", list, []), f"{where}.resizable_sizes")
+            sizes = _size_list(r.get("resizable_sizes", list, []), f"{where}.resizable_sizes")
             if sizes:
                 bad = [s for s in sizes if not _is_pow2(s) or not REBAR_MIN <= s <= REBAR_MAX]
                 if bad:

@@ -12,9 +12,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from hugepfn.device import pci_formats as pf
+from hugepfn.abi import pci
 from hugepfn.device.gpu import GpuDevice
-from hugepfn.device.interface import VFIO_PCI_CONFIG_REGION_INDEX
+from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
 
 DEFAULT_SLOT = "0000:01:00.0"
 BASE_32 = 0xE000_0000            # 32-bit BARs go below 4 GiB
@@ -39,15 +39,15 @@ def assign_bars(device: GpuDevice) -> dict[int, int]:
         size = device.bar_size(spec.index)
         address = _align(cursors[spec.is_64bit], size)
         cursors[spec.is_64bit] = address + size
-        offset = pf.PCI_BASE_ADDRESS_0 + 4 * spec.index
+        offset = pci.PCI_BASE_ADDRESS_0 + 4 * spec.index
         device.region_write(VFIO_PCI_CONFIG_REGION_INDEX, offset,
                             (address & 0xFFFFFFFF).to_bytes(4, "little"))
         if spec.is_64bit:
             device.region_write(VFIO_PCI_CONFIG_REGION_INDEX, offset + 4,
                                 (address >> 32).to_bytes(4, "little"))
         assigned[spec.index] = address
-    command = device.command | pf.PCI_COMMAND_MEMORY | pf.PCI_COMMAND_MASTER
-    device.region_write(VFIO_PCI_CONFIG_REGION_INDEX, pf.PCI_COMMAND, command.to_bytes(2, "little"))
+    command = device.command | pci.PCI_COMMAND_MEMORY | pci.PCI_COMMAND_MASTER
+    device.region_write(VFIO_PCI_CONFIG_REGION_INDEX, pci.PCI_COMMAND, command.to_bytes(2, "little"))
     return assigned
 
 
@@ -60,7 +60,7 @@ def resource_lines(device: GpuDevice) -> list[str]:
             continue
         start = device.bar_address(index)
         size = device.bar_size(index)
-        raw_bits = device.config.field(pf.PCI_BASE_ADDRESS_0 + 4 * index, 1) & 0xF
+        raw_bits = device.config.field(pci.PCI_BASE_ADDRESS_0 + 4 * index, 1) & 0xF
         flags = raw_bits | IORESOURCE_MEM
         flags |= IORESOURCE_PREFETCH if spec.prefetchable else 0
         flags |= IORESOURCE_MEM_64 if spec.is_64bit else 0
@@ -91,11 +91,11 @@ def write_config_tree(config: bytes, resource: list[str], root: str | os.PathLik
     def field(offset: int, size: int) -> int:
         return int.from_bytes(config[offset:offset + size], "little")
     files = {
-        "vendor": f"0x{field(pf.PCI_VENDOR_ID, 2):04x}", "device": f"0x{field(pf.PCI_DEVICE_ID, 2):04x}",
-        "subsystem_vendor": f"0x{field(pf.PCI_SUBSYSTEM_VENDOR_ID, 2):04x}",
-        "subsystem_device": f"0x{field(pf.PCI_SUBSYSTEM_VENDOR_ID + 2, 2):04x}",   # PCI_SUBSYSTEM_ID
-        "class": f"0x{field(pf.PCI_CLASS_PROG, 3):06x}",
-        "revision": f"0x{field(pf.PCI_REVISION_ID, 1):02x}", "irq": "0", "numa_node": "-1",
+        "vendor": f"0x{field(pci.PCI_VENDOR_ID, 2):04x}", "device": f"0x{field(pci.PCI_DEVICE_ID, 2):04x}",
+        "subsystem_vendor": f"0x{field(pci.PCI_SUBSYSTEM_VENDOR_ID, 2):04x}",
+        "subsystem_device": f"0x{field(pci.PCI_SUBSYSTEM_VENDOR_ID + 2, 2):04x}",   # PCI_SUBSYSTEM_ID
+        "class": f"0x{field(pci.PCI_CLASS_PROG, 3):06x}",
+        "revision": f"0x{field(pci.PCI_REVISION_ID, 1):02x}", "irq": "0", "numa_node": "-1",
     }
     for name, text in files.items():
         (path / name).write_text(text + "\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hugepfn.device import cper, registers
+from hugepfn.abi import cper, registers
 from hugepfn.device.profiles import PAGE_SIZE, load_profile
 
 # The page `make e2e` poisons: above 4 GiB, so the 64-bit part of the BAR offset and of

@@ -183,7 +183,7 @@ def check_record(line: str, profile: str, report: Report) -> None:
     """Decode the record the guest copied from ERRQ_WINDOW with the device's own parser."""
     import struct
     from device_facts import expected_record
-    from hugepfn.device.cper import parse_record
+    from hugepfn.abi.cper import parse_record
 
     words = [int(word, 16) for word in line.split()]
     raw = struct.pack(f"<{len(words)}I", *words)

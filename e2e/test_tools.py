@@ -121,7 +121,7 @@ def test_guest_facts_match_the_device_model():
     import struct
 
     import device_facts
-    from hugepfn.device.cper import build_record
+    from hugepfn.abi.cper import build_record
     from hugepfn.device.gpu import GpuDevice
 
     facts = device_facts.guest_facts("gpu-8g")

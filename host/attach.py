@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hugepfn.abi.pci import PCI_VENDOR_ID
+
 from .drivers.pci import PciBar, PciDevice
 from .mm.constants import PAGE_SHIFT
 from .vfio_user.client import VfioUserClient
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
 
 _U32 = struct.Struct("<I")
 REGISTER_BAR = 0
-PCI_VENDOR_ID = 0x00
 # machine.extensions key: where the next device's BARs go (one firmware pass per device, each
 # starting where the previous device's BARs end, so pfns of two devices never overlap)
 MMIO_CURSOR_KEY = "served_mmio_cursor"

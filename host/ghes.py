@@ -47,12 +47,12 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hugepfn.device.cper import (CPER_MEM_VALID_PA, CPER_SEV_CORRECTED, CPER_SEV_FATAL,
-                                 CPER_SEV_INFORMATIONAL, CPER_SEV_RECOVERABLE, ERROR_RECORD_SIZE,
-                                 MemoryErrorRecord, parse_record)
-from hugepfn.device.interface import VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX
-from hugepfn.device.registers import (REG_ERRQ_COUNT, REG_ERRQ_HEAD, REG_ERRQ_WINDOW, REG_MEM_BAR, REG_MEM_DPA_HI,
-                                      REG_MEM_DPA_LO)
+from hugepfn.abi.cper import (CPER_MEM_VALID_PA, CPER_SEV_CORRECTED, CPER_SEV_FATAL, CPER_SEV_INFORMATIONAL,
+                              CPER_SEV_RECOVERABLE, ERROR_RECORD_SIZE, MemoryErrorRecord, parse_record)
+from hugepfn.abi.pci import PCI_BASE_ADDRESS_0, PCI_CAP_ID_MSIX, PCI_CAPABILITY_LIST, PCI_MSIX_FLAGS_ENABLE
+from hugepfn.abi.registers import (REG_ERRQ_COUNT, REG_ERRQ_HEAD, REG_ERRQ_WINDOW, REG_MEM_BAR, REG_MEM_DPA_HI,
+                                   REG_MEM_DPA_LO)
+from hugepfn.abi.vfio import VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX
 
 from .memory_failure import MF_ACTION_REQUIRED, memory_failure_of
 from .memory_failure.flags import ACTION_NAME, PR_PREFIX
@@ -70,10 +70,6 @@ MEMORY_FAILURE_FIFO_SIZE = 16          # entries of the per-CPU kfifo of memory_
 HW_ERR = "[Hardware Error]: "
 MAX_GRANULARITY = 1 << 30
 GHES_SOURCE_ID = 0
-PCI_BASE_ADDRESS_0 = 0x10
-PCI_CAPABILITY_LIST = 0x34
-PCI_CAP_ID_MSIX = 0x11
-PCI_MSIX_FLAGS_ENABLE = 0x8000
 _U32 = struct.Struct("<I")
 _DONE = (0, -EHWPOISON, -errno.EOPNOTSUPP)
 _SEVERITY = {CPER_SEV_RECOVERABLE: "recoverable", CPER_SEV_FATAL: "fatal", CPER_SEV_CORRECTED: "corrected",

@@ -1,7 +1,7 @@
 """The generic code names no variant driver: nvgrace-gpu is written against the same driver
 contract as a third-party driver, so `grep -rn nvgrace` over the generic code finds nothing.
 
-Generic code: the device, the host model, the CLI, the pytest plugin.  The nvgrace-gpu driver
+Generic code: the shared ABI, the device, the host model, the CLI, the pytest plugin.  The nvgrace-gpu driver
 itself may name itself; tests, fixtures, docs, benchmarks, the e2e guests and the crosscheck
 (which drives the real kernel's nvgrace-gpu module in a guest) are not generic code."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-GENERIC = ("device", "host", "cli", "testing")
+GENERIC = ("abi", "device", "host", "cli", "testing")
 THE_DRIVER = "host/drivers/nvgrace_gpu.py"
 
 

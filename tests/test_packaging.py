@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = {"device": "hugepfn.device", "host": "hugepfn.host", "cli": "hugepfn.cli",
+FOLDERS = {"abi": "hugepfn.abi", "device": "hugepfn.device", "host": "hugepfn.host", "cli": "hugepfn.cli",
            "testing": "hugepfn.testing", "fixtures": "hugepfn.fixtures", "crosscheck": "hugepfn.crosscheck"}
 
 

@@ -41,7 +41,10 @@ from typing import Callable
 
 from cffi import FFI
 
-from hugepfn.device import interface as vfio
+from hugepfn.abi import vfio
+from hugepfn.abi.vfio_user import (FLAG_ERROR, FLAG_NO_REPLY, HEADER, MSG_TYPE_MASK, MSG_TYPE_REPLY,
+                                    REGION_ACCESS, Command)
+from hugepfn.device.interface import ServedDevice
 from hugepfn.device.vfio_user import libvfio_user_cdef as C
 from hugepfn.device.vfio_user.limits import ConnectionLimits
 
@@ -79,10 +82,6 @@ BYPASS_WRITE_BODY = 64 << 10
 LIBRARY_MAX_DATA_XFER = 1 << 20  # what the library advertises as max_data_xfer_size
 LIBRARY_MAX_MSG = LIBRARY_MAX_DATA_XFER + 32    # SERVER_MAX_MSG_SIZE: larger headers get EINVAL
 PARTIAL_POLL_S = 0.01            # how often the rest of a partly arrived message is looked for
-HEADER = struct.Struct("<HHIII")
-REGION_ACCESS = struct.Struct("<QII")
-CMD_REGION_WRITE = 10
-F_TYPE_MASK, F_REPLY, F_NO_REPLY, F_ERROR = 0xF, 0x1, 0x10, 0x20
 
 ffi = FFI()
 ffi.cdef(C.CDEF)
@@ -258,7 +257,7 @@ class Server:
 
     backend_name = "libvfio-user"
 
-    def __init__(self, device: vfio.ServedDevice, socket_path: str | os.PathLike,
+    def __init__(self, device: ServedDevice, socket_path: str | os.PathLike,
                  limits: ConnectionLimits | None = None):
         self._lib = lib = _library()
         self.device = device
@@ -806,7 +805,7 @@ class Server:
         _, cmd, size, flags, _ = HEADER.unpack(conn.recv(HEADER.size, socket.MSG_PEEK | socket.MSG_DONTWAIT))
         if size < HEADER.size or size > LIBRARY_MAX_MSG:
             return True                    # refused by the library from its header alone
-        if cmd == CMD_REGION_WRITE and not flags & F_TYPE_MASK and size - HEADER.size > BYPASS_WRITE_BODY:
+        if cmd == Command.REGION_WRITE and not flags & MSG_TYPE_MASK and size - HEADER.size > BYPASS_WRITE_BODY:
             return True
         return waiting >= size
 
@@ -842,7 +841,7 @@ class Server:
         if len(head) < HEADER.size:
             return False
         msg_id, cmd, size, flags, _ = HEADER.unpack(head)
-        if cmd != CMD_REGION_WRITE or flags & F_TYPE_MASK or size - HEADER.size <= BYPASS_WRITE_BODY:
+        if cmd != Command.REGION_WRITE or flags & MSG_TYPE_MASK or size - HEADER.size <= BYPASS_WRITE_BODY:
             return False
         self.stats["large_writes"] += 1
         if size > HEADER.size + REGION_ACCESS.size + LIBRARY_MAX_DATA_XFER:
@@ -875,12 +874,12 @@ class Server:
             except BaseException as exc:
                 err = _errno_of(exc)
                 self.stats["callback_errors"] += 1
-        if flags & F_NO_REPLY:
+        if flags & FLAG_NO_REPLY:
             return True
         if err:
-            reply = HEADER.pack(msg_id, cmd, HEADER.size, F_REPLY | F_ERROR, err)
+            reply = HEADER.pack(msg_id, cmd, HEADER.size, MSG_TYPE_REPLY | FLAG_ERROR, err)
         else:
-            reply = HEADER.pack(msg_id, cmd, HEADER.size + REGION_ACCESS.size, F_REPLY, 0) + \
+            reply = HEADER.pack(msg_id, cmd, HEADER.size + REGION_ACCESS.size, MSG_TYPE_REPLY, 0) + \
                 REGION_ACCESS.pack(offset, region, count)
         try:
             conn.sendall(reply)

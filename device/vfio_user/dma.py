@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 
 from .errors import CommandError, einval
-from .wire import DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE
+from hugepfn.abi.vfio_user import DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE
 
 PAGE_SIZE = mmap.PAGESIZE
 IOVA_LIMIT = 1 << 64

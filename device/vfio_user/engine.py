@@ -12,7 +12,7 @@ exactly as the kernel delivers SCM_RIGHTS.  Fds the engine does not keep are
 closed; fds in ``data_to_send`` stay owned by the device (the kernel duplicates
 them into the peer).
 
-Every command handler raises ``CommandError`` (an errno) on failure; ``_dispatch``
+Every command handler raises ``CommandError`` (an errno) on failure; ``message_received``
 is the one place that turns an errno into a header-only error reply.  A message is
 answered whenever a reply is possible: unknown header flags, an unknown message type
 and more fds than ``max_msg_fds`` get EINVAL and the connection goes on.  Only two
@@ -27,24 +27,26 @@ from __future__ import annotations
 import enum
 import errno
 import logging
-import os
 from collections import deque
 from typing import Callable
 
 from construct import ConstructError
 
-from ..interface import (
-    VFIO_DEVICE_FLAGS_PCI, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, ClientLimits,
-    ServedDevice,
+from hugepfn.abi import vfio_user as wire
+from hugepfn.abi.vfio import (
+    VFIO_DEVICE_FLAGS_PCI, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
 )
-from . import wire
+from hugepfn.abi.vfio_user import Command
+
+from ..interface import ClientLimits, ServedDevice
 from .dma import DmaTable
 from .errors import CommandError, LocalProtocolError, einval
 from .events import (
     CommandFailed, DeviceWasReset, Disconnected, DmaMapped, DmaUnmapped, IrqsSet, Negotiated, PeerReply,
 )
+from .framing import Framer, Unframeable
+from .framing import close_fds as _close_all
 from .irq import IrqTable
-from .wire import Command
 
 log = logging.getLogger("hugepfn.vfio_user")
 
@@ -75,8 +77,9 @@ _CAP_TYPES = {"max_msg_fds": int, "max_data_xfer_size": int, "max_dma_maps": int
 Reply = tuple[bytes, tuple[int, ...]]
 
 
-class ServerEngine:
-    """One client connection of a vfio-user server, without I/O."""
+class ServerEngine(Framer):
+    """One client connection of a vfio-user server, without I/O: a Framer whose whole messages
+    go to the dispatcher (``message_received``)."""
 
     def __init__(self, device: ServedDevice, *, max_msg_fds: int = 16,
                  max_data_xfer_size: int = 1 << 20, max_dma_maps: int = 65535):
@@ -86,13 +89,10 @@ class ServerEngine:
         self.server_max_xfer = max_data_xfer_size     # largest count we accept
         self.max_xfer = max_data_xfer_size            # negotiated bound on REGION_READ/WRITE counts
         self.client_limits = ClientLimits()
-        self.max_msg_size = wire.HEADER_SIZE + wire.REGION_ACCESS.size + max_data_xfer_size + 4096
+        super().__init__(wire.HEADER_SIZE + wire.REGION_ACCESS.size + max_data_xfer_size + 4096)
         self.dma = DmaTable(max_dma_maps)
         self.irqs = IrqTable({i: device.irq_info(i).count for i in range(device.num_irqs)})
         self._region_sizes = [device.region_info(i).size for i in range(device.num_regions)]
-        self._buf = bytearray()
-        self._fds: list[int] = []
-        self._fds_lost = False                    # the kernel dropped fds of this message (MSG_CTRUNC)
         self._out: list[Reply] = []
         self._events: deque = deque()
         self._next_id = 0
@@ -118,63 +118,10 @@ class ServerEngine:
         """The device's InterruptSink for this connection: eventfd_write(1)."""
         return self.irqs.raise_irq
 
-    @property
-    def assembling(self) -> bool:
-        """Part of a message has arrived and the rest has not."""
-        return bool(self._buf)
-
-    @property
-    def assembled_bytes(self) -> int:
-        """How much of the message being assembled has arrived."""
-        return len(self._buf)
-
-    def next_read_size(self) -> int:
-        """Bytes still needed to complete the message being assembled (>= 1)."""
-        have = len(self._buf)
-        if have < wire.HEADER_SIZE:
-            return wire.HEADER_SIZE - have
-        size = wire.HEADER.unpack_from(self._buf)[2]
-        if wire.HEADER_SIZE <= size <= self.max_msg_size and size > have:
-            return size - have
-        return wire.HEADER_SIZE
-
-    def receive_data(self, data: bytes, fds: list[int] | tuple[int, ...] = (), fds_lost: bool = False) -> None:
-        """Feed bytes and the fds that came with them; b"" means end of stream.
-
-        ``fds_lost``: the transport saw MSG_CTRUNC, the peer attached more fds than it
-        had room for (the kernel closed the rest).  The message those bytes belong to
-        is then answered with EINVAL, as one with too many fds.
-        """
-        if self.state is State.CLOSED:
-            _close_all(fds)
-            return
-        self._fds.extend(fds)
-        self._fds_lost |= fds_lost
-        if not data:
-            self.connection_lost("peer closed the connection")
-            return
-        self._buf += data
-        buf = self._buf
-        while len(buf) >= wire.HEADER_SIZE and self.state is not State.CLOSED:
-            msg_id, cmd, size, flags, error_no = wire.HEADER.unpack_from(buf)
-            if size < wire.HEADER_SIZE or size > self.max_msg_size:
-                # Where the next message starts is unknowable: answer, then close.
-                why = f"msg_size {size} outside {wire.HEADER_SIZE}..{self.max_msg_size}"
-                self._fail(msg_id, cmd, flags, errno.EINVAL, why)
-                self.connection_lost(f"unframeable message: id={msg_id} cmd={cmd} {why}")
-                return
-            if len(buf) < size:
-                break
-            payload = bytes(buf[wire.HEADER_SIZE:size])
-            del buf[:size]
-            fds, self._fds = self._fds, []
-            fds_lost, self._fds_lost = self._fds_lost, False
-            if flags & wire.MSG_TYPE_MASK == wire.MSG_TYPE_REPLY:
-                # A reply is never answered: ours to a DMA_READ/WRITE, or ignored.
-                self._peer_reply(msg_id, cmd, error_no, payload)
-                _close_all(fds)
-            else:
-                self._dispatch(msg_id, cmd, flags, payload, fds, fds_lost)
+    def unframeable(self, error: Unframeable) -> None:
+        """A msg_size that cannot be: answer it, then close (the next message cannot be found)."""
+        self._fail(error.msg_id, error.cmd, error.flags, errno.EINVAL, str(error))
+        self.connection_lost(f"unframeable message: id={error.msg_id} cmd={error.cmd} {error}")
 
     def data_to_send(self) -> list[Reply]:
         out, self._out = self._out, []
@@ -190,18 +137,21 @@ class ServerEngine:
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
-        _close_all(self._fds)
-        self._fds = []
-        self._fds_lost = False
-        self._buf.clear()
+        self.reset_framing()
         self.dma.unmap_all()
         self.irqs.close()
         self._outstanding.clear()
         self._events.append(Disconnected(reason))
 
     # ------------------------------------------------------------ dispatcher
-    def _dispatch(self, msg_id: int, cmd: int, flags: int, payload: bytes, fds: list[int],
-                  fds_lost: bool = False) -> None:
+    def message_received(self, msg_id: int, cmd: int, flags: int, error_no: int, payload: bytes, fds: list[int],
+                         fds_lost: bool = False) -> None:
+        """The dispatcher: the one place an errno becomes a reply.  A reply from the peer is
+        never answered: ours to a DMA_READ/WRITE, or ignored."""
+        if flags & wire.MSG_TYPE_MASK == wire.MSG_TYPE_REPLY:
+            self._peer_reply(msg_id, cmd, error_no, payload)
+            _close_all(fds)
+            return
         try:
             if flags & wire.MSG_TYPE_MASK != wire.MSG_TYPE_COMMAND:
                 raise einval(f"message type {flags & wire.MSG_TYPE_MASK} is neither command nor reply")
@@ -496,14 +446,6 @@ def _name(cmd: int) -> str:
         return Command(cmd).name
     except ValueError:
         return f"command {cmd}"
-
-
-def _close_all(fds) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 __all__ = ["ServerEngine", "State", "ALLOWED", "SERVER_MAJOR", "SERVER_MINOR", "VFIO_DEVICE_FLAGS_PCI"]

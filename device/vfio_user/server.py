@@ -31,7 +31,7 @@ from .engine import ServerEngine, State
 from .events import Disconnected, Negotiated, PeerReply
 from .limits import ConnectionLimits
 from .transport import DONTWAIT, listen_unix, recvmsg_fds, send_some
-from .wire import DMA_ACCESS
+from hugepfn.abi.vfio_user import DMA_ACCESS
 
 log = logging.getLogger("hugepfn.vfio_user")
 

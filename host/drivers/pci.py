@@ -9,18 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-PCI_COMMAND = 0x04
-PCI_COMMAND_IO = 0x1
-PCI_COMMAND_MEMORY = 0x2
-PCI_COMMAND_MASTER = 0x4
-PCI_STATUS = 0x06
-PCI_CAPABILITY_LIST = 0x34
-PCI_CAP_ID_PM = 0x01
+from hugepfn.abi.pci import (PCI_CAP_ID_PM, PCI_CAPABILITY_LIST, PCI_CFG_SPACE_SIZE, PCI_COMMAND,
+                             PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, PCI_PM_CTRL, PCI_STATUS,
+                             PCI_STATUS_CAP_LIST)
+
 # The model places the PM capability at 0x40, so PMCSR (PCI_PM_CTRL) is at 0x44.
 PM_CAP_OFFSET = 0x40
-PCI_PM_CTRL = PM_CAP_OFFSET + 0x4
-PCI_PM_CTRL_STATE_MASK = 0x3
-PCI_CFG_SPACE_SIZE = 256
+PMCSR_OFFSET = PM_CAP_OFFSET + PCI_PM_CTRL
 
 PCI_D0, PCI_D1, PCI_D2, PCI_D3hot, PCI_D3cold = range(5)
 POWER_STATE_NAMES = {PCI_D0: "D0", PCI_D1: "D1", PCI_D2: "D2", PCI_D3hot: "D3hot", PCI_D3cold: "D3cold"}
@@ -63,7 +58,7 @@ class PciDevice:
         c[2:4] = self.device.to_bytes(2, "little")
         # memory decode on, as after pci_enable_device
         self.command = PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER
-        c[PCI_STATUS:PCI_STATUS + 2] = (0x10).to_bytes(2, "little")      # capability list present
+        c[PCI_STATUS:PCI_STATUS + 2] = PCI_STATUS_CAP_LIST.to_bytes(2, "little")
         c[PCI_CAPABILITY_LIST] = PM_CAP_OFFSET
         c[PM_CAP_OFFSET] = PCI_CAP_ID_PM
 

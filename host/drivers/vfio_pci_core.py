@@ -13,6 +13,9 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
+from hugepfn.abi.pci import PCI_COMMAND, PCI_COMMAND_MEMORY, PCI_PM_CTRL_STATE_MASK
+from hugepfn.abi.vfio import VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_NUM_REGIONS, VFIO_PCI_ROM_REGION_INDEX
+
 from ..mm.constants import (PAGE_SHIFT, PAGE_SIZE, PMD_ORDER, PUD_ORDER, VFIO_PCI_OFFSET_SHIFT,
                             VFIO_PCI_PGOFF_MASK, VFIO_PCI_PGOFF_SHIFT, VM_ALLOW_ANY_UNCACHED, VM_DONTDUMP,
                             VM_DONTEXPAND, VM_IO, VM_MIXEDMAP, VM_PFNMAP, VM_SHARED)
@@ -23,8 +26,7 @@ from ..mm.pfn_space import PfnAddressSpace
 from ..mm.vm_fault import VM_FAULT_FALLBACK, VM_FAULT_HWPOISON, VM_FAULT_NOPAGE, VM_FAULT_SIGBUS
 from ..mm.vma import Vma, VmOperations
 from ..mm.zap import VmaZap, unmap_mapping_range, zap_vma_range
-from .pci import (PCI_COMMAND, PCI_COMMAND_MEMORY, PCI_D0, PCI_D3hot, PCI_PM_CTRL, PCI_PM_CTRL_STATE_MASK,
-                  PciDevice)
+from .pci import PCI_D0, PCI_D3hot, PMCSR_OFFSET, PciDevice
 from .poison import PoisonRecord, check_variant, pgoff_callback
 
 if TYPE_CHECKING:
@@ -34,10 +36,6 @@ if TYPE_CHECKING:
 # report(vmf, order, block address, pfn, ret): a driver's dynamic-debug line for a fault result
 FaultReport = Callable[[VmFaultCtx, int, int, int, int], None]
 
-VFIO_PCI_BAR0_REGION_INDEX = 0
-VFIO_PCI_ROM_REGION_INDEX = 6
-VFIO_PCI_CONFIG_REGION_INDEX = 7
-VFIO_PCI_NUM_REGIONS = 9
 COMMAND_WRITABLE = 0x07FF
 ULONG_MASK = (1 << 64) - 1      # C unsigned long arithmetic: a negative offset wraps
 
@@ -489,8 +487,8 @@ class VfioPciCoreDevice:
                 self.memory_lock.down_write()
             self.pdev.command = (self.pdev.command & ~COMMAND_WRITABLE) | (new_cmd & COMMAND_WRITABLE)
             self.memory_lock.up_write()
-        if offset <= PCI_PM_CTRL < offset + size:
-            state = data[PCI_PM_CTRL - offset] & PCI_PM_CTRL_STATE_MASK
+        if offset <= PMCSR_OFFSET < offset + size:
+            state = data[PMCSR_OFFSET - offset] & PCI_PM_CTRL_STATE_MASK
             self.lock_and_set_power_state(state)
         return 0
 
@@ -502,7 +500,7 @@ class VfioPciCoreDevice:
             self.memory_lock.down_write()
         self.pdev.current_state = state
         cfg = self.pdev.vconfig
-        cfg[PCI_PM_CTRL] = (cfg[PCI_PM_CTRL] & ~PCI_PM_CTRL_STATE_MASK) | state
+        cfg[PMCSR_OFFSET] = (cfg[PMCSR_OFFSET] & ~PCI_PM_CTRL_STATE_MASK) | state
         self.memory_lock.up_write()
 
     def ioctl_reset(self) -> int:

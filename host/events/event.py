@@ -16,6 +16,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from hugepfn.abi.sizes import format_size
+
 # Named policies (design.md "Ground truth"): upstream is the kernel default, the
 # other two are proposals from the thread, offered by name only.
 POLICIES = ("upstream", "hard-offline", "split")
@@ -204,13 +206,6 @@ class MemoryFailureEvent:
             + f" consumed {self.consumption_count}"
             + (f" profile {self.profile}" if self.profile else "")
         )
-
-
-def format_size(nbytes: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if nbytes >= 1 << shift and nbytes % (1 << shift) == 0:
-            return f"{nbytes >> shift}{unit}"
-    return f"{nbytes}B"
 
 
 __all__ = [

@@ -27,8 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hugepfn.abi.sizes import parse_size
+
 from .errors import ScenarioError
-from .fields import parse_number
 
 EXPECT_KEYS = ("ret", "calls", "mapped", "signals", "log", "log_has", "events")
 ACCESS_ONLY = ("calls", "mapped")
@@ -78,7 +79,7 @@ def show(value: Any) -> str:
 def _typed(value: Any, kind: str, where: str) -> Any:
     if kind == "num":
         try:
-            return parse_number(value)
+            return parse_size(value)
         except ValueError as exc:
             raise ScenarioError(f"{where}: {exc}") from None
     if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):

@@ -1,34 +1,17 @@
-"""Field types of scenario files: numbers (ints or size strings such as "4G"), names, flags.
+"""Field types of scenario files: numbers (ints or sizes such as "4G", "0x1000": the grammar of
+hugepfn.abi.sizes), names, flags.
 
 A Field converts and validates one raw TOML value; errors are ScenarioError messages that
 name the place (``where``, e.g. "step 3 (access)") and the field.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hugepfn.abi.sizes import parse_size
+
 from .errors import ScenarioError
-
-_SIZE = re.compile(r"^\s*(0x[0-9a-fA-F_]+|0o[0-7_]+|0b[01_]+|[0-9][0-9_]*)\s*([KMGTPE])?(?:i?B)?\s*$", re.I)
-_UNITS = {"K": 10, "M": 20, "G": 30, "T": 40, "P": 50, "E": 60}
-
-
-def parse_number(value: Any) -> int:
-    """A TOML integer, or a string: "4G", "2M", "4K", "0x1000", "1TiB" (binary units)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number, got a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            n = int(m.group(1).replace("_", ""), 0)
-            unit = m.group(2)
-            return n << _UNITS[unit.upper()] if unit else n
-    raise ValueError(f"expected an integer or a size string such as \"2M\", got {value!r}")
-
 
 @dataclass(frozen=True)
 class Field:
@@ -72,10 +55,7 @@ class Field:
 
     def _convert(self, raw: Any) -> Any:
         if self.kind == "num":
-            value = parse_number(raw)
-            if value < 0:
-                raise ValueError(f"must not be negative, got {raw!r}")
-            return value
+            return parse_size(raw)
         if self.kind == "int":
             if isinstance(raw, bool) or not isinstance(raw, int):
                 raise ValueError(f"expected an integer, got {raw!r}")

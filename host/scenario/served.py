@@ -232,7 +232,7 @@ def close_all(run: "ScenarioRun") -> None:
 
 
 def _check_error_type(value: str) -> str | None:
-    from hugepfn.device.cper import MEMORY_ERROR_TYPES
+    from hugepfn.abi.cper import MEMORY_ERROR_TYPES
     return None if value in MEMORY_ERROR_TYPES else f"must be one of {', '.join(MEMORY_ERROR_TYPES)}, got {value!r}"
 
 

@@ -14,10 +14,10 @@ import os
 import socket
 from dataclasses import dataclass
 
-from hugepfn.device.interface import VFIO_PCI_CONFIG_REGION_INDEX
-from hugepfn.device.vfio_user import wire
+from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
+from hugepfn.abi import vfio_user as wire
 from hugepfn.device.vfio_user.transport import connect_unix, recv_exact, recv_with_fds, send_with_fds
-from hugepfn.device.vfio_user.wire import Command
+from hugepfn.abi.vfio_user import Command
 
 CLIENT_CAPABILITIES = {
     "max_msg_fds": 16,

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hugepfn.abi.pci import (PCI_BASE_ADDRESS_0, PCI_BASE_ADDRESS_MEM_PREFETCH, PCI_BASE_ADDRESS_MEM_TYPE_64,
+                             PCI_BASE_ADDRESS_MEM_TYPE_MASK, PCI_BASE_ADDRESS_SPACE_IO, PCI_COMMAND,
+                             PCI_COMMAND_MEMORY)
+
 from .client import VfioUserClient
 
-PCI_COMMAND = 0x04
-PCI_COMMAND_MEMORY = 0x2
-PCI_BASE_ADDRESS_0 = 0x10
-BAR_IO = 0x1
-BAR_TYPE_MASK = 0x6
-BAR_TYPE_64 = 0x4
-BAR_PREFETCH = 0x8
 MMIO32_BASE = 0xC000_0000
 MMIO32_LIMIT = 0xFEC0_0000       # below the IOAPIC/LAPIC hole
 MMIO64_BASE = 1 << 32
@@ -44,10 +41,10 @@ def size_bars(client: VfioUserClient) -> list[tuple[int, int, bool, bool]]:
     while index < 6:
         offset = PCI_BASE_ADDRESS_0 + 4 * index
         original = client.config_read(offset, 4)
-        if original & BAR_IO:
+        if original & PCI_BASE_ADDRESS_SPACE_IO:
             index += 1
             continue
-        is_64 = original & BAR_TYPE_MASK == BAR_TYPE_64
+        is_64 = original & PCI_BASE_ADDRESS_MEM_TYPE_MASK == PCI_BASE_ADDRESS_MEM_TYPE_64
         client.config_write(offset, 4, 0xFFFF_FFFF)
         mask = client.config_read(offset, 4) & ~0xF
         client.config_write(offset, 4, original)
@@ -61,7 +58,7 @@ def size_bars(client: VfioUserClient) -> list[tuple[int, int, bool, bool]]:
             width = 32
         if mask:
             size = ((~mask) & ((1 << width) - 1)) + 1
-            found.append((index, size, is_64, bool(original & BAR_PREFETCH)))
+            found.append((index, size, is_64, bool(original & PCI_BASE_ADDRESS_MEM_PREFETCH)))
         index += 2 if is_64 else 1
     return found
 

@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from hugepfn.device.gpu import GpuDevice
-from hugepfn.device.interface import VFIO_PCI_CONFIG_REGION_INDEX as CFG
+from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX as CFG
 
 
 class Recorder:

@@ -6,65 +6,66 @@ import struct
 
 import pytest
 
+from hugepfn.abi import pci
 from hugepfn.device import pci_formats as pf
 from hugepfn.device.config_layout import (AER_OFFSET, MSIX_OFFSET, PCIE_OFFSET, PM_OFFSET,
                                           REBAR_OFFSET, VNDR_OFFSET, rebar_control_offset,
                                           walk_capabilities)
 from hugepfn.device.gpu import GpuDevice
-from hugepfn.device.interface import VFIO_PCI_CONFIG_REGION_INDEX as CFG
+from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX as CFG
 
 from .conftest import cfg_read16, cfg_read32, cfg_write16, cfg_write32
 
 
 def test_identity_and_class(tiny):
-    assert cfg_read16(tiny, pf.PCI_VENDOR_ID) == 0x10DE
-    assert cfg_read16(tiny, pf.PCI_DEVICE_ID) == 0x2330
-    assert cfg_read32(tiny, pf.PCI_REVISION_ID) == 0x030200A1      # class 3D controller, rev a1
-    assert cfg_read16(tiny, pf.PCI_SUBSYSTEM_VENDOR_ID) == 0x10DE
-    assert cfg_read16(tiny, pf.PCI_SUBSYSTEM_VENDOR_ID + 2) == 0x16C1
-    assert tiny.region_read(CFG, pf.PCI_HEADER_TYPE, 1) == b"\x00"
-    assert tiny.region_read(CFG, pf.PCI_INTERRUPT_PIN, 1) == b"\x01"
+    assert cfg_read16(tiny, pci.PCI_VENDOR_ID) == 0x10DE
+    assert cfg_read16(tiny, pci.PCI_DEVICE_ID) == 0x2330
+    assert cfg_read32(tiny, pci.PCI_REVISION_ID) == 0x030200A1      # class 3D controller, rev a1
+    assert cfg_read16(tiny, pci.PCI_SUBSYSTEM_VENDOR_ID) == 0x10DE
+    assert cfg_read16(tiny, pci.PCI_SUBSYSTEM_VENDOR_ID + 2) == 0x16C1
+    assert tiny.region_read(CFG, pci.PCI_HEADER_TYPE, 1) == b"\x00"
+    assert tiny.region_read(CFG, pci.PCI_INTERRUPT_PIN, 1) == b"\x01"
 
 
 def test_identity_is_read_only(tiny):
     cfg_write32(tiny, 0, 0x12345678)
-    cfg_write32(tiny, pf.PCI_REVISION_ID, 0xFFFFFFFF)
+    cfg_write32(tiny, pci.PCI_REVISION_ID, 0xFFFFFFFF)
     assert cfg_read32(tiny, 0) == 0x233010DE
-    assert cfg_read32(tiny, pf.PCI_REVISION_ID) == 0x030200A1
+    assert cfg_read32(tiny, pci.PCI_REVISION_ID) == 0x030200A1
 
 
 def test_command_writable_bits_and_memory_enable(tiny):
     assert tiny.memory_enabled is False
-    cfg_write16(tiny, pf.PCI_COMMAND, 0xFFFF)
-    assert cfg_read16(tiny, pf.PCI_COMMAND) == (pf.PCI_COMMAND_MEMORY | pf.PCI_COMMAND_MASTER
-                                                 | pf.PCI_COMMAND_PARITY | pf.PCI_COMMAND_SERR
-                                                 | pf.PCI_COMMAND_INTX_DISABLE)
+    cfg_write16(tiny, pci.PCI_COMMAND, 0xFFFF)
+    assert cfg_read16(tiny, pci.PCI_COMMAND) == (pci.PCI_COMMAND_MEMORY | pci.PCI_COMMAND_MASTER
+                                                 | pci.PCI_COMMAND_PARITY | pci.PCI_COMMAND_SERR
+                                                 | pci.PCI_COMMAND_INTX_DISABLE)
     assert tiny.memory_enabled and tiny.bus_master_enabled
-    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MASTER)
+    cfg_write16(tiny, pci.PCI_COMMAND, pci.PCI_COMMAND_MASTER)
     assert tiny.memory_enabled is False and tiny.bus_master_enabled
 
 
 def test_io_space_bit_is_hardwired_to_zero(tiny):
-    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_IO)
-    assert cfg_read16(tiny, pf.PCI_COMMAND) == 0
+    cfg_write16(tiny, pci.PCI_COMMAND, pci.PCI_COMMAND_IO)
+    assert cfg_read16(tiny, pci.PCI_COMMAND) == 0
 
 
 def test_status_w1c_bits(tiny):
-    tiny.config.set_field(pf.PCI_STATUS, 2, pf.PCI_STATUS_CAP_LIST | pf.PCI_STATUS_REC_MASTER_ABORT
-                          | pf.PCI_STATUS_DETECTED_PARITY)
-    cfg_write16(tiny, pf.PCI_STATUS, 0)                               # writing 0 changes nothing
-    assert cfg_read16(tiny, pf.PCI_STATUS) & pf.PCI_STATUS_REC_MASTER_ABORT
-    cfg_write16(tiny, pf.PCI_STATUS, pf.PCI_STATUS_REC_MASTER_ABORT)  # 1 clears only that bit
-    assert cfg_read16(tiny, pf.PCI_STATUS) == pf.PCI_STATUS_CAP_LIST | pf.PCI_STATUS_DETECTED_PARITY
-    cfg_write16(tiny, pf.PCI_STATUS, 0xFFFF)                          # cap list bit is read-only
-    assert cfg_read16(tiny, pf.PCI_STATUS) == pf.PCI_STATUS_CAP_LIST
+    tiny.config.set_field(pci.PCI_STATUS, 2, pci.PCI_STATUS_CAP_LIST | pci.PCI_STATUS_REC_MASTER_ABORT
+                          | pci.PCI_STATUS_DETECTED_PARITY)
+    cfg_write16(tiny, pci.PCI_STATUS, 0)                               # writing 0 changes nothing
+    assert cfg_read16(tiny, pci.PCI_STATUS) & pci.PCI_STATUS_REC_MASTER_ABORT
+    cfg_write16(tiny, pci.PCI_STATUS, pci.PCI_STATUS_REC_MASTER_ABORT)  # 1 clears only that bit
+    assert cfg_read16(tiny, pci.PCI_STATUS) == pci.PCI_STATUS_CAP_LIST | pci.PCI_STATUS_DETECTED_PARITY
+    cfg_write16(tiny, pci.PCI_STATUS, 0xFFFF)                          # cap list bit is read-only
+    assert cfg_read16(tiny, pci.PCI_STATUS) == pci.PCI_STATUS_CAP_LIST
 
 
 def test_command_write_through_dword_does_not_clear_status_by_accident(tiny):
-    tiny.config.set_field(pf.PCI_STATUS, 2, pf.PCI_STATUS_CAP_LIST | pf.PCI_STATUS_SIG_SYSTEM_ERROR)
-    cfg_write32(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MEMORY)
-    assert cfg_read32(tiny, pf.PCI_COMMAND) == ((pf.PCI_STATUS_CAP_LIST | pf.PCI_STATUS_SIG_SYSTEM_ERROR) << 16
-                                                 | pf.PCI_COMMAND_MEMORY)
+    tiny.config.set_field(pci.PCI_STATUS, 2, pci.PCI_STATUS_CAP_LIST | pci.PCI_STATUS_SIG_SYSTEM_ERROR)
+    cfg_write32(tiny, pci.PCI_COMMAND, pci.PCI_COMMAND_MEMORY)
+    assert cfg_read32(tiny, pci.PCI_COMMAND) == ((pci.PCI_STATUS_CAP_LIST | pci.PCI_STATUS_SIG_SYSTEM_ERROR) << 16
+                                                 | pci.PCI_COMMAND_MEMORY)
 
 
 def test_bar_flags_type_bits(tiny):
@@ -110,31 +111,31 @@ def test_bar_sizing_64bit_large(profile, size):
 
 
 def test_unused_bars_and_expansion_rom_are_absent(tiny):
-    for off in (0x14, 0x24, pf.PCI_ROM_ADDRESS):
+    for off in (0x14, 0x24, pci.PCI_ROM_ADDRESS):
         cfg_write32(tiny, off, 0xFFFFFFFF)
         assert cfg_read32(tiny, off) == 0
 
 
 def test_interrupt_line_and_cache_line_are_writable(tiny):
-    tiny.region_write(CFG, pf.PCI_INTERRUPT_LINE, b"\x0b")
-    tiny.region_write(CFG, pf.PCI_CACHE_LINE_SIZE, b"\x10")
-    tiny.region_write(CFG, pf.PCI_INTERRUPT_PIN, b"\x04")       # pin is read-only
-    assert tiny.region_read(CFG, pf.PCI_INTERRUPT_LINE, 2) == b"\x0b\x01"
-    assert tiny.region_read(CFG, pf.PCI_CACHE_LINE_SIZE, 1) == b"\x10"
+    tiny.region_write(CFG, pci.PCI_INTERRUPT_LINE, b"\x0b")
+    tiny.region_write(CFG, pci.PCI_CACHE_LINE_SIZE, b"\x10")
+    tiny.region_write(CFG, pci.PCI_INTERRUPT_PIN, b"\x04")       # pin is read-only
+    assert tiny.region_read(CFG, pci.PCI_INTERRUPT_LINE, 2) == b"\x0b\x01"
+    assert tiny.region_read(CFG, pci.PCI_CACHE_LINE_SIZE, 1) == b"\x10"
 
 
 def test_capability_chain(tiny):
     caps = walk_capabilities(tiny.region_read(CFG, 0, 4096))
-    assert caps == [(PM_OFFSET, pf.PCI_CAP_ID_PM), (PCIE_OFFSET, pf.PCI_CAP_ID_EXP),
-                    (MSIX_OFFSET, pf.PCI_CAP_ID_MSIX), (VNDR_OFFSET, pf.PCI_CAP_ID_VNDR),
-                    (AER_OFFSET, 0x10000 | pf.PCI_EXT_CAP_ID_ERR)]
-    assert cfg_read16(tiny, pf.PCI_STATUS) & pf.PCI_STATUS_CAP_LIST
+    assert caps == [(PM_OFFSET, pci.PCI_CAP_ID_PM), (PCIE_OFFSET, pci.PCI_CAP_ID_EXP),
+                    (MSIX_OFFSET, pci.PCI_CAP_ID_MSIX), (VNDR_OFFSET, pci.PCI_CAP_ID_VNDR),
+                    (AER_OFFSET, 0x10000 | pci.PCI_EXT_CAP_ID_ERR)]
+    assert cfg_read16(tiny, pci.PCI_STATUS) & pci.PCI_STATUS_CAP_LIST
 
 
 def test_rebar_profile_adds_the_extended_capability():
     with GpuDevice.from_profile("rebar") as dev:
         caps = walk_capabilities(dev.region_read(CFG, 0, 4096))
-        assert caps[-1] == (REBAR_OFFSET, 0x10000 | pf.PCI_EXT_CAP_ID_REBAR)
+        assert caps[-1] == (REBAR_OFFSET, 0x10000 | pci.PCI_EXT_CAP_ID_REBAR)
 
 
 def test_msix_capability_fields_and_control(tiny):
@@ -144,16 +145,16 @@ def test_msix_capability_fields_and_control(tiny):
     cfg_write16(tiny, MSIX_OFFSET + 2, 0xFFFF)
     assert cfg_read16(tiny, MSIX_OFFSET + 2) == 0xC007     # enable + mask-all writable, size RO
     assert tiny.msix_enabled and tiny.msix.function_masked
-    cfg_write16(tiny, MSIX_OFFSET + 2, pf.PCI_MSIX_FLAGS_ENABLE)
+    cfg_write16(tiny, MSIX_OFFSET + 2, pci.PCI_MSIX_FLAGS_ENABLE)
     assert tiny.msix_enabled and not tiny.msix.function_masked
 
 
 def test_pm_control_state_and_pme_status_w1c(tiny):
     cfg_write16(tiny, PM_OFFSET + 4, 0x0003)                            # D3hot
-    assert cfg_read16(tiny, PM_OFFSET + 4) == 0x0003 | pf.PCI_PM_CTRL_NO_SOFT_RESET
-    tiny.config.set_field(PM_OFFSET + 4, 2, pf.PCI_PM_CTRL_PME_STATUS | pf.PCI_PM_CTRL_NO_SOFT_RESET)
-    cfg_write16(tiny, PM_OFFSET + 4, pf.PCI_PM_CTRL_PME_STATUS)
-    assert cfg_read16(tiny, PM_OFFSET + 4) == pf.PCI_PM_CTRL_NO_SOFT_RESET
+    assert cfg_read16(tiny, PM_OFFSET + 4) == 0x0003 | pci.PCI_PM_CTRL_NO_SOFT_RESET
+    tiny.config.set_field(PM_OFFSET + 4, 2, pci.PCI_PM_CTRL_PME_STATUS | pci.PCI_PM_CTRL_NO_SOFT_RESET)
+    cfg_write16(tiny, PM_OFFSET + 4, pci.PCI_PM_CTRL_PME_STATUS)
+    assert cfg_read16(tiny, PM_OFFSET + 4) == pci.PCI_PM_CTRL_NO_SOFT_RESET
 
 
 def test_pcie_devsta_w1c_and_devctl_rw(tiny):
@@ -163,17 +164,17 @@ def test_pcie_devsta_w1c_and_devctl_rw(tiny):
     cfg_write16(tiny, PCIE_OFFSET + 8, 0x000F)                          # error reporting enables
     assert cfg_read16(tiny, PCIE_OFFSET + 8) == 0x000F
     cfg_write32(tiny, PCIE_OFFSET + 4, 0)                               # DevCap read-only
-    assert cfg_read32(tiny, PCIE_OFFSET + 4) & pf.PCI_EXP_DEVCAP_FLR
+    assert cfg_read32(tiny, PCIE_OFFSET + 4) & pci.PCI_EXP_DEVCAP_FLR
 
 
 def test_flr_resets_function_state_but_keeps_memory_and_poison(tiny):
-    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MEMORY)
+    cfg_write16(tiny, pci.PCI_COMMAND, pci.PCI_COMMAND_MEMORY)
     cfg_write32(tiny, 0x10, 0xE0000000)
     tiny.region_write(2, 0x1000, b"keep")
     tiny.poison.inject(bar=2, offset=0x2000)
     tiny.region_write(0, 0x40, struct.pack("<I", 0xABCD))               # scratch register
-    cfg_write16(tiny, PCIE_OFFSET + 8, pf.PCI_EXP_DEVCTL_BCR_FLR)
-    assert cfg_read16(tiny, PCIE_OFFSET + 8) & pf.PCI_EXP_DEVCTL_BCR_FLR == 0   # reads back 0
+    cfg_write16(tiny, PCIE_OFFSET + 8, pci.PCI_EXP_DEVCTL_BCR_FLR)
+    assert cfg_read16(tiny, PCIE_OFFSET + 8) & pci.PCI_EXP_DEVCTL_BCR_FLR == 0   # reads back 0
     assert cfg_read16(tiny, PCIE_OFFSET + 8) == 0x2910                  # reset value
     assert cfg_read32(tiny, 0x10) == 0 and not tiny.memory_enabled
     assert tiny.region_read(0, 0x40, 4) == bytes(4)
@@ -184,10 +185,10 @@ def test_flr_resets_function_state_but_keeps_memory_and_poison(tiny):
 def test_aer_registers(tiny):
     base = AER_OFFSET
     header = pf.ExtCapHeader.parse(tiny.region_read(CFG, base, 4))
-    assert (header.cap_id, header.version, header.next) == (pf.PCI_EXT_CAP_ID_ERR, 2, 0)
-    tiny.config.set_field(base + 4, 4, pf.PCI_ERR_UNC_POISON_TLP | pf.PCI_ERR_UNC_UNSUP)
-    cfg_write32(tiny, base + 4, pf.PCI_ERR_UNC_POISON_TLP)            # W1C
-    assert cfg_read32(tiny, base + 4) == pf.PCI_ERR_UNC_UNSUP
+    assert (header.cap_id, header.version, header.next) == (pci.PCI_EXT_CAP_ID_ERR, 2, 0)
+    tiny.config.set_field(base + 4, 4, pci.PCI_ERR_UNC_POISON_TLP | pci.PCI_ERR_UNC_UNSUP)
+    cfg_write32(tiny, base + 4, pci.PCI_ERR_UNC_POISON_TLP)            # W1C
+    assert cfg_read32(tiny, base + 4) == pci.PCI_ERR_UNC_UNSUP
     cfg_write32(tiny, base + 8, 0xFFFFFFFF)                           # mask: defined bits only
     assert cfg_read32(tiny, base + 8) == 0x03FFF030
     cfg_write32(tiny, base + 0x18, 0xFFFFFFFF)                        # cap/control read-only here
@@ -215,12 +216,12 @@ def test_out_of_range_config_access_is_einval(tiny, off, count):
 
 
 def test_full_4k_read_matches_construct_view(tiny):
-    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MEMORY)
+    cfg_write16(tiny, pci.PCI_COMMAND, pci.PCI_COMMAND_MEMORY)
     cfg_write32(tiny, 0x18, 0xFC000000)
     cfg_write32(tiny, 0x1C, 0x00000200)
     raw = tiny.region_read(CFG, 0, 4096)
     header = pf.Type0Header.parse(raw)
-    assert header.command == pf.PCI_COMMAND_MEMORY
+    assert header.command == pci.PCI_COMMAND_MEMORY
     assert header.bars[2] == 0xFC00000C and header.bars[3] == 0x200
     assert header.class_code == 0x030200
     assert pf.Type0Header.build(header) == raw[:64]
@@ -230,8 +231,8 @@ def test_full_4k_read_matches_construct_view(tiny):
 
 
 def test_device_reset_restores_config(tiny):
-    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MEMORY | pf.PCI_COMMAND_MASTER)
-    cfg_write16(tiny, MSIX_OFFSET + 2, pf.PCI_MSIX_FLAGS_ENABLE)
+    cfg_write16(tiny, pci.PCI_COMMAND, pci.PCI_COMMAND_MEMORY | pci.PCI_COMMAND_MASTER)
+    cfg_write16(tiny, MSIX_OFFSET + 2, pci.PCI_MSIX_FLAGS_ENABLE)
     before = bytes(tiny.config._image)
     tiny.reset()
     assert tiny.region_read(CFG, 0, 4096) == before
@@ -280,11 +281,11 @@ class TestResizableBar:
 def test_memory_enable_listener(tiny):
     seen = []
     tiny.add_memory_enable_listener(seen.append)
-    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MASTER)          # no change of MEM
-    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MEMORY)
-    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MEMORY | pf.PCI_COMMAND_MASTER)
-    tiny.region_write(CFG, pf.PCI_COMMAND, b"\x00")                    # byte write turns it off
-    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_MEMORY)
+    cfg_write16(tiny, pci.PCI_COMMAND, pci.PCI_COMMAND_MASTER)          # no change of MEM
+    cfg_write16(tiny, pci.PCI_COMMAND, pci.PCI_COMMAND_MEMORY)
+    cfg_write16(tiny, pci.PCI_COMMAND, pci.PCI_COMMAND_MEMORY | pci.PCI_COMMAND_MASTER)
+    tiny.region_write(CFG, pci.PCI_COMMAND, b"\x00")                    # byte write turns it off
+    cfg_write16(tiny, pci.PCI_COMMAND, pci.PCI_COMMAND_MEMORY)
     tiny.reset()                                                       # reset turns it off too
     assert seen == [True, False, True, False]
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hugepfn.device import cper, pci_formats as pf, poison_store
+from hugepfn.abi import cper, pci
+from hugepfn.device import pci_formats as pf, poison_store
 from hugepfn.device.config_layout import (AER_OFFSET, MSIX_OFFSET, PCIE_OFFSET, PM_OFFSET,
                                           REBAR_OFFSET, VNDR_OFFSET, VNDR_LENGTH)
 from hugepfn.device.gpu import GpuDevice
@@ -35,7 +36,7 @@ def images():
 
 def test_header_roundtrip(images):
     for raw in images.values():
-        header = roundtrip(pf.Type0Header, raw[:pf.HEADER_SIZE])
+        header = roundtrip(pf.Type0Header, raw[:pci.HEADER_SIZE])
         assert header.capabilities_ptr == PM_OFFSET
 
 
@@ -68,7 +69,7 @@ def test_capability_sizes():
 def test_rebar_roundtrip(images):
     fmt = pf.rebar_cap(1)
     value = roundtrip(fmt, images["rebar"][REBAR_OFFSET:REBAR_OFFSET + 12])
-    assert value.header.cap_id == pf.PCI_EXT_CAP_ID_REBAR
+    assert value.header.cap_id == pci.PCI_EXT_CAP_ID_REBAR
 
 
 @given(cap_id=u16, version=st.integers(0, 15), nxt=st.integers(0, 0xFFF))

@@ -5,9 +5,9 @@ import struct
 
 import pytest
 
-from hugepfn.device import interface as vfio
-from hugepfn.device import pci_formats as pf
-from hugepfn.device import registers as r
+from hugepfn.abi import vfio
+from hugepfn.abi import pci
+from hugepfn.abi import registers as r
 from hugepfn.device.config_layout import MSIX_OFFSET
 from hugepfn.device.msix import msix_bar_layout
 
@@ -17,7 +17,7 @@ MSIX, INTX, ERR = vfio.VFIO_PCI_MSIX_IRQ_INDEX, vfio.VFIO_PCI_INTX_IRQ_INDEX, vf
 
 
 def enable_msix(dev, mask_all=False):
-    value = pf.PCI_MSIX_FLAGS_ENABLE | (pf.PCI_MSIX_FLAGS_MASKALL if mask_all else 0)
+    value = pci.PCI_MSIX_FLAGS_ENABLE | (pci.PCI_MSIX_FLAGS_MASKALL if mask_all else 0)
     cfg_write16(dev, MSIX_OFFSET + 2, value)
 
 
@@ -151,14 +151,14 @@ def test_err_index_when_msix_disabled(tiny, sink):
 
 
 def test_intx_disable_and_level_semantics(tiny, sink):
-    cfg_write16(tiny, pf.PCI_COMMAND, pf.PCI_COMMAND_INTX_DISABLE)
+    cfg_write16(tiny, pci.PCI_COMMAND, pci.PCI_COMMAND_INTX_DISABLE)
     ring(tiny, 0)
     assert sink.calls == []
-    assert tiny.region_read(7, pf.PCI_STATUS, 2)[0] & pf.PCI_STATUS_INTERRUPT
-    cfg_write16(tiny, pf.PCI_COMMAND, 0)                  # still asserted: delivered now
+    assert tiny.region_read(7, pci.PCI_STATUS, 2)[0] & pci.PCI_STATUS_INTERRUPT
+    cfg_write16(tiny, pci.PCI_COMMAND, 0)                  # still asserted: delivered now
     assert sink.calls == [(INTX, 0)]
     tiny.region_write(0, r.REG_STATUS, struct.pack("<I", r.STATUS_INTX))    # deassert
-    assert not tiny.region_read(7, pf.PCI_STATUS, 2)[0] & pf.PCI_STATUS_INTERRUPT
+    assert not tiny.region_read(7, pci.PCI_STATUS, 2)[0] & pci.PCI_STATUS_INTERRUPT
     assert not tiny.region_read(0, r.REG_STATUS, 1)[0] & r.STATUS_INTX
 
 
@@ -195,6 +195,6 @@ def test_no_interrupt_pin_means_no_intx(tmp_path):
         rec = Recorder()
         dev.set_interrupt_sink(rec)
         assert dev.irq_info(INTX).count == 0
-        assert dev.region_read(7, pf.PCI_INTERRUPT_PIN, 1) == b"\0"
+        assert dev.region_read(7, pci.PCI_INTERRUPT_PIN, 1) == b"\0"
         ring(dev, 0)
         assert rec.calls == [] and not dev.intx_asserted

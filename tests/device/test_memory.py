@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from hugepfn.device import interface as vfio
+from hugepfn.abi import vfio
 from hugepfn.device.gpu import GpuDevice
 from hugepfn.device.interface import SparseArea
 

@@ -6,8 +6,8 @@ import tomllib
 
 import pytest
 
-from hugepfn.device.profiles import (GiB, MiB, ProfileError, format_size, load_profile, parse_size,
-                                     profile_from_dict)
+from hugepfn.abi.sizes import format_size, parse_size
+from hugepfn.device.profiles import GiB, MiB, ProfileError, load_profile, profile_from_dict
 from hugepfn.fixtures import PROFILES
 
 
@@ -35,8 +35,8 @@ def test_load_by_path(tmp_path):
 
 
 def test_sizes():
-    assert parse_size("64KiB", "x") == 65536 and parse_size("8G", "x") == 8 * GiB
-    assert parse_size(4096, "x") == 4096 and parse_size("1 TiB", "x") == 1 << 40
+    assert parse_size("64KiB") == 65536 and parse_size("8G") == 8 * GiB
+    assert parse_size(4096) == 4096 and parse_size("1 TiB") == 1 << 40
     assert format_size(96 * GiB + 6 * MiB) == "98310MiB" and format_size(8 * GiB) == "8GiB"
 
 
@@ -69,7 +69,7 @@ DELETE = object()
     (("msix", "vectors"), 0, "msix.vectors: 0x0 is outside"),
     (("msix", "error_vector"), 8, "msix.error_vector: 8 >= msix.vectors 8"),
     (("errors", "repair_by_write"), "yes", "errors.repair_by_write: expected bool"),
-    (("bar", 1, "size"), "64MiX", "bar[2].size: '64MiX' is not a size"),
+    (("bar", 1, "size"), "64MiX", "bar[2].size: expected a size such as 4K, 0x1000, 8GiB or 1_000, got '64MiX'"),
     (("bar", 1, "size"), "96MiB", "bar[2].size: 0x6000000 must be a power of two"),
     (("bar", 1, "size"), "256TiB", "bar[2].size: 0x1000000000000 must be a power of two"),
     (("bar", 1, "memory_size"), "128MiB", "bar[2].memory_size: 128MiB exceeds the BAR size 64MiB"),

@@ -6,10 +6,10 @@ import struct
 
 import pytest
 
-from hugepfn.device import registers as r
-from hugepfn.device.cper import ERROR_RECORD_SIZE, parse_record
+from hugepfn.abi import registers as r
+from hugepfn.abi.cper import ERROR_RECORD_SIZE, parse_record
 from hugepfn.device.gpu import GpuDevice
-from hugepfn.device.interface import VFIO_PCI_INTX_IRQ_INDEX
+from hugepfn.abi.vfio import VFIO_PCI_INTX_IRQ_INDEX
 
 from .conftest import Recorder
 

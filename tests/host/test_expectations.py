@@ -108,7 +108,7 @@ def test_numbers_may_be_integers_or_strings(right):
     ('colour = 1', "step 2 (access): expect: unknown key 'colour' (expected ret, calls, mapped, signals, log, "
                    "log_has, events)"),
     ('mapped = { level = "pmd", va = "far" }',
-     'step 2 (access): expect.mapped.va: expected an integer or a size string such as "2M", got \'far\''),
+     "step 2 (access): expect.mapped.va: expected a size such as 4K, 0x1000, 8GiB or 1_000, got 'far'"),
     ('calls = [[3, "VM_FAULT_NOPAGE"]]',
      "step 2 (access): expect.calls[0]: expected [order 0|9|18, \"VM_FAULT_...\"], got [3, 'VM_FAULT_NOPAGE']"),
     ('signals = [{ tid = "ten" }]', "step 2 (access): expect.signals[0].tid: expected an integer, got 'ten'"),

@@ -92,7 +92,7 @@ def scenario_with(step=None, **top):
 
 @pytest.mark.parametrize("data,message", [
     (scenario_with({"do": "access", "tid": 10, "addr": "zz"}),
-     'step 1 (access): addr: expected an integer or a size string such as "2M", got \'zz\''),
+     "step 1 (access): addr: expected a size such as 4K, 0x1000, 8GiB or 1_000, got 'zz'"),
     (scenario_with({"do": "access", "tid": 10}), "step 1 (access): addr: missing"),
     (scenario_with({"do": "access", "tid": 12, "addr": 0}), "step 1 (access): tid: no thread with tid 12"),
     (scenario_with({"do": "access", "tid": 10, "addr": 0, "colour": 1}),

@@ -78,7 +78,7 @@ def test_status_text_and_json(served):
     (["--bar", "2", "--offset", "0", "--granularity", "3K"],
      "hugepfn inject: error: granularity 0xc00 must be a power of two from 64 B to 1 GiB", 2),
     (["--bar", "2", "--offset", "banana"],
-     "hugepfn inject: error: offset: 'banana' is not a number (use e.g. 4096, 0x1000, 4K, 2MiB)", 2),
+     "hugepfn inject: error: offset: expected a size such as 4K, 0x1000, 8GiB or 1_000, got 'banana'", 2),
 ])
 def test_inject_errors_are_one_line(served, args, message, status):
     done = hugepfn("inject", "--socket", str(served), *args)

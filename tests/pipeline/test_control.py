@@ -11,7 +11,7 @@ import pytest
 
 from hugepfn.device.control import (MAX_LINE, ControlClient, ControlError, ControlServer, control_path,
                                     describe_injection)
-from hugepfn.device.cper import CPER_MEM_ERR_PARITY
+from hugepfn.abi.cper import CPER_MEM_ERR_PARITY
 
 
 def test_control_path_is_the_vfio_user_socket_plus_ctl():
@@ -98,10 +98,10 @@ HOSTILE = [
     (b'{"op": "inject", "bar": true, "offset": 0}', "bar: expected a BAR index, got True"),
     (b'{"op": "inject", "bar": "2", "offset": 0}', "bar: expected a BAR index, got '2'"),
     (b'{"op": "inject", "bar": 0, "offset": 0}', "BAR 0 is not a memory BAR (memory BARs: 2)"),
-    (b'{"op": "inject", "bar": 2, "offset": -1}', "offset: -1 is out of range"),
-    (b'{"op": "inject", "bar": 2, "offset": 18446744073709551616}', "offset: 18446744073709551616 is out of range"),
-    (b'{"op": "inject", "bar": 2, "offset": "lots"}', "offset: 'lots' is not a number"),
-    (b'{"op": "inject", "bar": 2, "offset": 1.5}', "offset: expected a number, got 1.5"),
+    (b'{"op": "inject", "bar": 2, "offset": -1}', "offset: must not be negative, got -1"),
+    (b'{"op": "inject", "bar": 2, "offset": 18446744073709551616}', "offset: must be below 0x10000000000000000, got 18446744073709551616"),
+    (b'{"op": "inject", "bar": 2, "offset": "lots"}', "offset: expected a size such as 4K, 0x1000, 8GiB or 1_000, got 'lots'"),
+    (b'{"op": "inject", "bar": 2, "offset": 1.5}', "offset: expected a size such as 4K, 0x1000, 8GiB or 1_000, got 1.5"),
     (b'{"op": "inject", "bar": 2, "offset": "0x4000000"}', "offset 0x4000000 is outside BAR 2's 0x4000000 bytes"),
     (b'{"op": "inject", "bar": 2, "offset": 0, "granularity": 3}', "granularity 0x3 must be a power of two"),
     (b'{"op": "inject", "bar": 2, "offset": 0, "granularity": "2G"}', "granularity 0x80000000 must be a power of two"),

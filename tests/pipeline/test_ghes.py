@@ -9,7 +9,7 @@ import errno
 
 import pytest
 
-from hugepfn.device.cper import CPER_MEM_ERR_MULTI_ECC
+from hugepfn.abi.cper import CPER_MEM_ERR_MULTI_ECC
 from hugepfn.host.events import subscriber
 from hugepfn.host.events import publisher as make_publisher
 from hugepfn.host.ghes import MEMORY_FAILURE_FIFO_SIZE, GhesErrorSource
@@ -253,7 +253,7 @@ def test_bad_arguments_are_value_errors(setup):
 def test_records_firmware_cannot_translate_or_that_claim_too_much_are_bounded(setup):
     """A record is the device's word: a BAR that does not exist is reported without an address
     (no memory_failure); a length beyond its granularity marks at most the granularity."""
-    from hugepfn.device.cper import build_record
+    from hugepfn.abi.cper import build_record
     from hugepfn.host.memory_failure import memory_failure_of
 
     served, host, ghes = setup()
@@ -273,7 +273,7 @@ def test_a_synchronous_record_that_queues_nothing_kills_the_consumer(setup, kern
     """ghes_do_proc's `sync && !queued` force_sig(SIGBUS) is in Debian's 6.1, 6.12 and 7.3
     sources alike (drivers/acpi/apei/ghes.c), so every profile kills."""
     killed = True
-    from hugepfn.device.cper import build_record
+    from hugepfn.abi.cper import build_record
 
     served, host, ghes = setup(kernel=kernel, register=False, mode="sync", current=4243)
     served.device.registers.queue.push(build_record(sequence=7, bar=9, bar_offset=0, length=4096, dpa=0,

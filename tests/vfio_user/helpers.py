@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 
-from hugepfn.device.vfio_user import wire
-from hugepfn.device.vfio_user.wire import Command
+from hugepfn.abi import vfio_user as wire
+from hugepfn.abi.vfio_user import Command
 from hugepfn.host.vfio_user import VfioUserClient, VfioUserError
 
 QEMU_CAPS = {"migration": {"pgsize": 4096, "max_bitmap_size": 268435456}, "max_msg_fds": 16,

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from hugepfn.device.vfio_user import wire
+from hugepfn.abi import vfio_user as wire
 from hugepfn.device.vfio_user.transport import send_with_fds
 from hugepfn.host.vfio_user import VfioUserClient
 

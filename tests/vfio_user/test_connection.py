@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from hugepfn.device.interface import VFIO_PCI_MSIX_IRQ_INDEX
+from hugepfn.abi.vfio import VFIO_PCI_MSIX_IRQ_INDEX
 from hugepfn.device.vfio_user import backends
 from hugepfn.device.vfio_user.transport import listen_unix
 from hugepfn.host.vfio_user import VfioUserClient, VfioUserProtocolError

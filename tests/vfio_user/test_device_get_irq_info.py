@@ -5,8 +5,8 @@ import errno
 
 import pytest
 
-from hugepfn.device.interface import VFIO_IRQ_INFO_EVENTFD
-from hugepfn.device.vfio_user import wire
+from hugepfn.abi.vfio import VFIO_IRQ_INFO_EVENTFD
+from hugepfn.abi import vfio_user as wire
 
 from .helpers import Command, error_of, still_answers
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import errno
 
-from hugepfn.device.vfio_user import wire
+from hugepfn.abi import vfio_user as wire
 
 from .helpers import Command, error_of, still_answers
 

@@ -1,7 +1,7 @@
 """DEVICE_RESET: the device resets (registers, MSI-X); memory and IRQ wiring survive."""
 from __future__ import annotations
 
-from hugepfn.device.interface import VFIO_PCI_MSIX_IRQ_INDEX
+from hugepfn.abi.vfio import VFIO_PCI_MSIX_IRQ_INDEX
 
 from .helpers import wait_irq
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from hugepfn.device.vfio_user import wire
+from hugepfn.abi import vfio_user as wire
 
 from .helpers import Command, error_of, memfd, still_answers
 

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from hugepfn.device.vfio_user import backends, wire
+from hugepfn.abi import vfio_user as wire
+from hugepfn.device.vfio_user import backends
 from hugepfn.device.vfio_user.limits import ConnectionLimits
 from hugepfn.host.vfio_user import VfioUserClient, VfioUserProtocolError
 

@@ -22,7 +22,8 @@ import time
 
 import pytest
 
-from hugepfn.device import interface as vfio
+from hugepfn.abi import vfio
+from hugepfn.device.interface import IrqInfo, RegionInfo, SparseArea
 from hugepfn.device.vfio_user import backend_libvfio_user as lvu
 
 AVAILABLE, REASON = lvu.is_available()
@@ -72,17 +73,17 @@ class SmallDevice:
 
     def region_info(self, index):
         if index == self.bar0_index:
-            return vfio.RegionInfo(index, self.bar0_size, 0x7, fd=self.memfd,
-                                   sparse_areas=(vfio.SparseArea(4096, self.bar0_size - 4096),),
+            return RegionInfo(index, self.bar0_size, 0x7, fd=self.memfd,
+                                   sparse_areas=(SparseArea(4096, self.bar0_size - 4096),),
                                    is_64bit=self.bar0_64bit, prefetchable=self.bar0_64bit)
         if index == 2:
-            return vfio.RegionInfo(2, BAR2_SIZE, 0x3)
+            return RegionInfo(2, BAR2_SIZE, 0x3)
         if index == vfio.VFIO_PCI_CONFIG_REGION_INDEX:
-            return vfio.RegionInfo(index, 4096, 0x3)
-        return vfio.RegionInfo(index, 0, 0)
+            return RegionInfo(index, 4096, 0x3)
+        return RegionInfo(index, 0, 0)
 
     def irq_info(self, index):
-        return vfio.IrqInfo(index, self.IRQ_COUNTS[index])
+        return IrqInfo(index, self.IRQ_COUNTS[index])
 
     def _check(self, index, offset, count):
         size = self.region_info(index).size

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hugepfn.device.vfio_user import wire
+from hugepfn.abi import vfio_user as wire
 from hugepfn.device.vfio_user.transport import send_with_fds
 from hugepfn.host.vfio_user import VfioUserClient, VfioUserProtocolError
 

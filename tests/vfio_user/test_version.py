@@ -5,7 +5,7 @@ import errno
 
 import pytest
 
-from hugepfn.device.vfio_user import wire
+from hugepfn.abi import vfio_user as wire
 from hugepfn.host.vfio_user import VfioUserClient, VfioUserProtocolError
 
 from .helpers import QEMU_CAPS, Command, error_of, still_answers

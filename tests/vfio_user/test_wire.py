@@ -6,7 +6,7 @@ from construct import Container
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hugepfn.device.vfio_user import wire
+from hugepfn.abi import vfio_user as wire
 
 u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFF_FFFF)

@@ -1,0 +1,168 @@
+"""Cutting a vfio-user byte stream into messages: the one framer of the server engine, the host's
+client and the libvfio-user backend's large-write path.
+
+A message is a 16-byte header whose ``msg_size`` counts the whole message, then its payload; the
+fds SCM_RIGHTS brought while a message was assembled belong to that message.  A ``msg_size``
+below the header or above ``max_msg_size`` leaves the start of the next message unknowable: the
+stream cannot be framed any further.
+
+``Framer`` is sans-IO: bytes and fds in, one ``message_received`` call per whole message out.  The
+engine is a Framer (so a message costs no call more than its handler); ``read_message`` frames one
+message off a blocking socket with the same Framer.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from hugepfn.abi.vfio_user import HEADER, HEADER_SIZE
+
+from .transport import recvmsg_fds
+
+
+class Unframeable(ValueError):
+    """A header whose msg_size cannot be: where the next message starts is unknowable."""
+
+    def __init__(self, msg_id: int, cmd: int, flags: int, size: int, max_msg_size: int):
+        super().__init__(f"msg_size {size} outside {HEADER_SIZE}..{max_msg_size}")
+        self.msg_id, self.cmd, self.flags, self.size = msg_id, cmd, flags, size
+
+
+class Framer:
+    """Assembles messages from stream chunks.  Subclasses implement ``message_received`` (one
+    whole message: header fields, payload, the fds that came with it, whether fds were lost to
+    MSG_CTRUNC), ``unframeable`` and ``connection_lost``; the last two end the stream: they
+    set ``stream_ended`` and clear what is buffered (``reset_framing``)."""
+
+    def __init__(self, max_msg_size: int):
+        self.max_msg_size = max_msg_size
+        self.stream_ended = False
+        self._buf = bytearray()
+        self._fds: list[int] = []                 # fds of the message being assembled
+        self._fds_lost = False                    # the kernel dropped fds of this message (MSG_CTRUNC)
+
+    # -- what the reader asks -------------------------------------------------------------
+    @property
+    def assembling(self) -> bool:
+        """Part of a message has arrived and the rest has not."""
+        return bool(self._buf)
+
+    @property
+    def assembled_bytes(self) -> int:
+        """How much of the message being assembled has arrived."""
+        return len(self._buf)
+
+    def next_read_size(self) -> int:
+        """Bytes still needed to complete the message being assembled (>= 1): reading no more
+        than this keeps the fds of each recvmsg() with exactly one message."""
+        have = len(self._buf)
+        if have < HEADER_SIZE:
+            return HEADER_SIZE - have
+        size = HEADER.unpack_from(self._buf)[2]
+        if HEADER_SIZE <= size <= self.max_msg_size and size > have:
+            return size - have
+        return HEADER_SIZE
+
+    # -- feeding ----------------------------------------------------------------------------
+    def receive_data(self, data: bytes, fds: list[int] | tuple[int, ...] = (), fds_lost: bool = False) -> None:
+        """Feed bytes and the fds that came with them; b"" means end of stream.
+
+        ``fds_lost``: the transport saw MSG_CTRUNC, the peer attached more fds than it
+        had room for (the kernel closed the rest); the message those bytes belong to is
+        handed on with ``fds_lost`` set.
+        """
+        if self.stream_ended:
+            close_fds(fds)
+            return
+        if fds:
+            self._fds.extend(fds)
+        if fds_lost:
+            self._fds_lost = True
+        if not data:
+            self.connection_lost("peer closed the connection")
+            return
+        buf = self._buf
+        buf += data
+        # A handler that ends the stream clears the buffer, which ends this loop.
+        while len(buf) >= HEADER_SIZE:
+            msg_id, cmd, size, flags, error_no = HEADER.unpack_from(buf)
+            if size < HEADER_SIZE or size > self.max_msg_size:
+                self.unframeable(Unframeable(msg_id, cmd, flags, size, self.max_msg_size))
+                return
+            if len(buf) < size:
+                break
+            payload = bytes(buf[HEADER_SIZE:size])
+            del buf[:size]
+            fds = self._fds
+            if fds:
+                self._fds = []
+            fds_lost, self._fds_lost = self._fds_lost, False
+            self.message_received(msg_id, cmd, flags, error_no, payload, fds, fds_lost)
+
+    def reset_framing(self) -> None:
+        """End the stream: close the fds of the message being assembled, drop its bytes."""
+        self.stream_ended = True
+        close_fds(self._fds)
+        self._fds = []
+        self._fds_lost = False
+        self._buf.clear()
+
+    # -- what a subclass does -----------------------------------------------------------------
+    def message_received(self, msg_id: int, cmd: int, flags: int, error_no: int, payload: bytes,
+                         fds: list[int], fds_lost: bool) -> None:
+        raise NotImplementedError
+
+    def unframeable(self, error: Unframeable) -> None:
+        raise NotImplementedError
+
+    def connection_lost(self, reason: str = "connection lost") -> None:
+        raise NotImplementedError
+
+
+class _OneMessage(Framer):
+    """A Framer that keeps the first whole message (and refuses what follows it)."""
+
+    def __init__(self, max_msg_size: int):
+        super().__init__(max_msg_size)
+        self.message: tuple | None = None
+        self.error: Exception | None = None
+
+    def message_received(self, msg_id, cmd, flags, error_no, payload, fds, fds_lost):
+        self.message = (msg_id, cmd, flags, error_no, payload, tuple(fds))
+        self.reset_framing()
+
+    def unframeable(self, error: Unframeable) -> None:
+        self.error = error
+        self.reset_framing()
+
+    def connection_lost(self, reason: str = "connection lost") -> None:
+        self.error = ConnectionResetError(reason)
+        self.reset_framing()
+
+
+def read_message(sock: socket.socket, max_msg_size: int, max_fds: int = 16, deadline: float | None = None,
+                 flags: int = 0) -> tuple[int, int, int, int, bytes, tuple[int, ...]]:
+    """One whole message off ``sock``: (msg_id, cmd, flags, error_no, payload, fds), read up to
+    its end and no further.  Raises Unframeable (a ValueError) for an impossible msg_size,
+    ConnectionResetError at end of stream, TimeoutError past ``deadline`` (time.monotonic), and
+    what the socket raises (BlockingIOError on a non-blocking socket with nothing there)."""
+    framer = _OneMessage(max_msg_size)
+    while framer.message is None:
+        if framer.error is not None:
+            raise framer.error
+        if deadline is not None and time.monotonic() >= deadline:
+            arrived = framer.assembled_bytes
+            framer.reset_framing()
+            raise TimeoutError(f"message left incomplete ({arrived} bytes of it arrived)")
+        data, fds, lost = recvmsg_fds(sock, framer.next_read_size(), max_fds, flags)
+        framer.receive_data(data, fds, lost)
+    return framer.message
+
+
+def close_fds(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
