@@ -34,7 +34,6 @@ STATUS_ERRQ_PENDING = 1 << 1    # RO  the error queue is not empty
 STATUS_ERRQ_OVERFLOW = 1 << 2   # W1C a record was dropped; writing 1 also zeroes ERRQ_LOST
 STATUS_POISON = 1 << 3          # RO  some device memory is poisoned
 STATUS_INTX = 1 << 4            # W1C INTx is asserted; writing 1 deasserts it
-STATUS_W1C = STATUS_ERRQ_OVERFLOW | STATUS_INTX
 
 CONTROL_ERR_IRQ = 1 << 0        # RW  raise the error interrupt when a record is queued (default 1)
 CONTROL_RW = CONTROL_ERR_IRQ

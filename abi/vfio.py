@@ -9,7 +9,6 @@ VFIO_PCI_BAR0_REGION_INDEX = 0
 VFIO_PCI_BAR5_REGION_INDEX = 5
 VFIO_PCI_ROM_REGION_INDEX = 6
 VFIO_PCI_CONFIG_REGION_INDEX = 7
-VFIO_PCI_VGA_REGION_INDEX = 8
 VFIO_PCI_NUM_REGIONS = 9
 
 # VFIO PCI IRQ indexes.
@@ -32,9 +31,6 @@ VFIO_REGION_INFO_FLAG_CAPS = 1 << 3
 
 # struct vfio_irq_info flags.
 VFIO_IRQ_INFO_EVENTFD = 1 << 0
-VFIO_IRQ_INFO_MASKABLE = 1 << 1
-VFIO_IRQ_INFO_AUTOMASKED = 1 << 2
-VFIO_IRQ_INFO_NORESIZE = 1 << 3
 
 # struct vfio_device_feature flags, and the features the host model's low-power steps use.
 VFIO_DEVICE_FEATURE_SET = 1 << 17

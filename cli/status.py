@@ -27,9 +27,11 @@ def render(status: dict) -> str:
              + (f" ({status['clients_served']} served so far)" if status.get("clients_served") is not None else "")]
     vu = status.get("vfio_user")
     if vu is not None:
-        lines.append(f"  vfio-user: {len(vu.get('dma_windows', []))} DMA window(s), "
-                     f"{len(vu.get('irq_eventfds', []))} interrupt eventfd(s) wired, "
-                     f"{vu.get('clients_refused', 0)} client(s) refused")
+        facts = [f"{len(vu.get('dma_windows', []))} DMA window(s)"]
+        if "irq_eventfds" in vu:            # libvfio-user keeps its eventfds to itself
+            facts.append(f"{len(vu['irq_eventfds'])} interrupt eventfd(s) wired")
+        facts.append(f"{vu.get('clients_refused', 0)} client(s) refused")
+        lines.append("  vfio-user: " + ", ".join(facts))
     for bar in status["bars"]:
         extra = ""
         if bar["kind"] == "memory":

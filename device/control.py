@@ -26,12 +26,15 @@ import socket
 import socketserver
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hugepfn.abi.cper import MEMORY_ERROR_TYPES
 from hugepfn.abi.sizes import format_size, parse_size
 from hugepfn.device.poison import DEFAULT_GRANULARITY
 from hugepfn.device.vfio_user.transport import connect_unix, listen_unix
+
+if TYPE_CHECKING:
+    from hugepfn.device.vfio_user.backends import VfioUserBackend
 
 CONTROL_SUFFIX = ".ctl"
 MAX_LINE = 64 * 1024          # a request longer than this is refused, not buffered forever
@@ -193,7 +196,7 @@ class ControlServer:
         with device.poison.lock:
             event = device.inject_poison(bar=bar, offset=offset, dpa=dpa, granularity=granularity,
                                          error_type=error_type)
-            sequence = device_sequence(device)
+            sequence = device.error_sequence
         return {"bar": event.bar, "offset": event.offset, "length": event.length, "dpa": event.dpa,
                 "granularity": event.granularity, "error_type": _ERROR_TYPE_NAMES.get(event.error_type,
                                                                                       event.error_type),
@@ -220,25 +223,7 @@ class ControlServer:
         return device_config(self.device)
 
 
-def device_sequence(device) -> int:
-    """Sequence number of the newest error record the device built (0: none yet)."""
-    return int(getattr(device, "_sequence", 0))
-
-
-def _client_state(server) -> dict:
-    if server is None:
-        return {"backend": None, "attached": None, "clients_served": None}
-    attached = getattr(server, "attached", None)
-    if attached is None:                    # the python server: the current engine's state
-        engine = getattr(server, "engine", None)
-        attached = engine is not None and getattr(engine.state, "value", "") == "ready"
-    elif callable(attached):
-        attached = attached()
-    return {"backend": getattr(server, "backend_name", None), "attached": bool(attached),
-            "clients_served": getattr(server, "clients_served", None)}
-
-
-def device_status(device, server=None) -> dict:
+def device_status(device, server: "VfioUserBackend | None" = None) -> dict:
     """What a served device holds: BARs, client, poisoned memory, error queue."""
     bars = []
     for spec in device.profile.bars:
@@ -253,12 +238,12 @@ def device_status(device, server=None) -> dict:
         pages = sum(sum(1 for _ in device.poison.poisoned_pages(bar)) for bar in device.poison.bars)
         queue = device.registers.queue
         errq = {"count": len(queue.records), "capacity": queue.capacity, "lost": queue.lost,
-                "head": queue.head, "sequence": device_sequence(device)}
-    out = {"profile": device.profile.name, **_client_state(server), "bars": bars,
+                "head": queue.head, "sequence": device.error_sequence}
+    facts = server.status() if server is not None else {}
+    client = {key: facts.get(key) for key in ("backend", "attached", "clients_served")}
+    out = {"profile": device.profile.name, **client, "bars": bars,
            "poisoned": ranges, "poisoned_pages": pages, "error_queue": errq}
-    server_status = getattr(server, "status", None)
-    if callable(server_status):             # what the backend can say about its client
-        facts = server_status()
+    if server is not None:                  # what the backend can say about its client
         out["vfio_user"] = {key: facts[key] for key in ("clients_refused", "dma_windows", "irq_eventfds")
                             if key in facts}
     return out

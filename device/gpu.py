@@ -356,6 +356,11 @@ class GpuDevice:
         return self.poison.inject(bar=bar, offset=offset, dpa=dpa, granularity=granularity,
                                   error_type=error_type)
 
+    @property
+    def error_sequence(self) -> int:
+        """Sequence number of the newest error record the device built (0: none yet)."""
+        return self._sequence
+
     def queued_errors(self) -> list[MemoryErrorRecord]:
         """The records waiting in the BAR0 error queue, decoded (does not retire them)."""
         with self._lock:

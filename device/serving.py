@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .control import ControlClient, ControlServer, control_path
 from .gpu import GpuDevice
-from .vfio_user.backends import BackendChoice, select_backend
+from .vfio_user.backends import BackendChoice, VfioUserBackend, select_backend
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Serving:
     socket_path: Path
     backend_name: str
     backend_reason: str
-    server: object
+    server: VfioUserBackend
     control_server: ControlServer | None = None
     closed: bool = field(default=False, init=False)
 
@@ -98,7 +98,7 @@ def serve(profile: str | os.PathLike, socket_path: str | os.PathLike, backend: s
         finally:
             device.close()
         raise
-    served = Serving(device, Path(socket_path), getattr(server, "backend_name", choice.name), why, server)
+    served = Serving(device, Path(socket_path), server.backend_name, why, server)
     if control:
         try:
             served.start_control()

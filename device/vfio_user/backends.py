@@ -1,15 +1,16 @@
-"""Choosing a vfio-user backend.
+"""Choosing a vfio-user backend, and what every backend's server is (``VfioUserBackend``).
 
 Each backend module exposes ``is_available() -> (bool, reason)`` and a class
-``Server(device, socket_path)`` with ``start()``, ``serve_forever()``, ``close()``
-and ``backend_name``.  ``libvfio-user`` is imported lazily: a missing module or a
-missing shared library makes it unavailable, with the reason, never an ImportError.
+``Server(device, socket_path, limits=...)`` that is a ``VfioUserBackend``.
+``libvfio-user`` is imported lazily: a missing module or a missing shared library
+makes it unavailable, with the reason, never an ImportError.
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Protocol, runtime_checkable
 
 BACKEND_MODULES = {
     "libvfio-user": "hugepfn.device.vfio_user.backend_libvfio_user",
@@ -17,6 +18,29 @@ BACKEND_MODULES = {
 }
 AUTO_ORDER = ("libvfio-user", "python")   # prefer the reference implementation when present
 CHOICES = ("auto", *BACKEND_MODULES)
+
+
+@runtime_checkable
+class VfioUserBackend(Protocol):
+    """A vfio-user server of one device, whichever backend runs it (both derive from
+    hugepfn.device.vfio_user.server_loop.ServerLoop)."""
+
+    backend_name: str                     # "python" | "libvfio-user"
+
+    @property
+    def attached(self) -> bool:
+        """A client has negotiated and is being served."""
+
+    def status(self) -> dict:
+        """backend, socket, attached, clients_served, clients_refused, clients_dropped,
+        dma_windows [(iova, size, mapped)], and what else the backend knows (irq_eventfds,
+        client_capabilities)."""
+
+    def start(self) -> "VfioUserBackend": ...
+    def serve_forever(self) -> None: ...
+    def close(self) -> None: ...
+    def dma_read(self, iova: int, size: int) -> bytes: ...
+    def dma_write(self, iova: int, data: bytes) -> None: ...
 
 
 class BackendUnavailable(ValueError):

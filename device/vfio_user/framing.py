@@ -7,18 +7,19 @@ below the header or above ``max_msg_size`` leaves the start of the next message 
 stream cannot be framed any further.
 
 ``Framer`` is sans-IO: bytes and fds in, one ``message_received`` call per whole message out.  The
-engine is a Framer (so a message costs no call more than its handler); ``read_message`` frames one
-message off a blocking socket with the same Framer.
+engine is a Framer (so a message costs no call more than its handler); a ``MessageReader`` is the
+Framer that reads messages off a blocking socket.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
 
 from hugepfn.abi.vfio_user import HEADER, HEADER_SIZE
 
-from .transport import recvmsg_fds
+from .transport import TooManyFds, recvmsg_fds
 
 
 class Unframeable(ValueError):
@@ -120,44 +121,68 @@ class Framer:
         raise NotImplementedError
 
 
-class _OneMessage(Framer):
-    """A Framer that keeps the first whole message (and refuses what follows it)."""
+class MessageReader(Framer):
+    """Reads whole messages off one blocking socket, each up to its end and no further (the host's
+    client, the libvfio-user backend's large writes).  One reader per socket, kept for its life:
+    a message costs no object but its tuple."""
 
-    def __init__(self, max_msg_size: int):
+    def __init__(self, sock: socket.socket, max_msg_size: int, max_fds: int = 16):
         super().__init__(max_msg_size)
-        self.message: tuple | None = None
-        self.error: Exception | None = None
+        self.sock = sock
+        self.max_fds = max_fds
+        self._message: tuple | None = None
+        self._error: Exception | None = None
+        self.cut_short = 0
 
     def message_received(self, msg_id, cmd, flags, error_no, payload, fds, fds_lost):
-        self.message = (msg_id, cmd, flags, error_no, payload, tuple(fds))
-        self.reset_framing()
+        if fds_lost:                       # the kernel closed the fds that did not fit
+            close_fds(fds)
+            self._message = TooManyFds(errno.EMSGSIZE, f"peer sent more than {self.max_fds} fds with a message")
+            return
+        self._message = (msg_id, cmd, flags, error_no, payload, tuple(fds))
 
     def unframeable(self, error: Unframeable) -> None:
-        self.error = error
+        self._error = error
         self.reset_framing()
 
     def connection_lost(self, reason: str = "connection lost") -> None:
-        self.error = ConnectionResetError(reason)
+        self.cut_short = self.assembled_bytes    # what had arrived of the message it left unfinished
+        self._error = ConnectionResetError(reason)
         self.reset_framing()
 
-
-def read_message(sock: socket.socket, max_msg_size: int, max_fds: int = 16, deadline: float | None = None,
-                 flags: int = 0) -> tuple[int, int, int, int, bytes, tuple[int, ...]]:
-    """One whole message off ``sock``: (msg_id, cmd, flags, error_no, payload, fds), read up to
-    its end and no further.  Raises Unframeable (a ValueError) for an impossible msg_size,
-    ConnectionResetError at end of stream, TimeoutError past ``deadline`` (time.monotonic), and
-    what the socket raises (BlockingIOError on a non-blocking socket with nothing there)."""
-    framer = _OneMessage(max_msg_size)
-    while framer.message is None:
-        if framer.error is not None:
-            raise framer.error
-        if deadline is not None and time.monotonic() >= deadline:
-            arrived = framer.assembled_bytes
-            framer.reset_framing()
-            raise TimeoutError(f"message left incomplete ({arrived} bytes of it arrived)")
-        data, fds, lost = recvmsg_fds(sock, framer.next_read_size(), max_fds, flags)
-        framer.receive_data(data, fds, lost)
-    return framer.message
+    def read(self, deadline: float | None = None) -> tuple[int, int, int, int, bytes, tuple[int, ...]]:
+        """The next message: (msg_id, cmd, flags, error_no, payload, fds).  Raises Unframeable (a
+        ValueError) for an impossible msg_size and ConnectionResetError at end of stream (both end
+        the stream: every later read raises the same), TooManyFds for a message that brought
+        more than ``max_fds`` fds (it is dropped), TimeoutError once ``deadline``
+        (time.monotonic) has passed with the message incomplete (what arrived of it stays), and
+        what the socket raises (BlockingIOError when its receive timeout expires)."""
+        sock, max_fds, max_msg_size = self.sock, self.max_fds, self.max_msg_size
+        while self._error is None:
+            if self._buf:
+                data, fds, lost = recvmsg_fds(sock, self.next_read_size(), max_fds)
+            else:
+                # A header alone, then the rest of its message in one go: the common case of a
+                # reply costs two recvmsg() and one pass through the framer.
+                data, fds, lost = recvmsg_fds(sock, HEADER_SIZE, max_fds)
+                if len(data) == HEADER_SIZE:
+                    size = HEADER.unpack_from(data)[2]
+                    if HEADER_SIZE < size <= max_msg_size:
+                        rest, more_fds, more_lost = recvmsg_fds(sock, size - HEADER_SIZE, max_fds)
+                        data += rest
+                        if more_fds or more_lost:
+                            fds = fds + more_fds
+                            lost = lost or more_lost
+            self.receive_data(data, fds, lost)
+            message = self._message
+            if message is not None:
+                self._message = None
+                if type(message) is TooManyFds:
+                    raise message
+                return message
+            if deadline is not None and time.monotonic() >= deadline and self._error is None:
+                raise TimeoutError(f"message left incomplete ({self.assembled_bytes} bytes of it arrived)")
+        raise self._error
 
 
 def close_fds(fds) -> None:

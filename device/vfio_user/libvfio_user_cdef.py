@@ -64,13 +64,8 @@ VFU_REGION_FLAG_ALWAYS_CB = 1 << 3
 VFU_REGION_FLAG_64_BITS = 1 << 4
 VFU_REGION_FLAG_PREFETCH = 1 << 5
 
-# enum vfu_reset_type
-VFU_RESET_DEVICE = 0
+# enum vfu_reset_type: the one the backend tells apart (the others are device resets).
 VFU_RESET_LOST_CONN = 1
-VFU_RESET_PCI_FLR = 2
-
-# enum vfu_dev_irq_type: same numbering as the VFIO PCI IRQ indexes.
-VFU_DEV_INTX_IRQ, VFU_DEV_MSI_IRQ, VFU_DEV_MSIX_IRQ, VFU_DEV_ERR_IRQ, VFU_DEV_REQ_IRQ = range(5)
 
 # vfu_pci_type_t and the only header type the library accepts.
 VFU_PCI_TYPE_CONVENTIONAL = 0
@@ -80,8 +75,5 @@ PCI_HEADER_TYPE_NORMAL = 0
 # The library's regions are BAR0-5, ROM, CONFIG and VGA; nothing above index 8.
 VFU_PCI_DEV_NUM_REGIONS = 9
 
-# syslog levels used by vfu_setup_log.
-LOG_ERR = 3
-LOG_WARNING = 4
+# the syslog level vfu_setup_log is given.
 LOG_INFO = 6
-LOG_DEBUG = 7

@@ -18,9 +18,7 @@ import errno
 import logging
 import os
 import select
-import signal
 import socket
-import threading
 import time
 from collections import deque
 from concurrent.futures import Future
@@ -30,6 +28,7 @@ from ..interface import ServedDevice
 from .engine import ServerEngine, State
 from .events import Disconnected, Negotiated, PeerReply
 from .limits import ConnectionLimits
+from .server_loop import ServerLoop
 from .transport import DONTWAIT, listen_unix, recvmsg_fds, send_some
 from hugepfn.abi.vfio_user import DMA_ACCESS
 
@@ -156,7 +155,7 @@ class _Connection:
         return min((when for when, _ in upcoming), default=None)
 
 
-class VfioUserServer:
+class VfioUserServer(ServerLoop):
     backend_name = "python"
 
     def __init__(self, device: ServedDevice, socket_path: str | os.PathLike,
@@ -165,6 +164,7 @@ class VfioUserServer:
         """``listener``: a socket already listening (a manager's, `hugepfn serve --fd`); the
         server then serves it as it is and neither creates nor removes ``socket_path``.
         ``limits``: how long and how much one client may hold the server."""
+        super().__init__()
         self.device = device
         self.socket_path = Path(socket_path)
         self.limits = limits or ConnectionLimits()
@@ -176,52 +176,17 @@ class VfioUserServer:
         self.clients_dropped = 0                     # closed by the server for going over a limit
         self.event_log: deque = deque(maxlen=1000)   # recent events, for status and tests
         self._listener: socket.socket | None = listener
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._stop = threading.Event()
-        self._jobs: deque = deque()                  # callables the server thread runs for others
         self._waiting: dict[int, Future] = {}        # our DMA_READ/WRITE msg_id -> its result
-        self._thread: threading.Thread | None = None
-        self._closed = False
 
     # ------------------------------------------------------------ lifecycle
     def listen(self) -> None:
         if self._listener is None:
             self._listener = listen_unix(self.socket_path)
 
-    def start(self) -> "VfioUserServer":
-        """Listen now and serve in a background thread."""
-        self.listen()
-        self._thread = threading.Thread(target=self._serve, name=f"vfio-user {self.socket_path.name}",
-                                        daemon=True)
-        self._thread.start()
-        return self
+    _prepare = listen
 
-    def serve_forever(self) -> None:
-        """Serve in this thread until close() or, in the main thread, SIGTERM/SIGINT."""
-        self.listen()
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM,):
-                previous[signum] = signal.signal(signum, lambda *_: self._request_stop())
-        try:
-            self._serve()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            self._teardown()
-
-    def close(self) -> None:
-        self._request_stop()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
-        self._teardown()
-
-    def _request_stop(self) -> None:
-        self._stop.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+    def _thread_name(self) -> str:
+        return f"vfio-user {self.socket_path.name}"
 
     def _teardown(self) -> None:
         if self._closed:
@@ -234,17 +199,14 @@ class VfioUserServer:
                     self.socket_path.unlink()
                 except FileNotFoundError:
                     pass
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._close_wake()
 
     def __enter__(self):
         return self.start()
 
-    def __exit__(self, *exc):
-        self.close()
-
     # -------------------------------------------------------------- serving
-    def _serve(self) -> None:
+    def _loop(self) -> None:
+        """Accept a client and serve it until it goes; then the next."""
         poller = select.poll()
         poller.register(self._listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
@@ -391,23 +353,11 @@ class VfioUserServer:
             client.queue_replies()
             client.flush()
 
-        self._jobs.append(job)
-        os.write(self._wake_w, b"j")
+        self._post(job)
         reply = future.result(timeout)
         if reply.error_no:
             raise OSError(reply.error_no, f"client answered DMA with {os.strerror(reply.error_no)}")
         return reply
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _run_jobs(self, client: _Connection | None) -> None:
-        while self._jobs:
-            self._jobs.popleft()(client)
 
     def _fail_waiting(self, exc: Exception) -> None:
         waiting, self._waiting = self._waiting, {}

@@ -1,10 +1,10 @@
 """AF_UNIX SOCK_STREAM plumbing for vfio-user, shared by the server and the host client.
 
 * fds travel as SCM_RIGHTS on the same sendmsg() as the message they belong to;
-* a receiver reads each header on its own (``recv_with_fds``) so the fds it gets
-  are exactly those of that message, as libvfio-user and QEMU do; the server reads
-  the rest of a message with ``recvmsg_fds`` too, so fds a peer attached to the
-  second part of a message sent in two parts belong to that message;
+* a receiver reads up to the end of the message it assembles and no further
+  (``framing.Framer.next_read_size``, ``recvmsg_fds``), so the fds it gets are
+  exactly those of that message, as libvfio-user and QEMU do, also when a peer sent
+  a message in two parts and attached fds to the second;
 * the listening socket is created with mode 0600 in a directory the user owns.
 """
 from __future__ import annotations
@@ -177,28 +177,3 @@ def recvmsg_fds(sock: socket.socket, nbytes: int, max_fds: int, flags: int = 0) 
 @functools.lru_cache(maxsize=None)
 def _cmsg_space(max_fds: int) -> int:
     return socket.CMSG_SPACE(max(max_fds, 1) * 4)
-
-
-def recv_with_fds(sock: socket.socket, nbytes: int, max_fds: int) -> tuple[bytes, list[int]]:
-    """``recvmsg_fds`` for a client: more fds than it accepts is an error (TooManyFds)."""
-    data, fds, lost = recvmsg_fds(sock, nbytes, max_fds)
-    if lost:
-        for fd in fds:
-            os.close(fd)
-        raise TooManyFds(errno.EMSGSIZE, "peer sent more fds than max_msg_fds")
-    return data, fds
-
-
-def recv_exact(sock: socket.socket, nbytes: int) -> bytes:
-    """Exactly ``nbytes`` (b"" at a clean end of stream before the first byte)."""
-    chunks = []
-    remaining = nbytes
-    while remaining:
-        chunk = sock.recv(remaining)
-        if not chunk:
-            if remaining == nbytes:
-                return b""
-            raise ConnectionResetError(errno.ECONNRESET, "peer closed in the middle of a message")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)

@@ -14,11 +14,13 @@ import os
 import socket
 from dataclasses import dataclass
 
-from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
 from hugepfn.abi import vfio_user as wire
-from hugepfn.device.vfio_user.transport import connect_unix, recv_exact, recv_with_fds, send_with_fds
+from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
 from hugepfn.abi.vfio_user import Command
+from hugepfn.device.vfio_user.framing import MessageReader, Unframeable
+from hugepfn.device.vfio_user.transport import connect_unix, send_with_fds
 
+MAX_MESSAGE = (64 << 20) + 4096       # the largest server message the client frames
 CLIENT_CAPABILITIES = {
     "max_msg_fds": 16,
     "max_data_xfer_size": 1 << 20,
@@ -93,6 +95,7 @@ class IrqInfo:
 class VfioUserClient:
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self._reader = MessageReader(sock, MAX_MESSAGE, max_fds=16)
         self._next_id = 0
         self.server_capabilities: dict = {}
         self.server_version: tuple[int, int] | None = None
@@ -162,24 +165,17 @@ class VfioUserClient:
         return msg_id
 
     def receive(self) -> Reply:
-        """The next message from the server (header read alone so fds line up)."""
+        """The next message from the server (read up to its end, so fds line up)."""
         try:
-            head, fds = recv_with_fds(self.sock, wire.HEADER_SIZE, 16)
+            return Reply(*self._reader.read())
         except BlockingIOError as exc:
             raise TimeoutError(errno.ETIMEDOUT, "no reply from the server in time") from exc
+        except Unframeable as exc:
+            raise VfioUserProtocolError(f"bad message size {exc.size} from server") from None
+        except ConnectionResetError:
+            raise VfioUserProtocolError("server closed the connection") from None
         except OSError as exc:
             raise VfioUserProtocolError(f"receive failed: {exc}") from exc
-        if not head:
-            raise VfioUserProtocolError("server closed the connection")
-        if len(head) < wire.HEADER_SIZE:
-            head += recv_exact(self.sock, wire.HEADER_SIZE - len(head))
-        msg_id, cmd, size, flags, error_no = wire.HEADER.unpack(head)
-        if size < wire.HEADER_SIZE or size > (64 << 20) + 4096:
-            for fd in fds:
-                os.close(fd)
-            raise VfioUserProtocolError(f"bad message size {size} from server")
-        payload = recv_exact(self.sock, size - wire.HEADER_SIZE) if size > wire.HEADER_SIZE else b""
-        return Reply(msg_id, cmd, flags, error_no, payload, tuple(fds))
 
     def wait_reply(self, msg_id: int, cmd: int) -> Reply:
         """Wait for the reply to (msg_id, cmd), serving server->client DMA meanwhile."""

@@ -23,16 +23,21 @@ import time
 import pytest
 
 from hugepfn.abi import vfio
+from hugepfn.abi import vfio_user as wire
+from hugepfn.abi.registers import REG_DOORBELL, REG_SCRATCH
+from hugepfn.abi.vfio_user import Command
 from hugepfn.device.interface import IrqInfo, RegionInfo, SparseArea
 from hugepfn.device.vfio_user import backend_libvfio_user as lvu
 
 AVAILABLE, REASON = lvu.is_available()
 needs_library = pytest.mark.skipif(not AVAILABLE, reason=REASON)
 
-HDR = struct.Struct("<HHIII")
-F_REPLY, F_ERROR = 0x1, 0x20
-VERSION, DMA_MAP, DMA_UNMAP, GET_INFO, REGION_INFO, IRQ_INFO, SET_IRQS = 1, 2, 3, 4, 5, 7, 8
-REGION_READ, REGION_WRITE, DEVICE_RESET = 9, 10, 13
+HDR = wire.HEADER
+F_REPLY, F_ERROR = wire.MSG_TYPE_REPLY, wire.FLAG_ERROR
+VERSION, DMA_MAP, DMA_UNMAP = Command.VERSION, Command.DMA_MAP, Command.DMA_UNMAP
+GET_INFO, REGION_INFO, IRQ_INFO = Command.DEVICE_GET_INFO, Command.DEVICE_GET_REGION_INFO, Command.DEVICE_GET_IRQ_INFO
+SET_IRQS, REGION_READ, REGION_WRITE = Command.DEVICE_SET_IRQS, Command.REGION_READ, Command.REGION_WRITE
+DEVICE_RESET = Command.DEVICE_RESET
 MiB = 1 << 20
 BAR0_SIZE = 2 * MiB
 BAR2_SIZE = 4096
@@ -623,7 +628,6 @@ def test_large_64bit_bar_is_reported_with_its_full_size(tmp_path):
 
 # -- the real GPU model behind libvfio-user -----------------------------------------------
 
-REG_SCRATCH, REG_DOORBELL = 0x40, 0x10          # device/registers.py (docs/device.md)
 MSIX_CAP = 0xA0                                 # device/config_layout.py
 
 
