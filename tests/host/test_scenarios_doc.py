@@ -79,7 +79,9 @@ def test_every_bundled_scenario_is_listed():
 
 
 def test_the_profile_table_says_what_each_profile_decides():
-    """Each row of the kernel-profile table matches hugepfn.host.kernel.PROFILES, column by column."""
+    """Each row of the kernel-profile table matches hugepfn.host.kernel.PROFILES, column by column
+    (the nvgrace-gpu columns: what that driver decides from the profile's kernel version)."""
+    from hugepfn.host.drivers.nvgrace_gpu import HUGE_FAULT_SINCE, REGISTERS_MEMORY_SINCE
     from hugepfn.host.kernel import PROFILES
 
     rows = {names(row[0]).pop(): row for row in table_after("What each kernel profile decides")}
@@ -91,5 +93,6 @@ def test_the_profile_table_says_what_each_profile_decides():
                  else "huge, fault page aligned" if p.vfio_alignment == "page" else "huge, aligned down")
         split = {"leaf": "split the leaf", "pmd": "PMD split; PUD oopses"}[p.vma_split_huge]
         assert row[1:] == [fault, yn[p.thp_sysfs_gates_pfnmap], split, yn[p.fault_vma_lock_retry],
-                           str(p.nvgrace_generation), yn[p.pfnmap_memory_failure], yn[p.nvgrace_registers_memory],
+                           "2" if p.version >= HUGE_FAULT_SINCE else "1", yn[p.pfnmap_memory_failure],
+                           yn[p.version >= REGISTERS_MEMORY_SINCE],
                            yn[p.pci_reset_warns], yn[p.thp_disable_except_advised]], name
