@@ -18,9 +18,9 @@ from bisect import bisect_right
 
 from construct import Int32ul
 
+from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX as CFG
 from hugepfn.device import pci_formats as pf
 from hugepfn.device.gpu import GpuDevice
-from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX as CFG
 from hugepfn.device.ranges import RangeSet
 
 from bench.results import record

@@ -32,12 +32,12 @@ from collections import Counter
 from pathlib import Path
 
 from bench.bench_vfio_user import _stop as stop_server
-from hugepfn.device.control import ControlClient, control_path
-from hugepfn.abi.vfio import VFIO_PCI_MSIX_IRQ_INDEX
-from hugepfn.abi.registers import REG_DOORBELL, REG_SCRATCH
 from hugepfn.abi import vfio_user as wire
-from hugepfn.device.vfio_user.transport import send_with_fds
+from hugepfn.abi.registers import REG_DOORBELL, REG_SCRATCH
+from hugepfn.abi.vfio import VFIO_PCI_MSIX_IRQ_INDEX
 from hugepfn.abi.vfio_user import Command
+from hugepfn.device.control import ControlClient, control_path
+from hugepfn.device.vfio_user.transport import send_with_fds
 from hugepfn.host.vfio_user import VfioUserClient, VfioUserError, VfioUserProtocolError
 
 SECONDS = float(os.environ.get("HUGEPFN_SOAK_SECONDS", "30"))

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from hugepfn.abi.registers import REG_SCRATCH
-from hugepfn.device.vfio_user import backends
 from hugepfn.abi.vfio_user import REGION_ACCESS, Command
+from hugepfn.device.vfio_user import backends
 from hugepfn.host.vfio_user import VfioUserClient
 
 from bench.results import record

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 
-from hugepfn.device.control import CONTROL_SUFFIX, ControlClient, control_path, describe_injection
 from hugepfn.abi.cper import MEMORY_ERROR_TYPES
+from hugepfn.device.control import CONTROL_SUFFIX, ControlClient, control_path, describe_injection
 from hugepfn.device.poison import DEFAULT_GRANULARITY
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from hugepfn.device.control import CONTROL_SUFFIX, ControlClient, control_path
 from hugepfn.abi.sizes import format_size
+from hugepfn.device.control import CONTROL_SUFFIX, ControlClient, control_path
 
 
 def add_parser(subparsers) -> None:

@@ -16,20 +16,20 @@ import threading
 import struct
 from pathlib import Path
 
-from hugepfn.abi import vfio
 from hugepfn.abi import pci
+from hugepfn.abi import vfio
+from hugepfn.abi.cper import CPER_MEM_ERR_MULTI_ECC, MemoryErrorRecord, build_record, parse_record
+from hugepfn.abi.registers import CONTROL_ERR_IRQ
 from hugepfn.device.config_layout import (MSIX_OFFSET, PCIE_OFFSET, REBAR_CTRL_SIZE_MASK,
                                           REBAR_CTRL_SIZE_SHIFT, bar_rules, build_layout,
                                           rebar_control_offset)
 from hugepfn.device.config_space import ConfigSpace
-from hugepfn.abi.cper import CPER_MEM_ERR_MULTI_ECC, MemoryErrorRecord, build_record, parse_record
 from hugepfn.device.interface import InterruptSink, IrqInfo, RegionInfo
 from hugepfn.device.memory import MemoryBar
 from hugepfn.device.msix import MsixState
 from hugepfn.device.poison import PoisonEvent, PoisonModel
 from hugepfn.device.poison_store import DeviceIdentity, PoisonStore
 from hugepfn.device.profiles import Profile, load_profile
-from hugepfn.abi.registers import CONTROL_ERR_IRQ
 from hugepfn.device.registers import RegisterFile, RegisterHooks
 
 _unpack_u32 = struct.Struct("<I").unpack

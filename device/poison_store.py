@@ -36,8 +36,8 @@ from typing import Iterable, NamedTuple
 
 from construct import Array, Bytes, Const, Int32ul, Int64ul, Struct, this
 
-from hugepfn.device.input_limits import InputError, read_regular_file
 from hugepfn.abi.sizes import format_size
+from hugepfn.device.input_limits import InputError, read_regular_file
 from hugepfn.device.profiles import Profile
 
 MAGIC = b"HPFNPOIS"

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 from hugepfn.abi import pci
-from hugepfn.device.gpu import GpuDevice
 from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
+from hugepfn.device.gpu import GpuDevice
 
 DEFAULT_SLOT = "0000:01:00.0"
 BASE_32 = 0xE000_0000            # 32-bit BARs go below 4 GiB

@@ -18,8 +18,9 @@ import stat
 import threading
 from dataclasses import dataclass
 
-from .errors import CommandError, einval
 from hugepfn.abi.vfio_user import DMA_MAP_FLAG_READ, DMA_MAP_FLAG_WRITE
+
+from .errors import CommandError, einval
 
 PAGE_SIZE = mmap.PAGESIZE
 IOVA_LIMIT = 1 << 64

@@ -17,11 +17,12 @@ import threading
 from dataclasses import dataclass, field
 
 from hugepfn.abi.vfio import VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX
-from .errors import CommandError, einval
 from hugepfn.abi.vfio_user import (
     IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_TYPE_MASK, IRQ_SET_ACTION_UNMASK,
     IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE, IRQ_SET_DATA_TYPE_MASK,
 )
+
+from .errors import CommandError, einval
 
 _ONE = (1).to_bytes(8, "little")
 ERR_REQ_INDEXES = (VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX)

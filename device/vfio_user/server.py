@@ -24,13 +24,14 @@ from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 
+from hugepfn.abi.vfio_user import DMA_ACCESS
+
 from ..interface import ServedDevice
 from .engine import ServerEngine, State
 from .events import Disconnected, Negotiated, PeerReply
 from .limits import ConnectionLimits
 from .server_loop import ServerLoop
 from .transport import DONTWAIT, listen_unix, recvmsg_fds, send_some
-from hugepfn.abi.vfio_user import DMA_ACCESS
 
 log = logging.getLogger("hugepfn.vfio_user")
 

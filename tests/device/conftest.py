@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from hugepfn.device.gpu import GpuDevice
 from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX as CFG
+from hugepfn.device.gpu import GpuDevice
 
 
 class Recorder:

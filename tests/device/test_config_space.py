@@ -7,12 +7,12 @@ import struct
 import pytest
 
 from hugepfn.abi import pci
+from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX as CFG
 from hugepfn.device import pci_formats as pf
 from hugepfn.device.config_layout import (AER_OFFSET, MSIX_OFFSET, PCIE_OFFSET, PM_OFFSET,
                                           REBAR_OFFSET, VNDR_OFFSET, rebar_control_offset,
                                           walk_capabilities)
 from hugepfn.device.gpu import GpuDevice
-from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX as CFG
 
 from .conftest import cfg_read16, cfg_read32, cfg_write16, cfg_write32
 

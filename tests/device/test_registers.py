@@ -8,8 +8,8 @@ import pytest
 
 from hugepfn.abi import registers as r
 from hugepfn.abi.cper import ERROR_RECORD_SIZE, parse_record
-from hugepfn.device.gpu import GpuDevice
 from hugepfn.abi.vfio import VFIO_PCI_INTX_IRQ_INDEX
+from hugepfn.device.gpu import GpuDevice
 
 from .conftest import Recorder
 

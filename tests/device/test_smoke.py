@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from hugepfn.device.gpu import GpuDevice
 from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
+from hugepfn.device.gpu import GpuDevice
 from hugepfn.device.interface import ServedDevice
 from hugepfn.device.profiles import available_profiles
 

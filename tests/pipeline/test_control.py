@@ -9,9 +9,9 @@ import stat
 
 import pytest
 
+from hugepfn.abi.cper import CPER_MEM_ERR_PARITY
 from hugepfn.device.control import (MAX_LINE, ControlClient, ControlError, ControlServer, control_path,
                                     describe_injection)
-from hugepfn.abi.cper import CPER_MEM_ERR_PARITY
 
 
 def test_control_path_is_the_vfio_user_socket_plus_ctl():

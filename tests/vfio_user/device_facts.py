@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hugepfn.device.config_layout import MSIX_OFFSET
-from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
 from hugepfn.abi.registers import REG_DOORBELL, REG_DOORBELL_COUNT, REG_ID, REG_SCRATCH
+from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
+from hugepfn.device.config_layout import MSIX_OFFSET
 from hugepfn.host.vfio_user import VfioUserClient
 
 MSIX_ENABLE = 1 << 15

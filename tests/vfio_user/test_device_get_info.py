@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import errno
 
-from hugepfn.abi.vfio import VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET
 from hugepfn.abi import vfio_user as wire
+from hugepfn.abi.vfio import VFIO_DEVICE_FLAGS_PCI, VFIO_DEVICE_FLAGS_RESET
 
 from .helpers import Command, error_of, still_answers
 

@@ -5,8 +5,8 @@ import errno
 
 import pytest
 
-from hugepfn.abi.vfio import VFIO_IRQ_INFO_EVENTFD
 from hugepfn.abi import vfio_user as wire
+from hugepfn.abi.vfio import VFIO_IRQ_INFO_EVENTFD
 
 from .helpers import Command, error_of, still_answers
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
 from hugepfn.abi import vfio_user as wire
+from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
 
 from .helpers import Command, error_of, region_info_request, still_answers
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from hugepfn.abi.vfio import VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX
 from hugepfn.abi import vfio_user as wire
+from hugepfn.abi.vfio import VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX
 
 from .helpers import Command, error_of, irq_counts, still_answers, wait_irq
 

@@ -7,11 +7,11 @@ import os
 import pytest
 
 from hugepfn.abi import vfio_user as wire
+from hugepfn.abi.vfio_user import Command
 from hugepfn.device.vfio_user.engine import ServerEngine, State
 from hugepfn.device.vfio_user.events import (
     CommandFailed, Disconnected, DmaMapped, Negotiated, PeerReply,
 )
-from hugepfn.abi.vfio_user import Command
 
 from .small_device import DOORBELL, FAIL_REG, SmallDevice
 

@@ -37,8 +37,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hugepfn.abi import vfio_user as wire
-from hugepfn.device.vfio_user.transport import send_some
 from hugepfn.abi.vfio_user import Command
+from hugepfn.device.vfio_user.transport import send_some
 from hugepfn.host.vfio_user import VfioUserClient
 
 from .helpers import QEMU_CAPS, attach_after_hangup, read_request, still_answers

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import errno
 
-
-from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
 from hugepfn.abi import vfio_user as wire
+from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
 
 from .helpers import Command, error_of, read_request, still_answers
 
