@@ -64,8 +64,37 @@ def make_callback(device, ops_attr: str, fixed: bool) -> Callback:
             return _EFAULT
         return 0, vm_pgoff + (pfn_off - vma_off)
 
+    def pgoffs(vmas, pfn: int) -> list[int | None]:
+        """[pgoff, or None where it fails] of pfn_to_vma_pgoff(vma, pfn) for each of ``vmas``: the
+        same answers without a call per VMA (memory_failure_pfn asks about every VMA of the
+        mapping; tests/memory_failure check both agree)."""
+        ops = getattr(device, ops_attr)
+        out = []
+        for vma in vmas:
+            pgoff = None
+            if vma.vm_ops is ops:
+                vm_pgoff = vma.vm_pgoff
+                index = vm_pgoff >> VFIO_PCI_PGOFF_SHIFT
+                pages = regions.get(index, _UNSEEN)
+                if pages is _UNSEEN:
+                    pages = regions[index] = _region_pages(device, index)
+                if pages is not None:
+                    pfn_off = pfn - pages[0]
+                    vma_off = vm_pgoff & VFIO_PCI_PGOFF_MASK
+                    if vma_off <= pfn_off < pages[1] and not (
+                            fixed and pfn_off - vma_off >= (vma.vm_end - vma.vm_start) >> PAGE_SHIFT):
+                        pgoff = vm_pgoff + (pfn_off - vma_off)
+            out.append(pgoff)
+        return out
+
     pfn_to_vma_pgoff.__name__ = f"pfn_to_vma_pgoff_{'fixed' if fixed else 'literal'}"
+    pfn_to_vma_pgoff.pgoffs = pgoffs
     return pfn_to_vma_pgoff
+
+
+def pgoffs_one_by_one(callback: Callback, vmas, pfn: int) -> list[int | None]:
+    """``pgoffs`` for a callback without one (nvgrace-gpu's own): a call per VMA."""
+    return [None if ret else pgoff for ret, pgoff in (callback(vma, pfn) for vma in vmas)]
 
 
 def region_space(device, index: int, variant: str = "literal") -> PfnAddressSpace | None:
