@@ -51,8 +51,18 @@ def scenario_paths(names: list[str]) -> list[Path]:
     return out
 
 
+def check_host(cache: Path) -> None:
+    """What every crosscheck needs before it fetches anything (ValueError: one line)."""
+    if os.geteuid() != 0:
+        raise ValueError("the guest runs in a chroot and a private mount namespace: run as root")
+    root = cache / "trixie-root"
+    if not (root / ".hugepfn-root-complete").exists():
+        raise ValueError(f"no QEMU root in {root}: build it with `make e2e-root` (e2e/build-root.sh {cache})")
+
+
 def run(args: argparse.Namespace) -> int:
     from hugepfn.crosscheck import report as report_mod
+    from hugepfn.crosscheck.boot import BootError
     from hugepfn.crosscheck.kernels import ARM64_SERIES, X86_SERIES, KernelError
     from hugepfn.crosscheck.runner import crosscheck
     from hugepfn.host.kernel import PROFILES
@@ -63,19 +73,15 @@ def run(args: argparse.Namespace) -> int:
     if args.kernel not in series:
         raise ValueError(f"--kernel {args.kernel}: no Debian build is crosschecked for it on {args.arch} "
                          f"(crosschecked: {', '.join(series)})")
-    if os.geteuid() != 0:
-        raise ValueError("the guest runs in a chroot and a private mount namespace: run as root")
     cache = Path(args.cache).resolve()
-    root = cache / "trixie-root"
-    if not (root / ".hugepfn-root-complete").exists():
-        raise ValueError(f"no QEMU root in {root}: build it with `make e2e-root` (e2e/build-root.sh {cache})")
+    check_host(cache)
     paths = scenario_paths(args.scenarios)
     from hugepfn.crosscheck.mirror import debian_mirror
     logs = Path(args.logs) if args.logs else cache / "logs" / "crosscheck"
     try:
         report = crosscheck(paths, args.kernel, args.arch, cache, debian_mirror(), logs,
                             progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except KernelError as exc:
+    except (KernelError, BootError) as exc:
         raise ValueError(str(exc)) from None
     if args.json:
         print(json.dumps(report_mod.to_json(report), indent=1))

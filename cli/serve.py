@@ -33,7 +33,7 @@ from .readiness import Readiness
 
 PROG = "hugepfn serve"
 # The optional command-line options, as --print-capabilities lists them (vhost-user style).
-FEATURES = ("profile", "backend", "state-dir", "ready-fd", "notify-socket")
+FEATURES = ("profile", "backend", "state-dir", "ready-fd", "notify-socket", "idle-limit", "recv-timeout")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

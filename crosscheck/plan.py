@@ -1,8 +1,8 @@
 """From a scenario to what the guest replays: the devices to serve and the probe's step file.
 
 A scenario is crosscheckable when every step is something user space can do to a real
-kernel (``PROBE_KINDS``), its policy is ``upstream`` (the other policies are proposals no
-kernel carries) and each device can be served with the BAR layout the scenario gives it.
+kernel (no kind of ``NOT_FROM_USER_SPACE``), its policy is ``upstream`` (the other policies
+are proposals no kernel carries) and each device can be served with the BAR layout the scenario gives it.
 ``plan(scenario)`` returns a Plan, or raises NotCrosscheckable with the reason.
 
 Devices.  Each scenario device becomes one served vfio-user device on a fixed PCI slot of

@@ -271,19 +271,27 @@ def judge(result: ScenarioResult, p: Plan, raw: dict, boot: dict | None = None) 
     result.verdicts = compare(result.model, result.kernel, pid_of)
 
 
-def replay(raw: dict, path: Path) -> ScenarioResult:
+def replay(raw: dict, path: Path, memo: dict | None = None) -> ScenarioResult:
     """Judge recorded guest output again (no guest): the converter and the diff as on CI.
     The scenarios that ran before it in the same boot run first (their model only), for the
-    kernel-global state they left."""
-    boot: dict = {}
+    kernel-global state they left.  ``memo`` (kept by the caller across calls) holds that state
+    after each prefix of a boot already replayed, so replaying a boot's scenarios one by one
+    runs each earlier scenario's model once, not once per later scenario."""
+    memo = {} if memo is None else memo
+    before = raw.get("before", [])
+    keys = [(raw["release"], tuple(raw["devices"]), *(f"{e['scenario']}@{e['slots']}" for e in before[:n])) for n in range(len(before) + 1)]
+    start = max(n for n in range(len(keys)) if n == 0 or keys[n] in memo)
+    boot: dict = copy.deepcopy(memo.get(keys[start], {}))
     bars = _guest_bars(raw["devices"])
-    for earlier in raw.get("before", []):
+    for n in range(start, len(before)):
+        earlier = before[n]
         q = plan(load_scenario(path.parent / f"{earlier['scenario']}.toml"), earlier["scenario"], vfio=raw.get("vfio", True))
         reslot(q, earlier["slots"])
         try:
             _model_trace(q, bars, raw["series"], boot)
         except Exception:           # its own replay reports it; here only its effects matter
             pass
+        memo[keys[n + 1]] = copy.deepcopy(boot)
     result = ScenarioResult(raw["scenario"], str(path))
     p = plan(load_scenario(path), raw["scenario"], vfio=raw.get("vfio", True))
     reslot(p, raw["slots"])

@@ -60,13 +60,31 @@ def qemu_argv(arch: str, kernel: str, initrd: str, data_out: str, devices: list[
     return argv
 
 
-def _chroot_command(root: Path, share: Path, argv: list[str]) -> list[str]:
-    script = ('root=$1; share=$2; shift 2; '
+def _chroot_command(root: Path, share: Path, argv: list[str], mount_at: str = SHARE_IN_ROOT) -> list[str]:
+    script = ('root=$1; share=$2; at=$3; shift 3; '
               'mount -t proc proc "$root/proc" && mount -t sysfs sysfs "$root/sys" && '
-              'mount --rbind /dev "$root/dev" && mkdir -p "$root' + SHARE_IN_ROOT + '" && '
-              'mount --bind "$share" "$root' + SHARE_IN_ROOT + '" && exec chroot "$root" "$@"')
+              'mount --rbind /dev "$root/dev" && mkdir -p "$root$at" && '
+              'mount --bind "$share" "$root$at" && exec chroot "$root" "$@"')
     return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script,
-            "sh", str(root), str(share), *argv]
+            "sh", str(root), str(share), mount_at, *argv]
+
+
+def stop_group(process: subprocess.Popen | None, grace: float = 5.0) -> int | None:
+    """End a process group we started: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if process is None:
+        return None
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            break
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+    return process.poll()
 
 
 def run_in_root(root: Path, share: Path, argv: list[str], log: Path, timeout: float = 120) -> None:
@@ -79,10 +97,14 @@ def run_in_root(root: Path, share: Path, argv: list[str], log: Path, timeout: fl
 
 
 class Guest:
-    """QEMU in the root; ``lines(deadline)`` yields its console output line by line."""
+    """QEMU in the root (``share`` mounted at ``mount_at``); ``lines(deadline)`` yields its
+    console output line by line, and with ``ticks`` a None each idle second (the caller
+    can look at other output meanwhile)."""
 
-    def __init__(self, root: Path, share: Path, argv: list[str], log: Path) -> None:
-        command = _chroot_command(root, share, argv)
+    def __init__(self, root: Path, share: Path, argv: list[str], log: Path, mount_at: str = SHARE_IN_ROOT,
+                 ticks: bool = True) -> None:
+        command = _chroot_command(root, share, argv, mount_at)
+        self.ticks = ticks
         self.log = open(log, "w", encoding="utf-8", errors="replace")
         self.log.write("# " + " ".join(argv) + "\n")
         self.started = time.monotonic()
@@ -96,7 +118,8 @@ class Guest:
     def lines(self, deadline: float):
         while not self.eof and time.monotonic() < deadline:
             if not self.selector.select(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
-                yield None                 # a tick: lets the caller look at the data file
+                if self.ticks:
+                    yield None
                 continue
             chunk = os.read(self.process.stdout.fileno(), 65536)
             if not chunk:
@@ -112,17 +135,7 @@ class Guest:
                     yield line
 
     def close(self, grace: float = 5.0) -> int | None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self.process.poll() is not None:
-                break
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                continue
+        status = stop_group(self.process, grace)
         self.selector.close()
         self.log.close()
-        return self.process.returncode
+        return status

@@ -7,51 +7,16 @@ The guest needs nothing else: the Debian kernel has PCI, the 8250 serial console
 devtmpfs and /dev/mem built in, and /init installs busybox's applets itself.
 The KEY=VALUE pairs become /etc/e2e.conf, a shell fragment /init sources (the
 profile's ids, the offsets it checks, the page the host will poison), so one
-init script serves any profile.  Standard library only.
+init script serves any profile.  The cpio writer is hugepfn.crosscheck.cpio's.
 """
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import re
 import shlex
-import stat
 import sys
 
-TRAILER = "TRAILER!!!"
-
-
-class Newc:
-    """Writer of the SVR4 "newc" cpio format the kernel unpacks into its rootfs."""
-
-    def __init__(self) -> None:
-        self.out = io.BytesIO()
-        self.ino = 1
-
-    def _entry(self, name: str, mode: int, data: bytes = b"") -> None:
-        name_bytes = name.encode() + b"\0"
-        fields = (self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name_bytes), 0)
-        header = b"070701" + b"".join(b"%08X" % value for value in fields)
-        self.ino += 1
-        self.out.write(header + name_bytes)
-        self._pad()
-        self.out.write(data)
-        self._pad()
-
-    def _pad(self) -> None:
-        self.out.write(b"\0" * (-self.out.tell() % 4))
-
-    def directory(self, name: str) -> None:
-        self._entry(name, stat.S_IFDIR | 0o755)
-
-    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        self._entry(name, stat.S_IFREG | mode, data)
-
-    def finish(self) -> bytes:
-        self._entry(TRAILER, 0)
-        return self.out.getvalue()
-
+from hugepfn.crosscheck.cpio import Newc
 
 def config_text(pairs: list[str]) -> str:
     lines = ["# written by e2e/mkinitramfs.py for one `make e2e` run"]
@@ -70,7 +35,7 @@ def build(busybox: bytes, init: bytes, conf: str) -> bytes:
     archive.file("bin/busybox", busybox, 0o755)
     archive.file("init", init, 0o755)
     archive.file("etc/e2e.conf", conf.encode())
-    return gzip.compress(archive.finish(), compresslevel=6, mtime=0)
+    return archive.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

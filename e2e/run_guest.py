@@ -30,13 +30,14 @@ import os
 import re
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from hugepfn.crosscheck.vm import Guest as _Guest, stop_group
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -95,18 +96,7 @@ def hugepfn_program() -> str:
 
 def stop(process: subprocess.Popen | None, grace: float = 5.0) -> None:
     """End a process group we started: SIGTERM, then SIGKILL after `grace` seconds."""
-    if process is None or process.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    stop_group(process, grace)
 
 
 def wait_ready(ready_r: int, server: subprocess.Popen, timeout: float) -> str | None:
@@ -128,48 +118,11 @@ def wait_ready(ready_r: int, server: subprocess.Popen, timeout: float) -> str | 
     return f"hugepfn serve not ready after {timeout:.0f} s (read {got!r} from --ready-fd)"
 
 
-class Guest:
-    """QEMU from the root, its serial console on a pipe we read line by line."""
+class Guest(_Guest):
+    """QEMU from the root, the socket directory at GUEST_DIR, its console read line by line."""
 
     def __init__(self, root: Path, share_dir: Path, argv: list[str], log: Path) -> None:
-        mount_and_chroot = (
-            'root=$1; share=$2; shift 2; '
-            'mount -t proc proc "$root/proc" && mount -t sysfs sysfs "$root/sys" && '
-            'mount --rbind /dev "$root/dev" && mkdir -p "$root' + GUEST_DIR + '" && '
-            'mount --bind "$share" "$root' + GUEST_DIR + '" && exec chroot "$root" "$@"')
-        command = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
-                   mount_and_chroot, "sh", str(root), str(share_dir), *argv]
-        self.log = open(log, "w", encoding="utf-8", errors="replace")
-        self.log.write("# " + " ".join(argv) + "\n")
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.process.stdout, selectors.EVENT_READ)
-        self.pending = b""
-        self.eof = False
-
-    def lines(self, deadline: float):
-        """Yield console lines until EOF or the monotonic `deadline`."""
-        while not self.eof and time.monotonic() < deadline:
-            if not self.selector.select(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
-                continue
-            chunk = os.read(self.process.stdout.fileno(), 65536)
-            if not chunk:
-                self.eof = True
-                chunk = b"\n"
-            self.pending += chunk
-            *complete, self.pending = self.pending.split(b"\n")
-            for raw in complete:
-                line = raw.decode("utf-8", "replace").rstrip("\r")
-                if line:
-                    self.log.write(line + "\n")
-                    self.log.flush()
-                    yield line
-
-    def close(self) -> None:
-        stop(self.process)
-        self.selector.close()
-        self.log.close()
+        super().__init__(root, share_dir, argv, log, mount_at=GUEST_DIR, ticks=False)
 
 
 def device_facts(profile: str) -> dict[str, str]:

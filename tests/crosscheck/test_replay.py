@@ -20,6 +20,8 @@ from hugepfn.fixtures import SCENARIOS
 
 RECORDED = Path(__file__).resolve().parent / "recorded"
 CASES = sorted(RECORDED.glob("*/*.json.gz"))
+# the kernel-global model state after each prefix of a recorded boot (replay's memo)
+BOOT_STATES: dict = {}
 
 
 def load(path: Path) -> dict:
@@ -34,7 +36,7 @@ def test_there_is_recorded_kernel_output_for_every_crosschecked_series():
 @pytest.mark.parametrize("path", CASES, ids=[f"{p.parent.name}/{p.name[:-8]}" for p in CASES])
 def test_recorded_kernel_output_agrees_with_the_model(path):
     raw = load(path)
-    result = replay(raw, SCENARIOS / f"{raw['scenario']}.toml")
+    result = replay(raw, SCENARIOS / f"{raw['scenario']}.toml", BOOT_STATES)
     assert result.error is None
     bad = [(v.index, v.do, [(d.field, d.kernel, d.model) for d in v.differences])
            for v in result.verdicts if not v.agrees]

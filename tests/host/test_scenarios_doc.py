@@ -72,3 +72,20 @@ def test_bar_memory_and_sysctl_keys_are_named():
 def test_every_bundled_scenario_is_listed():
     listed = set().union(*(names(row[0]) for row in table_after("## Bundled scenarios")))
     assert listed == {p.name for p in (REPO / "fixtures" / "scenarios").glob("*.toml")}
+
+
+def test_the_profile_table_says_what_each_profile_decides():
+    """Each row of the kernel-profile table matches hugepfn.host.kernel.PROFILES, column by column."""
+    from hugepfn.host.kernel import PROFILES
+
+    rows = {names(row[0]).pop(): row for row in table_after("What each kernel profile decides")}
+    assert list(rows) == list(PROFILES)
+    yn = {True: "yes", False: "no"}
+    for name, p in PROFILES.items():
+        row = rows[name]
+        fault = ("whole VMA remapped" if p.vfio_fault == "remap-vma"
+                 else "huge, fault page aligned" if p.vfio_alignment == "page" else "huge, aligned down")
+        split = {"leaf": "split the leaf", "pmd": "PMD split; PUD oopses"}[p.vma_split_huge]
+        assert row[1:] == [fault, yn[p.thp_sysfs_gates_pfnmap], split, yn[p.fault_vma_lock_retry],
+                           str(p.nvgrace_generation), yn[p.pfnmap_memory_failure], yn[p.nvgrace_registers_memory],
+                           yn[p.pci_reset_warns], yn[p.thp_disable_except_advised]], name

@@ -222,7 +222,8 @@ def test_print_capabilities_is_json_and_needs_no_socket():
     serve = ServeProcess("--print-capabilities")
     assert serve.finish() == 0 and serve.err == []
     caps = json.loads("\n".join(serve.out))
-    assert caps == {"type": "gpu", "features": ["profile", "backend", "state-dir", "ready-fd", "notify-socket"],
+    assert caps == {"type": "gpu", "features": ["profile", "backend", "state-dir", "ready-fd", "notify-socket",
+                                                 "idle-limit", "recv-timeout"],
                     "profiles": ["gpu-1t", "gpu-8g", "nvgrace", "rebar", "tiny"],
                     "backends": {"libvfio-user": LIBVFIO_USER.available, "python": True}}
 
