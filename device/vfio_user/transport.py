@@ -165,6 +165,8 @@ def recvmsg_fds(sock: socket.socket, nbytes: int, max_fds: int, flags: int = 0) 
     whether the peer attached more fds than ``max_fds`` (MSG_CTRUNC: the kernel closed
     the ones that did not fit; the ones that did are returned, the caller owns them)."""
     data, ancdata, msg_flags, _ = sock.recvmsg(nbytes, _cmsg_space(max_fds), _CMSG_CLOEXEC | flags)
+    if not ancdata and not msg_flags & _CTRUNC:
+        return data, [], False              # the common case: no fds
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
