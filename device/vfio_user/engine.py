@@ -181,6 +181,23 @@ class ServerEngine:
             else:
                 self._dispatch(msg_id, cmd, flags, payload, fds, fds_lost)
 
+    def receive_message(self, header: bytes, payload: bytes) -> None:
+        """One whole message that came without fds, framed by the transport (its header, then
+        exactly ``msg_size`` - 16 more bytes): handled as ``receive_data(header + payload)``
+        would handle it, without assembling it in the buffer (a trapped access is one of these).
+        Anything else, a message begun before or a size the bytes do not match, goes the
+        general way."""
+        if self._buf or self._fds or self._fds_lost or self.state is State.CLOSED:
+            self.receive_data(header + payload)
+            return
+        msg_id, cmd, size, flags, error_no = wire.HEADER.unpack(header)
+        if size != wire.HEADER_SIZE + len(payload) or size > self.max_msg_size:
+            self.receive_data(header + payload)
+        elif flags & wire.MSG_TYPE_MASK == wire.MSG_TYPE_REPLY:
+            self._peer_reply(msg_id, cmd, error_no, payload)
+        else:
+            self._dispatch(msg_id, cmd, flags, payload, [])
+
     def data_to_send(self) -> list[Reply]:
         out, self._out = self._out, []
         return out

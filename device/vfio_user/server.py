@@ -30,13 +30,14 @@ from ..interface import ServedDevice
 from .engine import ServerEngine, State
 from .events import Disconnected, Negotiated, PeerReply
 from .limits import ConnectionLimits
-from .transport import DONTWAIT, SEND_FLAGS, listen_unix, recvmsg_fds, send_some
-from .wire import DMA_ACCESS
+from .transport import DONTWAIT, SEND_FLAGS, cmsg_space, fds_of, listen_unix, recv_flags, recvmsg_fds, send_some
+from .wire import DMA_ACCESS, HEADER, HEADER_SIZE
 
 log = logging.getLogger("hugepfn.vfio_user")
 
 _HANGUP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 _POLLIN, _POLLOUT, _POLLRDHUP = select.POLLIN, select.POLLOUT, select.POLLRDHUP
+_CTRUNC = int(socket.MSG_CTRUNC)     # (msg_flags also echoes MSG_CMSG_CLOEXEC back)
 
 
 class _Connection:
@@ -54,6 +55,8 @@ class _Connection:
         self.partial_since: float | None = None
         self.over_since: float | None = None   # when the queue went over max_output
         self.close_reason: str | None = None
+        self._cmsg_space = cmsg_space(engine.max_msg_fds)
+        self._recv_flags = recv_flags(DONTWAIT)
 
     # -- replies -------------------------------------------------------------------
     def queue_replies(self) -> None:
@@ -120,10 +123,59 @@ class _Connection:
         One message per wake-up: the poll loop comes back at once for a next one that is
         there (a poll() costs less than a read that finds nothing), and the listener and
         the wake pipe are looked at between any two messages."""
+        engine = self.engine
+        if not engine.assembling:
+            whole = self._receive_whole()
+            if whole is None:
+                return
+            if whole:
+                self._received()
+                return
+        self._receive_rest()
+
+    def _receive_whole(self) -> bool | None:
+        """A message from its start: the header, then exactly the rest of it, two recvmsg()
+        calls.  Without fds and with all of it there (a trapped access always), the engine
+        takes it whole (True).  Otherwise what arrived is fed the general way and the rest
+        is read by _receive_rest (False).  None: nothing arrived, or the connection is gone."""
+        engine, sock = self.engine, self.sock
+        try:
+            header, anc, msg_flags, _ = sock.recvmsg(HEADER_SIZE, self._cmsg_space, self._recv_flags)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            self.fail(f"receive failed: {exc.strerror or exc}")
+            return None
+        if anc or msg_flags & _CTRUNC or len(header) < HEADER_SIZE:
+            engine.receive_data(header, *fds_of(anc, msg_flags))
+            return None if engine.state is State.CLOSED else not engine.assembling
+        size = HEADER.unpack_from(header)[2]
+        if size == HEADER_SIZE or not HEADER_SIZE < size <= engine.max_msg_size:
+            engine.receive_data(header)       # complete, or refused as unframeable
+            return None if engine.state is State.CLOSED else True
+        try:
+            payload, anc, msg_flags, _ = sock.recvmsg(size - HEADER_SIZE, self._cmsg_space, self._recv_flags)
+        except BlockingIOError:
+            payload, anc, msg_flags = b"", None, 0
+        except OSError as exc:
+            self.fail(f"receive failed: {exc.strerror or exc}")
+            return None
+        if not anc and not msg_flags & _CTRUNC and len(payload) == size - HEADER_SIZE:
+            engine.receive_message(header, payload)
+            return None if engine.state is State.CLOSED else True
+        engine.receive_data(header)
+        if payload or anc or msg_flags & _CTRUNC:
+            engine.receive_data(payload, *fds_of(anc, msg_flags))
+        return None if engine.state is State.CLOSED else not engine.assembling
+
+    def _receive_rest(self) -> None:
+        """The rest of the message being assembled, as far as it has arrived."""
         engine, sock = self.engine, self.sock
         # Up to the end of the message being assembled and no further: the fds of
         # each recvmsg() then belong to exactly one message.
-        while True:
+        while engine.assembling:
+            if self.partial_since is None:
+                self.partial_since = time.monotonic()
             try:
                 data, fds, lost = recvmsg_fds(sock, engine.next_read_size(), engine.max_msg_fds, DONTWAIT)
             except BlockingIOError:
@@ -134,10 +186,10 @@ class _Connection:
             engine.receive_data(data, fds, lost)
             if engine.state is State.CLOSED:
                 return
-            if not engine.assembling:
-                break
-            if self.partial_since is None:
-                self.partial_since = time.monotonic()
+        self._received()
+
+    def _received(self) -> None:
+        """A whole message was handled: its clocks stop, its replies go out."""
         self.partial_since = None
         if self.limits.idle_limit is not None:
             self.last_input = time.monotonic()
