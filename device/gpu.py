@@ -56,6 +56,11 @@ class PoisonedReadError(OSError):
         return len(self.partial)
 
 
+def _outside(index: int, offset: int, count: int, size: int) -> OSError:
+    return OSError(errno.EINVAL, f"region {index}: access of {count} bytes at {offset:#x} is "
+                                 f"outside its {size:#x} bytes")
+
+
 class GpuDevice:
     device_flags = vfio.VFIO_DEVICE_FLAGS_RESET | vfio.VFIO_DEVICE_FLAGS_PCI
     num_regions = vfio.VFIO_PCI_NUM_REGIONS
@@ -110,6 +115,10 @@ class GpuDevice:
         except BaseException:
             self.close()
             raise
+        # The trapped BARs (registers, MSI-X) never change size: region index -> (size, the
+        # object that reads and writes it), so an access skips building its RegionInfo.
+        self._trapped = {spec.index: (spec.size, self.registers if spec.kind == "registers" else self.msix)
+                         for spec in profile.bars if spec.kind in ("registers", "msix")}
 
     @classmethod
     def from_profile(cls, name_or_path: str | os.PathLike, state_dir: str | os.PathLike | None = None
@@ -211,8 +220,7 @@ class GpuDevice:
         if size == 0:
             raise OSError(errno.EINVAL, f"region {index} does not exist on this device")
         if count <= 0 or offset < 0 or offset + count > size:
-            raise OSError(errno.EINVAL, f"region {index}: access of {count} bytes at {offset:#x} is "
-                                        f"outside its {size:#x} bytes")
+            raise _outside(index, offset, count, size)
         if index == vfio.VFIO_PCI_CONFIG_REGION_INDEX:
             return size, "config"
         return size, self.profile.bar(index).kind
@@ -223,6 +231,13 @@ class GpuDevice:
         if index == _CONFIG and count == 4 and not offset & 3 and 0 <= offset < 4096:
             with self._lock:                 # the fast path of every config cycle
                 return bytes(self.config.data[offset:offset + 4])
+        trapped = self._trapped.get(index)
+        if trapped is not None:              # the fast path of every register access
+            size, target = trapped
+            if count <= 0 or offset < 0 or offset + count > size:
+                raise _outside(index, offset, count, size)
+            with self._lock:
+                return target.read(offset, count)
         data, bad = self.region_read_mc(index, offset, count)
         if bad is not None:
             raise PoisonedReadError(index, offset, data, bad)
@@ -246,6 +261,14 @@ class GpuDevice:
         if index == _CONFIG and len(data) == 4 and not offset & 3 and 0 <= offset < 4096:
             with self._lock:                 # the fast path of every config cycle
                 self.config.write32(offset, _unpack_u32(data)[0])
+            return
+        trapped = self._trapped.get(index)
+        if trapped is not None:              # the fast path of every register access
+            size, target = trapped
+            if not data or offset < 0 or offset + len(data) > size:
+                raise _outside(index, offset, len(data), size)
+            with self._lock:
+                target.write(offset, data)
             return
         with self._lock:
             if index == vfio.VFIO_PCI_CONFIG_REGION_INDEX:

@@ -22,6 +22,7 @@ from hugepfn.abi.registers import (
 )
 
 _U32 = struct.Struct("<I")
+_U32x2 = struct.Struct("<II")
 
 
 class ErrorQueue:
@@ -151,6 +152,11 @@ class RegisterFile:
 
     # -- region access -----------------------------------------------------------------------
     def read(self, offset: int, count: int) -> bytes:
+        if not offset & 3:                  # aligned dword and qword: the common accesses
+            if count == 4:
+                return _U32.pack(self.read32(offset))
+            if count == 8:
+                return _U32x2.pack(self.read32(offset), self.read32(offset + 4))
         first = offset & ~3
         last = (offset + count + 3) & ~3
         raw = b"".join(_U32.pack(self.read32(o)) for o in range(first, last, 4))
@@ -160,5 +166,8 @@ class RegisterFile:
         if offset % 4 or len(data) % 4:
             raise OSError(errno.EINVAL, f"BAR0 write of {len(data)} bytes at {offset:#x}: registers "
                                         "take aligned 32-bit writes")
+        if len(data) == 4:                  # the common access
+            self.write32(offset, _U32.unpack(data)[0])
+            return
         for i in range(0, len(data), 4):
             self.write32(offset + i, _U32.unpack_from(data, i)[0])

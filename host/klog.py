@@ -6,7 +6,8 @@ or a person reads the log.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from itertools import repeat
+from typing import Callable, Iterable, Iterator
 
 
 # DEFAULT_RATELIMIT_INTERVAL (5 * HZ) and DEFAULT_RATELIMIT_BURST, as dev_dbg_ratelimited uses
@@ -82,9 +83,9 @@ class KernelLog:
     def lazy(self, fmt: Callable[..., str], *args) -> None:
         self._entries.append((fmt, args))
 
-    def lazy_repeat(self, n: int, fmt: Callable[..., str], *args) -> None:
-        """``n`` identical lazy lines (one per VMA signalled in one process)."""
-        self._entries.extend([(fmt, args)] * n)
+    def lazy_each(self, fmt: Callable[..., str], args: Iterable[tuple]) -> None:
+        """A lazy line for each argument tuple of ``args``, in order (one per VMA signalled)."""
+        self._entries.extend(zip(repeat(fmt), args))
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -9,7 +9,9 @@ runs in user space.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, NamedTuple
+from itertools import groupby, repeat
+from operator import attrgetter, itemgetter
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple
 
 from .mm.mm import MM
 
@@ -23,6 +25,8 @@ SIGSEGV = 11
 SIGRTMIN = 32
 SIGNAL_NAMES = {SIGBUS: "SIGBUS", SIGKILL: "SIGKILL", SIGSEGV: "SIGSEGV"}
 SIGNAL_NUMBERS = {v: k for k, v in SIGNAL_NAMES.items()}
+_TID = attrgetter("tid")
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 # si_code values.
 SI_KERNEL = 0x80
@@ -219,25 +223,30 @@ class TaskList:
         self.journal.append(sig)
         return sig
 
-    def send_signals(self, thread: Thread, signo: str, code: int | None, addrs: list[int | None],
-                     addr_lsb: int | None = None, forced: bool = False) -> list[Signal]:
-        """send_signal for each of ``addrs`` in turn, in one go (memory_failure signals every VMA
-        of a thread's mm): exactly the Signals, pending state and journal that the calls give."""
+    def send_signals(self, threads: list[Thread], signo: str, codes: Iterable[int | None],
+                     addrs: Iterable[int | None], addr_lsb: int | None, forced: Iterable[bool]) -> list[Signal]:
+        """send_signal(threads[i], signo, codes[i], addrs[i], addr_lsb, forced[i]) for each i in
+        turn, in one go (memory_failure signals every VMA of every selected process): exactly
+        the Signals, pending state, received lists and journal that the calls give."""
         signum = SIGNAL_NUMBERS.get(signo)
         if signum is None:
             raise ValueError(f"unknown signal {signo!r}")
-        if not addrs:
+        if not threads:
             return []
-        tid, new = thread.tid, tuple.__new__
-        if signum >= SIGRTMIN:              # real-time signals queue every instance
-            sigs = [new(Signal, (tid, signo, code, addr, addr_lsb, True, forced)) for addr in addrs]
-            thread.pending[signo] = sigs[-1]
-        else:                               # only the first can be queued; then it is pending
-            first = signo not in thread.pending
-            sigs = [new(Signal, (tid, signo, code, addr, addr_lsb, False, forced)) for addr in addrs]
-            if first:
-                sigs[0] = thread.pending[signo] = sigs[0]._replace(delivered=True)
-        thread.received.extend(sigs)
+        realtime = signum >= SIGRTMIN       # real-time signals queue every instance
+        # the tuples built by map() and zip(): no Python-level call per signal
+        sigs = list(map(tuple.__new__, repeat(Signal), zip(map(_TID, threads), repeat(signo), codes, addrs,
+                                                           repeat(addr_lsb), repeat(realtime), forced)))
+        if realtime:                        # each thread's last one is the one pending
+            for thread, i in dict(zip(threads, range(len(sigs)))).items():
+                thread.pending[signo] = sigs[i]
+        else:                               # each thread's first one is queued unless one is pending
+            for thread, i in dict(zip(reversed(threads), range(len(sigs) - 1, -1, -1))).items():
+                if signo not in thread.pending:
+                    sig = sigs[i]
+                    sigs[i] = thread.pending[signo] = tuple.__new__(Signal, (*sig[:5], True, sig[6]))
+        for thread, run in groupby(zip(threads, sigs), key=_FIRST):
+            thread.received.extend(map(_SECOND, run))
         self.journal.extend(sigs)
         return sigs
 

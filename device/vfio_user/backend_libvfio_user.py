@@ -212,13 +212,15 @@ class Server(ServerLoop, DeviceContext, ClientGuard):
                 _shutdown_fd(conn)
 
     def _serve_messages(self, peer_gone: bool = False):
-        if self._conn is not None and not peer_gone and not self._message_complete(self._conn):
+        conn = self._conn
+        head = None if conn is None else self._peek(conn)      # one peek for both checks
+        if conn is not None and not peer_gone and not self._message_complete(conn, head):
             if self._partial_since is None:
                 self._partial_since = time.monotonic()
             return
         self._partial_since = None
         self._last_input = time.monotonic()
-        if self._conn is not None and self._serve_large_write(self._conn):
+        if head and self._serve_large_write(conn, head):
             return
         # With ATTACH_NB one call handles at most one message; pipelined ones keep
         # the fd readable, so the next poll() returns at once for them.

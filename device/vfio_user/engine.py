@@ -85,6 +85,7 @@ class ServerEngine(Framer):
                  max_data_xfer_size: int = 1 << 20, max_dma_maps: int = 65535):
         self.device = device
         self.state = State.AWAIT_VERSION
+        self._allowed = ALLOWED[self.state]       # follows self.state (an Enum hashes in Python)
         self.max_msg_fds = max_msg_fds                # most fds we accept in one message
         self.server_max_xfer = max_data_xfer_size     # largest count we accept
         self.max_xfer = max_data_xfer_size            # negotiated bound on REGION_READ/WRITE counts
@@ -137,6 +138,7 @@ class ServerEngine(Framer):
         if self.state is State.CLOSED:
             return
         self.state = State.CLOSED
+        self._allowed = ALLOWED[self.state]
         self.reset_framing()
         self.dma.unmap_all()
         self.irqs.close()
@@ -153,13 +155,14 @@ class ServerEngine(Framer):
             _close_all(fds)
             return
         try:
-            if flags & wire.MSG_TYPE_MASK != wire.MSG_TYPE_COMMAND:
-                raise einval(f"message type {flags & wire.MSG_TYPE_MASK} is neither command nor reply")
-            if flags & ~wire.KNOWN_HEADER_FLAGS:
-                raise einval(f"unknown header flags {flags & ~wire.KNOWN_HEADER_FLAGS:#x}")
-            if cmd not in ALLOWED[self.state]:
+            if flags & ~wire.FLAG_NO_REPLY:          # anything but a plain command (the common case)
+                if flags & wire.MSG_TYPE_MASK != wire.MSG_TYPE_COMMAND:
+                    raise einval(f"message type {flags & wire.MSG_TYPE_MASK} is neither command nor reply")
+                if flags & ~wire.KNOWN_HEADER_FLAGS:
+                    raise einval(f"unknown header flags {flags & ~wire.KNOWN_HEADER_FLAGS:#x}")
+            if cmd not in self._allowed:
                 raise einval(f"{_name(cmd)} not allowed in state {self.state.value}")
-            if fds_lost or len(fds) > self.max_msg_fds:
+            if (fds or fds_lost) and (fds_lost or len(fds) > self.max_msg_fds):
                 raise einval(f"{'more than ' if fds_lost else ''}{len(fds)} fds, "
                              f"more than max_msg_fds {self.max_msg_fds}")
             handler = self._handlers.get(cmd)
@@ -178,10 +181,12 @@ class ServerEngine(Framer):
             log.debug("vfio-user: %s failure", _name(cmd), exc_info=True)
             self._fail(msg_id, cmd, flags, errno.EIO, f"{type(exc).__name__}: {exc}")
         else:
-            if not flags & wire.FLAG_NO_REPLY:
-                self._out.append((wire.message(msg_id, cmd, reply, wire.MSG_TYPE_REPLY), reply_fds))
+            if not flags & wire.FLAG_NO_REPLY:     # wire.message(), inline: once per message
+                self._out.append((wire.HEADER.pack(msg_id, cmd, wire.HEADER_SIZE + len(reply), wire.MSG_TYPE_REPLY, 0)
+                                  + reply, reply_fds))
         finally:
-            _close_all(fds)   # handlers remove the fds they keep
+            if fds:
+                _close_all(fds)   # handlers remove the fds they keep
 
     def _fail(self, msg_id: int, cmd: int, flags: int, err: int, message: str) -> None:
         self._events.append(CommandFailed(msg_id, cmd, err, message))
@@ -230,6 +235,7 @@ class ServerEngine(Framer):
                                                  if k not in ("max_msg_fds", "max_data_xfer_size")})
         minor = min(proposal.minor, SERVER_MINOR)
         self.state = State.READY
+        self._allowed = ALLOWED[self.state]
         self._events.append(Negotiated(SERVER_MAJOR, minor, dict(caps), reply))
         return wire.Version.build({"major": SERVER_MAJOR, "minor": minor,
                                    "capabilities": {"capabilities": reply}}), ()
@@ -333,15 +339,15 @@ class ServerEngine(Framer):
         if len(payload) < wire.REGION_ACCESS.size:
             raise einval(f"REGION_READ: payload of {len(payload)} bytes")
         # Bytes after the request struct are ignored, as libvfio-user does.
-        access = payload[:wire.REGION_ACCESS.size]
-        offset, region, count = wire.REGION_ACCESS.unpack(access)
+        offset, region, count = wire.REGION_ACCESS.unpack_from(payload)
+        access = payload if len(payload) == wire.REGION_ACCESS.size else payload[:wire.REGION_ACCESS.size]
         self._check_access(region, offset, count, "REGION_READ")
         if not count:           # a no-op that succeeds, as in libvfio-user
             return access, ()
         data = self.device.region_read(region, offset, count)
         if len(data) != count:
             raise CommandError(errno.EIO, f"REGION_READ: device returned {len(data)} of {count} bytes")
-        return access + bytes(data), ()
+        return access + (data if type(data) is bytes else bytes(data)), ()
 
     def _region_write(self, payload: bytes, fds: list[int]) -> Reply:
         if len(payload) < wire.REGION_ACCESS.size:

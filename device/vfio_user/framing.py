@@ -6,7 +6,9 @@ fds SCM_RIGHTS brought while a message was assembled belong to that message.  A 
 below the header or above ``max_msg_size`` leaves the start of the next message unknowable: the
 stream cannot be framed any further.
 
-``Framer`` is sans-IO: bytes and fds in, one ``message_received`` call per whole message out.  The
+``Framer`` is sans-IO: bytes and fds in (``receive_data``; ``receive_message`` for a message the
+transport read whole, header then exactly its rest), one ``message_received`` call per whole
+message out.  The
 engine is a Framer (so a message costs no call more than its handler); a ``MessageReader`` is the
 Framer that reads messages off a blocking socket.
 """
@@ -101,6 +103,21 @@ class Framer:
             fds_lost, self._fds_lost = self._fds_lost, False
             self.message_received(msg_id, cmd, flags, error_no, payload, fds, fds_lost)
 
+    def receive_message(self, header: bytes, payload: bytes) -> None:
+        """One whole message that came without fds, framed by the transport (its header, then
+        exactly ``msg_size`` - 16 more bytes): handled as ``receive_data(header + payload)``
+        would handle it, without assembling it in the buffer (a trapped access is one of these).
+        Anything else, a message begun before or a size the bytes do not match, goes the
+        general way."""
+        if self._buf or self._fds or self._fds_lost or self.stream_ended:
+            self.receive_data(header + payload)
+            return
+        msg_id, cmd, size, flags, error_no = HEADER.unpack(header)
+        if size != HEADER_SIZE + len(payload) or size > self.max_msg_size:
+            self.receive_data(header + payload)
+        else:
+            self.message_received(msg_id, cmd, flags, error_no, payload, [], False)
+
     def reset_framing(self) -> None:
         """End the stream: close the fds of the message being assembled, drop its bytes."""
         self.stream_ended = True
@@ -161,19 +178,26 @@ class MessageReader(Framer):
         while self._error is None:
             if self._buf:
                 data, fds, lost = recvmsg_fds(sock, self.next_read_size(), max_fds)
+                self.receive_data(data, fds, lost)
             else:
-                # A header alone, then the rest of its message in one go: the common case of a
-                # reply costs two recvmsg() and one pass through the framer.
+                # A header alone, then exactly the rest of its message: a reply without fds
+                # (every trapped access) is taken whole, two recvmsg() and no assembly.
                 data, fds, lost = recvmsg_fds(sock, HEADER_SIZE, max_fds)
-                if len(data) == HEADER_SIZE:
-                    size = HEADER.unpack_from(data)[2]
-                    if HEADER_SIZE < size <= max_msg_size:
+                size = HEADER.unpack_from(data)[2] if len(data) == HEADER_SIZE else 0
+                if HEADER_SIZE < size <= max_msg_size:
+                    try:
                         rest, more_fds, more_lost = recvmsg_fds(sock, size - HEADER_SIZE, max_fds)
-                        data += rest
-                        if more_fds or more_lost:
-                            fds = fds + more_fds
-                            lost = lost or more_lost
-            self.receive_data(data, fds, lost)
+                    except OSError:
+                        self.receive_data(data, fds, lost)      # the header stays; the rest comes later
+                        raise
+                    if not (fds or lost or more_fds or more_lost) and len(rest) == size - HEADER_SIZE:
+                        self.receive_message(data, rest)
+                    else:
+                        self.receive_data(data, fds, lost)
+                        if rest or more_fds or more_lost:
+                            self.receive_data(rest, more_fds, more_lost)
+                else:
+                    self.receive_data(data, fds, lost)
             message = self._message
             if message is not None:
                 self._message = None

@@ -42,6 +42,9 @@ SEND_BLOCK_S = 0.5
 # REGION_WRITE brings such bodies from a client; above this size the backend
 # reads and answers it itself, in the owner thread, while the library is idle.
 BYPASS_WRITE_BODY = 64 << 10
+_PEEK_BYTES = 4096            # _message_complete: a message this small is seen whole in one peek
+_PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)    # (an int: OR-ing the IntFlags costs 3 us)
+_REGION_WRITE = int(Command.REGION_WRITE)                    # (an int: compared once per message)
 LIBRARY_MAX_DATA_XFER = 1 << 20  # what the library advertises as max_data_xfer_size
 LIBRARY_MAX_MSG = LIBRARY_MAX_DATA_XFER + 32    # SERVER_MAX_MSG_SIZE: larger headers get EINVAL
 LARGE_WRITE_MAX = HEADER.size + REGION_ACCESS.size + LIBRARY_MAX_DATA_XFER
@@ -60,6 +63,8 @@ class ClientGuard:
             self._conn = None
         if fd is not None:
             self._conn = socket.socket(fileno=os.dup(fd))
+            self._writable = select.poll()            # for _output_stalled, one per connection
+            self._writable.register(self._conn, select.POLLOUT)
             self._conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.limits.recv_timeout))
             self._conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                                   _timeval(min(SEND_BLOCK_S, self.limits.send_timeout / 3)))
@@ -67,9 +72,7 @@ class ClientGuard:
     def _output_stalled(self) -> bool:
         """The client leaves its replies unread (our socket buffer is full): the
         library's next reply would block, so no request is handed to it."""
-        writable = select.poll()
-        writable.register(self._conn, select.POLLOUT)
-        if writable.poll(0):
+        if self._writable.poll(0):
             self._stalled_since = None
             return False
         if self._stalled_since is None:
@@ -79,6 +82,8 @@ class ClientGuard:
     def _check_client_limits(self, now: float) -> float | None:
         """Hang up on a client over a limit; else the seconds until the next limit."""
         limits = self.limits
+        if self._stalled_since is None and self._partial_since is None and limits.idle_limit is None:
+            return None                    # no limit runs: a client that reads and sends whole messages
         # SEND_BLOCK_S inside the library plus this wait stay within send_timeout.
         stall_limit = limits.send_timeout - min(SEND_BLOCK_S, limits.send_timeout / 3)
         deadlines = []
@@ -107,35 +112,42 @@ class ClientGuard:
         _hang_up(self._conn)
         self._stalled_since = self._partial_since = None
 
-    def _message_complete(self, conn: socket.socket) -> bool:
+    def _message_complete(self, conn: socket.socket, head: bytes | None) -> bool:
         """Whether the next message has arrived whole, so that the library, which reads
         a header without waiting and a body with one recv(), never sees a part of one
         (it would drop the client, or take the rest of the body for the next header).
-        A REGION_WRITE the backend answers itself (BYPASS_WRITE_BODY) does not wait here:
-        its body may be larger than the socket buffer."""
-        waiting = _bytes_waiting(conn)
-        if waiting == 0:
-            return True                    # end of stream or an error: the library handles it
-        if waiting < HEADER.size:
-            return False
-        _, cmd, size, flags, _ = HEADER.unpack(conn.recv(HEADER.size, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        if size < HEADER.size or size > LIBRARY_MAX_MSG:
-            return True                    # refused by the library from its header alone
-        if cmd == Command.REGION_WRITE and not flags & MSG_TYPE_MASK and size - HEADER.size > BYPASS_WRITE_BODY:
-            return True
-        return waiting >= size
-
-    def _serve_large_write(self, conn: socket.socket) -> bool:
-        """Answer a REGION_WRITE whose body the library would short-read (see
-        BYPASS_WRITE_BODY); False leaves the next message to the library."""
-        try:
-            head = conn.recv(HEADER.size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except OSError:
-            return False  # nothing there, or an error the library will see and handle
+        ``head``: what _peek showed.  A REGION_WRITE the backend answers itself
+        (BYPASS_WRITE_BODY) does not wait here: its body may be larger than the socket buffer."""
+        if not head:
+            return True                    # nothing there, end of stream or an error: the library handles it
         if len(head) < HEADER.size:
             return False
-        msg_id, cmd, size, flags, _ = HEADER.unpack(head)
-        if cmd != Command.REGION_WRITE or flags & MSG_TYPE_MASK or size - HEADER.size <= BYPASS_WRITE_BODY:
+        _, cmd, size, flags, _ = HEADER.unpack_from(head)
+        if size < HEADER.size or size > LIBRARY_MAX_MSG:
+            return True                    # refused by the library from its header alone
+        if cmd == _REGION_WRITE and not flags & MSG_TYPE_MASK and size - HEADER.size > BYPASS_WRITE_BODY:
+            return True
+        # A peek stops after the first part that carries fds: the bytes still to come are
+        # counted by FIONREAD, which sees them all.
+        return size <= len(head) or _bytes_waiting(conn) >= size
+
+    @staticmethod
+    def _peek(conn: socket.socket) -> bytes | None:
+        """The next bytes waiting (up to _PEEK_BYTES, a small message whole), left in place;
+        None when nothing is there or the connection failed."""
+        try:
+            return conn.recv(_PEEK_BYTES, _PEEK_FLAGS)
+        except OSError:
+            return None
+
+    def _serve_large_write(self, conn: socket.socket, head: bytes) -> bool:
+        """Answer a REGION_WRITE whose body the library would short-read (see
+        BYPASS_WRITE_BODY); False leaves the next message to the library.  ``head``: what
+        _peek showed of it."""
+        if len(head) < HEADER.size:
+            return False
+        msg_id, cmd, size, flags, _ = HEADER.unpack_from(head)
+        if cmd != _REGION_WRITE or flags & MSG_TYPE_MASK or size - HEADER.size <= BYPASS_WRITE_BODY:
             return False
         self.stats["large_writes"] += 1
         if size > LARGE_WRITE_MAX:

@@ -24,19 +24,20 @@ from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 
-from hugepfn.abi.vfio_user import DMA_ACCESS
+from hugepfn.abi.vfio_user import DMA_ACCESS, HEADER, HEADER_SIZE
 
 from ..interface import ServedDevice
 from .engine import ServerEngine, State
 from .events import Disconnected, Negotiated, PeerReply
 from .limits import ConnectionLimits
 from .server_loop import ServerLoop
-from .transport import DONTWAIT, listen_unix, recvmsg_fds, send_some
+from .transport import DONTWAIT, SEND_FLAGS, cmsg_space, fds_of, listen_unix, recv_flags, recvmsg_fds, send_some
 
 log = logging.getLogger("hugepfn.vfio_user")
 
-READ_BUDGET = 64            # messages taken from one client before looking at anything else
 _HANGUP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
+_POLLIN, _POLLOUT, _POLLRDHUP = select.POLLIN, select.POLLOUT, select.POLLRDHUP
+_CTRUNC = int(socket.MSG_CTRUNC)     # (msg_flags also echoes MSG_CMSG_CLOEXEC back)
 
 
 class _Connection:
@@ -54,12 +55,38 @@ class _Connection:
         self.partial_since: float | None = None
         self.over_since: float | None = None   # when the queue went over max_output
         self.close_reason: str | None = None
+        self._cmsg_space = cmsg_space(engine.max_msg_fds)
+        self._recv_flags = recv_flags(DONTWAIT)
 
     # -- replies -------------------------------------------------------------------
     def queue_replies(self) -> None:
         for data, fds in self.engine.data_to_send():
             self.queue.append([memoryview(data), fds])
             self.queued += len(data)
+
+    def send_replies(self) -> None:
+        """The engine's replies: sent now if the socket takes them, the rest queued.  One
+        reply and nothing queued (a trapped access) is sent straight away, with the queue's
+        accounting untouched when it all goes (the queue stays empty: nothing to account)."""
+        out = self.engine.data_to_send()
+        if len(out) == 1 and not self.queue:
+            data, fds = out[0]
+            try:
+                sent = self.sock.send(data, SEND_FLAGS) if not fds else send_some(self.sock, data, fds)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self.fail(f"send failed: {exc.strerror or exc}")
+                return
+            if sent == len(data):
+                return
+            self.queue.append([memoryview(data)[sent:], () if sent else fds])
+            self.queued += len(data) - sent
+        else:
+            for data, fds in out:
+                self.queue.append([memoryview(data), fds])
+                self.queued += len(data)
+        self.flush()
 
     def flush(self) -> None:
         """Send what the socket takes now; never waits."""
@@ -92,33 +119,81 @@ class _Connection:
 
     # -- requests ------------------------------------------------------------------
     def receive(self) -> None:
-        """Read and handle up to READ_BUDGET messages that have arrived; never waits."""
-        engine, sock, idle_limit = self.engine, self.sock, self.limits.idle_limit
-        for _ in range(READ_BUDGET):
-            # Up to the end of the message being assembled and no further: the fds of
-            # each recvmsg() then belong to exactly one message.
-            while True:
-                try:
-                    data, fds, lost = recvmsg_fds(sock, engine.next_read_size(), engine.max_msg_fds, DONTWAIT)
-                except BlockingIOError:
-                    return
-                except OSError as exc:
-                    self.fail(f"receive failed: {exc.strerror or exc}")
-                    return
-                engine.receive_data(data, fds, lost)
-                if engine.state is State.CLOSED:
-                    return
-                if not engine.assembling:
-                    self.partial_since = None
-                    break
-                if self.partial_since is None:
-                    self.partial_since = time.monotonic()
-            if idle_limit is not None:
-                self.last_input = time.monotonic()
-            self.queue_replies()
-            self.flush()
-            if not self.reading or self.close_reason:
+        """Read and handle the message that has arrived, or what has of it; never waits.
+        One message per wake-up: the poll loop comes back at once for a next one that is
+        there (a poll() costs less than a read that finds nothing), and the listener and
+        the wake pipe are looked at between any two messages."""
+        engine = self.engine
+        if not engine.assembling:
+            whole = self._receive_whole()
+            if whole is None:
                 return
+            if whole:
+                self._received()
+                return
+        self._receive_rest()
+
+    def _receive_whole(self) -> bool | None:
+        """A message from its start: the header, then exactly the rest of it, two recvmsg()
+        calls.  Without fds and with all of it there (a trapped access always), the engine
+        takes it whole (True).  Otherwise what arrived is fed the general way and the rest
+        is read by _receive_rest (False).  None: nothing arrived, or the connection is gone."""
+        engine, sock = self.engine, self.sock
+        try:
+            header, anc, msg_flags, _ = sock.recvmsg(HEADER_SIZE, self._cmsg_space, self._recv_flags)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            self.fail(f"receive failed: {exc.strerror or exc}")
+            return None
+        if anc or msg_flags & _CTRUNC or len(header) < HEADER_SIZE:
+            engine.receive_data(header, *fds_of(anc, msg_flags))
+            return None if engine.state is State.CLOSED else not engine.assembling
+        size = HEADER.unpack_from(header)[2]
+        if size == HEADER_SIZE or not HEADER_SIZE < size <= engine.max_msg_size:
+            engine.receive_data(header)       # complete, or refused as unframeable
+            return None if engine.state is State.CLOSED else True
+        try:
+            payload, anc, msg_flags, _ = sock.recvmsg(size - HEADER_SIZE, self._cmsg_space, self._recv_flags)
+        except BlockingIOError:
+            payload, anc, msg_flags = b"", None, 0
+        except OSError as exc:
+            self.fail(f"receive failed: {exc.strerror or exc}")
+            return None
+        if not anc and not msg_flags & _CTRUNC and len(payload) == size - HEADER_SIZE:
+            engine.receive_message(header, payload)
+            return None if engine.state is State.CLOSED else True
+        engine.receive_data(header)
+        if payload or anc or msg_flags & _CTRUNC:
+            engine.receive_data(payload, *fds_of(anc, msg_flags))
+        return None if engine.state is State.CLOSED else not engine.assembling
+
+    def _receive_rest(self) -> None:
+        """The rest of the message being assembled, as far as it has arrived."""
+        engine, sock = self.engine, self.sock
+        # Up to the end of the message being assembled and no further: the fds of
+        # each recvmsg() then belong to exactly one message.
+        while engine.assembling:
+            if self.partial_since is None:
+                self.partial_since = time.monotonic()
+            try:
+                data, fds, lost = recvmsg_fds(sock, engine.next_read_size(), engine.max_msg_fds, DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.fail(f"receive failed: {exc.strerror or exc}")
+                return
+            engine.receive_data(data, fds, lost)
+            if engine.state is State.CLOSED:
+                return
+        self._received()
+
+    def _received(self) -> None:
+        """A whole message was handled: its clocks stop, its replies go out."""
+        self.partial_since = None
+        if self.limits.idle_limit is not None:
+            self.last_input = time.monotonic()
+        self.send_replies()
 
     def fail(self, reason: str) -> None:
         """Close this client for ``reason`` (logged through the engine's Disconnected)."""
@@ -235,37 +310,47 @@ class VfioUserServer(ServerLoop):
         poller.register(self._listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         registered = None
+        stop, ready_state, idle_limit = self._stop, State.READY, self.limits.idle_limit
         try:
-            while engine.state is not State.CLOSED and not self._stop.is_set():
-                want = (select.POLLIN if client.reading else 0) | select.POLLRDHUP
+            while engine.state is not State.CLOSED and not stop.is_set():
+                want = (_POLLIN if client.over_since is None else 0) | _POLLRDHUP
                 if client.queue:
-                    want |= select.POLLOUT
+                    want |= _POLLOUT
                 if want != registered:
                     poller.register(conn, want)       # re-registering modifies the mask
                     registered = want
-                next_deadline = client.check_clocks(time.monotonic())
-                if engine.state is State.CLOSED:
+                if (client.partial_since is None and client.over_since is None and engine.state is ready_state
+                        and idle_limit is None):
+                    timeout = -1                      # no bound runs (check_clocks' common case)
+                else:
+                    next_deadline = client.check_clocks(time.monotonic())
+                    if engine.state is State.CLOSED:
+                        break
+                    timeout = -1 if next_deadline is None else max(0, next_deadline - time.monotonic()) * 1000 + 1
+                polled = poller.poll(timeout)
+                if stop.is_set():
                     break
-                timeout = None if next_deadline is None else max(0, next_deadline - time.monotonic())
-                ready = dict(poller.poll(None if timeout is None else timeout * 1000 + 1))
-                if self._stop.is_set():
-                    break
-                if self._wake_r in ready:
-                    self._drain_wake()
-                    self._run_jobs(client)
-                events = ready.get(cfd, 0)
-                if events & select.POLLOUT:
+                if len(polled) == 1 and polled[0][0] == cfd:   # the common case: the client alone
+                    ready, events = (), polled[0][1]
+                else:
+                    ready = dict(polled)
+                    if self._wake_r in ready:
+                        self._drain_wake()
+                        self._run_jobs(client)
+                    events = ready.get(cfd, 0)
+                if events & _POLLOUT:
                     client.flush()
                 # The current client first: if it just hung up, the connection
                 # waiting on the listener is the next client, not a second one.
-                if events & (select.POLLIN | _HANGUP):
+                if events & (_POLLIN | _HANGUP):
                     if client.reading:
                         client.receive()           # reads what is left, then the end of stream
                     else:
                         engine.connection_lost("peer closed the connection")
                 if lfd in ready and not events & _HANGUP and engine.state is not State.CLOSED:
                     self._refuse()
-                self._record(engine.events())
+                if engine._events:                 # (events() copies the engine's queue)
+                    self._record(engine.events())
         finally:
             if engine.state is not State.CLOSED:
                 engine.connection_lost("server stopped")

@@ -164,16 +164,28 @@ def recvmsg_fds(sock: socket.socket, nbytes: int, max_fds: int, flags: int = 0) 
     """One recvmsg(): up to ``nbytes``, the fds that came with them (close-on-exec) and
     whether the peer attached more fds than ``max_fds`` (MSG_CTRUNC: the kernel closed
     the ones that did not fit; the ones that did are returned, the caller owns them)."""
-    data, ancdata, msg_flags, _ = sock.recvmsg(nbytes, _cmsg_space(max_fds), _CMSG_CLOEXEC | flags)
+    data, ancdata, msg_flags, _ = sock.recvmsg(nbytes, cmsg_space(max_fds), _CMSG_CLOEXEC | flags)
+    if not ancdata and not msg_flags & _CTRUNC:
+        return data, [], False              # the common case: no fds
+    return (data, *fds_of(ancdata, msg_flags))
+
+
+def fds_of(ancdata, msg_flags: int) -> tuple[list[int], bool]:
+    """The fds of one recvmsg()'s ancillary data, and whether some were lost (MSG_CTRUNC)."""
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             arr = array.array("i")
             arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
             fds.extend(arr)
-    return data, fds, bool(msg_flags & _CTRUNC)
+    return fds, bool(msg_flags & _CTRUNC)
+
+
+def recv_flags(flags: int = 0) -> int:
+    """The flags recvmsg_fds passes: received fds are close-on-exec."""
+    return _CMSG_CLOEXEC | flags
 
 
 @functools.lru_cache(maxsize=None)
-def _cmsg_space(max_fds: int) -> int:
+def cmsg_space(max_fds: int) -> int:
     return socket.CMSG_SPACE(max(max_fds, 1) * 4)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from ..driver_error import DriverError
+from ..gc_pause import collector_paused
 from ..mm.pfn_space import PfnAddressSpace
 from ..tasks import Signal, Thread
 from .collect import ProcessOrder, ToKill, collect_procs_pfn
@@ -91,6 +92,10 @@ class MemoryFailure:
     # -- entry (docs/kernel-reference.md: memory_failure) ------------------------------------------------------------------------
     def memory_failure(self, pfn: int, flags: int = 0, current: Thread | None = None) -> int:
         """memory_failure(pfn, flags) with ``current`` the calling thread (None: a kworker)."""
+        with collector_paused():          # see gc_pause: the collections cost more than the call
+            return self._memory_failure(pfn, flags, current)
+
+    def _memory_failure(self, pfn: int, flags: int, current: Thread | None) -> int:
         m = self.machine
         if current is None:
             current = m.tasks.kworker

@@ -7,7 +7,7 @@ The task list records a signal that was already pending as delivered=False.
 """
 from __future__ import annotations
 
-from itertools import groupby
+from itertools import repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -41,25 +41,28 @@ _THREAD, _ADDR, _SIZE_SHIFT = attrgetter("tsk"), attrgetter("addr"), attrgetter(
 
 def kill_procs(tasks: TaskList, klog: "KernelLog", tokill: list["ToKill"], pfn: int, flags: int,
                current: Thread | None) -> list[Signal]:
-    """kill_proc (or the forced SIGKILL) for every entry, in order.  Consecutive entries of one
-    thread (collect_procs_pfn emits a process's VMAs together) that all have an address and one
-    size_shift are sent as one run: the same log lines and Signals as one call each, without the
-    per-entry calls."""
-    sent: list[Signal] = []
-    for t, run in groupby(tokill, key=_THREAD):
-        run = list(run)
-        addrs = list(map(_ADDR, run))
-        if len(run) > 1 and None not in addrs and len(set(map(_SIZE_SHIFT, run))) == 1:
-            klog.lazy_repeat(len(run), _sending_line, pfn, t.comm, t.tid)
-            if flags & MF_ACTION_REQUIRED and t is current:     # force_sig_mceerr
-                sent += tasks.send_signals(t, "SIGBUS", BUS_MCEERR_AR, addrs, run[0].size_shift, forced=True)
-            else:                                               # send_sig_mceerr
-                sent += tasks.send_signals(t, "SIGBUS", BUS_MCEERR_AO, addrs, run[0].size_shift)
-            continue
-        for tk in run:
+    """kill_proc (or the forced SIGKILL) for every entry, in order.  When every entry has an
+    address and all share one size_shift (the common case: nobody is forcibly killed), all are
+    sent in one go: the same log lines and Signals as one call each, without the per-entry calls."""
+    if not tokill:
+        return []
+    addrs = list(map(_ADDR, tokill))
+    if None in addrs or len(set(map(_SIZE_SHIFT, tokill))) > 1:
+        sent: list[Signal] = []
+        for tk in tokill:
             if tk.addr is None:
+                t = tk.tsk
                 klog.lazy(_killing_line, pfn, t.comm, t.tid)
                 sent.append(tasks.send_sigkill(t))
             else:
                 sent.append(kill_proc(tasks, klog, tk, pfn, flags, current))
-    return sent
+        return sent
+    threads = list(map(_THREAD, tokill))
+    line_args = {t: (pfn, t.comm, t.tid) for t in dict.fromkeys(threads)}
+    klog.lazy_each(_sending_line, map(line_args.__getitem__, threads))
+    if flags & MF_ACTION_REQUIRED and current in line_args:     # force_sig_mceerr for current's
+        codes = [BUS_MCEERR_AR if t is current else BUS_MCEERR_AO for t in threads]
+        forced = [t is current for t in threads]
+    else:                                                       # send_sig_mceerr for all
+        codes, forced = repeat(BUS_MCEERR_AO), repeat(False)
+    return tasks.send_signals(threads, "SIGBUS", codes, addrs, tokill[0].size_shift, forced)

@@ -10,6 +10,7 @@ device: a pfn nobody registered (Ignored) and, before 6.19, "memory outside kern
 (the kernel has nothing that says which device the pfn belongs to)."""
 from __future__ import annotations
 
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from ..mm.constants import PAGE_SHIFT, PAGE_SIZE
@@ -30,12 +31,13 @@ def _space_fields(space, pfn: int) -> dict | None:
 
 
 def signal_summaries(signals) -> tuple:
-    """The memory-error SIGBUSes of ``signals`` as an event lists them (at most 1024)."""
+    """The memory-error SIGBUSes of ``signals`` as an event lists them (at most 1024; the ones
+    past that are never built: 10,000 signalled VMAs make 10,000 signals)."""
     from hugepfn.host.events import MAX_SIGNAL_SUMMARIES, SignalSummary
 
+    wanted = (s for s in signals if s.signo == "SIGBUS" and s.code in (BUS_MCEERR_AR, BUS_MCEERR_AO))
     return tuple(SignalSummary(tid=s.tid, code=s.code, addr=s.addr, lsb=s.addr_lsb)
-                 for s in signals if s.signo == "SIGBUS" and s.code in (BUS_MCEERR_AR, BUS_MCEERR_AO)
-                 )[:MAX_SIGNAL_SUMMARIES]
+                 for s in islice(wanted, MAX_SIGNAL_SUMMARIES))
 
 
 def consumption_count(mf: "MemoryFailure", pfn: int) -> int:

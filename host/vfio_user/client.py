@@ -13,6 +13,7 @@ import mmap
 import os
 import socket
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from hugepfn.abi import vfio_user as wire
 from hugepfn.abi.vfio import VFIO_PCI_CONFIG_REGION_INDEX
@@ -37,8 +38,8 @@ class VfioUserProtocolError(ConnectionError):
     """The server's bytes make no sense (or it went away)."""
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
+    """One message from the server (a tuple: one is built per trapped access)."""
     msg_id: int
     cmd: int
     flags: int
@@ -158,8 +159,14 @@ class VfioUserClient:
         if msg_id is None:
             msg_id = self._next_id
             self._next_id = (self._next_id + 1) & 0xFFFF
+        message = wire.message(msg_id, cmd, payload, flags)
         try:
-            send_with_fds(self.sock, wire.message(msg_id, cmd, payload, flags), fds)
+            if fds:
+                send_with_fds(self.sock, message, fds)
+            else:                                   # send_with_fds without its memoryview
+                sent = self.sock.send(message)
+                if sent < len(message):
+                    self.sock.sendall(memoryview(message)[sent:])
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise VfioUserProtocolError(f"server closed the connection: {exc}") from exc
         return msg_id

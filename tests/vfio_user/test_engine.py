@@ -411,3 +411,53 @@ def test_region_read_ignores_bytes_after_the_request_as_libvfio_user(engine, dev
     engine.receive_data(wire.message(1, Command.REGION_READ, wire.REGION_ACCESS.pack(0x40, 7, 4) + b"junk"))
     [(head, payload, _)] = replies(engine)
     assert head[3] == wire.MSG_TYPE_REPLY and payload == wire.REGION_ACCESS.pack(0x40, 7, 4) + b"\x01\x02\x03\x04"
+
+
+# -- receive_message: a whole message framed by the transport ---------------------------------
+
+def _both_ways(device, messages):
+    """(replies, events) of feeding ``messages`` to two engines: one through receive_message
+    (header and payload split as the server reads them), one through receive_data."""
+    out = []
+    for whole in (True, False):
+        eng = ServerEngine(device)
+        for msg in [version_msg(caps={"max_msg_fds": 16, "max_data_xfer_size": 4096})] + messages:
+            if whole:
+                eng.receive_message(msg[:16], msg[16:])
+            else:
+                eng.receive_data(msg)
+        out.append((replies(eng), [type(e).__name__ for e in eng.events()], eng.state))
+    return out
+
+
+@pytest.mark.parametrize("messages, errors", [
+    ([read_msg(1, 7, 0, 4)], [0]),                                    # a trapped read
+    ([read_msg(2, 7, 0, 4, flags=wire.FLAG_NO_REPLY)], []),           # no reply asked
+    ([read_msg(3, 99, 0, 4)], [errno.EINVAL]),                        # bad region
+    ([read_msg(4, 0, FAIL_REG, 4)], [errno.EIO]),                     # the device raises
+    ([wire.message(5, Command.REGION_WRITE, wire.REGION_ACCESS.pack(DOORBELL, 0, 4) + b"\1\0\0\0")], [0]),
+    ([wire.message(6, 0x7777, b"")], [errno.EINVAL]),                 # unknown command
+    ([wire.message(7, Command.DEVICE_RESET, b"")], [0]),
+    ([wire.message(8, Command.DMA_READ, b"\0" * 8, wire.MSG_TYPE_REPLY)], []),   # a reply never asked for
+])
+def test_receive_message_does_what_receive_data_does(device, messages, errors):
+    whole, fed = _both_ways(device, messages)
+    assert whole == fed
+    assert [header[4] for header, _, _ in whole[0][1:]] == errors
+
+
+def test_receive_message_with_a_size_its_bytes_do_not_match_goes_the_general_way(engine):
+    msg = read_msg(9, 7, 0, 4)
+    engine.receive_message(msg[:16], msg[16:24])        # 8 of its 16 payload bytes
+    assert engine.assembling and engine.assembled_bytes == 24
+    assert engine.data_to_send() == []
+    engine.receive_data(msg[24:])
+    [((msg_id, cmd, size, flags, err), payload, fds)] = replies(engine)
+    assert (msg_id, cmd, flags, err) == (9, Command.REGION_READ, wire.MSG_TYPE_REPLY, 0)
+
+
+def test_receive_message_after_a_message_begun_keeps_the_bytes_in_order(engine):
+    first, second = read_msg(10, 7, 0, 4), read_msg(11, 7, 4, 4)
+    engine.receive_data(first[:5])
+    engine.receive_message(first[5:21], first[21:] + second)   # (not a header: the buffer decides)
+    assert [h[0] for h, _, _ in replies(engine)] == [10, 11]
