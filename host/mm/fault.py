@@ -130,8 +130,12 @@ def _handle_mm_fault(vma: "Vma", address: int, write: bool, calls: list[tuple[in
     fault = ops.fault if ops is not None else None
     if fault is None:
         return VM_FAULT_SIGBUS
-    if vma_lock and ops.map_pages is None:
-        return VM_FAULT_RETRY               # vmf_can_call_fault: retry under mmap_lock
+    if vma_lock and ops.map_pages is None and allowed >= 0:
+        # vmf_can_call_fault: retry under mmap_lock.  Only when this pass looked at an empty
+        # huge slot (allowed was evaluated): the retry then repeats that attempt.  Otherwise
+        # the retry walks the same tables to this same point and calls ->fault, which is what
+        # follows here at once (the kernel's two passes, without walking twice).
+        return VM_FAULT_RETRY
     ret = fault(vmf)
     if calls is not None:
         calls.append((0, ret))
