@@ -14,16 +14,22 @@ def main(argv: list[str]) -> int:
     wanted = set(argv)
     load = results.LoadMeter()
     here = Path(__file__).resolve().parent
+    failed: list[str] = []
     for info in sorted(pkgutil.iter_modules([str(here)]), key=lambda m: m.name):
         if not info.name.startswith("bench_") or (wanted and info.name not in wanted):
             continue
-        module = importlib.import_module(f"bench.{info.name}")
         print(f"== {info.name} ==", flush=True)
-        module.main()
+        try:
+            importlib.import_module(f"bench.{info.name}").main()
+        except Exception as exc:        # one line, and the other benchmarks still run
+            failed.append(info.name)
+            print(f"bench: {info.name} stopped: {type(exc).__name__}: {exc}", flush=True)
         print(flush=True)
     print("== targets ==")
     print(results.table(load), flush=True)
-    return 0
+    if failed:
+        print(f"bench: {len(failed)} benchmark(s) stopped before their end: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
