@@ -36,23 +36,33 @@ def rate(fn, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def _region_reads(dev, index: int, offsets):
+    """n 4-byte region_read calls of region ``index``, cycling through ``offsets``."""
+    def run(n):
+        read = dev.region_read
+        for _ in range(n // len(offsets)):
+            for off in offsets:
+                read(index, off, 4)
+    return run
+
+
+def _region_writes(dev, index: int, offsets, value: bytes):
+    """n 4-byte region_write calls of ``value`` to region ``index``, cycling through ``offsets``."""
+    def run(n):
+        write = dev.region_write
+        for _ in range(n // len(offsets)):
+            for off in offsets:
+                write(index, off, value)
+    return run
+
+
 def bench_config() -> None:
     with GpuDevice.from_profile("gpu-8g") as dev:
         cfg = dev.config
         offsets = (OFFSETS * 1000)[:10000]
 
-        def region_reads(n):
-            read = dev.region_read
-            for i in range(n // len(offsets)):
-                for off in offsets:
-                    read(CFG, off, 4)
-
-        def region_writes(n):
-            write = dev.region_write
-            value = b"\xff\xff\xff\xff"
-            for i in range(n // len(offsets)):
-                for off in offsets:
-                    write(CFG, off, value)
+        region_reads = _region_reads(dev, CFG, offsets)
+        region_writes = _region_writes(dev, CFG, offsets, b"\xff\xff\xff\xff")
 
         def fast_reads(n):
             read32 = cfg.read32
@@ -91,19 +101,8 @@ def bench_config() -> None:
 
         bar0 = dev.profile.register_bar.index
         scratch = [REG_SCRATCH + 4 * i for i in range(SCRATCH_COUNT)]
-
-        def register_reads(n):
-            read = dev.region_read
-            for i in range(n // len(scratch)):
-                for off in scratch:
-                    read(bar0, off, 4)
-
-        def register_writes(n):
-            write = dev.region_write
-            value = b"\x5a\x5a\x5a\x5a"
-            for i in range(n // len(scratch)):
-                for off in scratch:
-                    write(bar0, off, value)
+        register_reads = _region_reads(dev, bar0, scratch)
+        register_writes = _region_writes(dev, bar0, scratch, b"\x5a\x5a\x5a\x5a")
 
         n = 200_000
         reads, writes = rate(region_reads, n), rate(region_writes, n)
