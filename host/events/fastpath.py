@@ -11,11 +11,10 @@ from __future__ import annotations
 import struct
 
 from .event import MemoryFailureEvent
-from .message import (HPFN_MF_VERSION, HPFN_MSG_MEMORY_FAILURE, NLMSG_HDRLEN, MalformedMessage, build_event,
-                      check_header, check_stamped, header_pid, hpfn_mf_msg)
+from .message import (HPFN_MF_VERSION, HPFN_MSG_MEMORY_FAILURE, NLMSG_HDRLEN, MalformedMessage, attribute_spans,
+                      build_event, check_header, check_stamped, header_pid, hpfn_mf_msg)
 
 NLA_F_NESTED = 0x8000
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 _NLMSGHDR = struct.Struct("<IHHII")
 _HPFN_MF = struct.Struct("<B3x")
 _NLA = struct.Struct("<HH")
@@ -69,15 +68,8 @@ def encode(event: MemoryFailureEvent, *, port_id: int = 0) -> bytes:
 
 def _attrs(data: bytes, start: int, end: int, size: int):
     """(type without flags, payload) for each attribute in data[start:end]."""
-    offset = start
-    while offset < end:
-        if end - offset < _NLA.size:
-            raise MalformedMessage(f"truncated attribute header at offset {offset}", size)
-        length, nla_type = _NLA.unpack_from(data, offset)
-        if length < _NLA.size or offset + length > end:
-            raise MalformedMessage(f"attribute at offset {offset} overruns its container", size)
-        yield nla_type & NLA_TYPE_MASK, data[offset + _NLA.size:offset + length]
-        offset += (length + 3) & ~3
+    for nla_type, first, last in attribute_spans(data, start, end, size):
+        yield nla_type, data[first:last]
 
 
 def _decode_attrs(table, data: bytes, start: int, end: int, size: int) -> tuple[dict, list]:

@@ -188,3 +188,33 @@ def test_every_event_field_has_an_attribute():
     assert {key for key, _ in _SCALARS} | {"signals", "publisher_pid"} == {
         f.name for f in dataclasses.fields(MemoryFailureEvent)}
     assert {key for key, _ in _SIGNAL_FIELDS} == {f.name for f in dataclasses.fields(SignalSummary)}
+
+
+# Found by test_on_damaged_bytes_the_fast_path_never_reads_what_the_declaration_does_not on a CI
+# run: HPFN_MF_A_PFN's type byte damaged into HPFN_MF_A_SIGNALS (an array), whose payload then
+# starts with an element 3 bytes long (at offset 48, below an attribute header).  pyroute2 decoded
+# it by allocating until the test process held 17 GB; the reference decoder now checks the
+# framing before pyroute2 sees it.  (The fast path names offsets inside an array from its start.)
+UNBOUNDED = bytes.fromhex(
+    "0c01000046480000eb03000000000000010000000c000100eb030000000000000c00020031187234ec267a180c000c00"
+    "030080030000000011000400303030303a34313a30302e300000000005000500020000000c000600003000000000000"
+    "00c00070000100000000000000d000800757073747265616d000000000e0009007369676e616c6c65640000000e000a"
+    "005265636f766572656400000008000b000200000054000c802800018008000100a30f000008000200040000000c0003"
+    "00003000003a7f0000050004000c00000028000280080001008b13000008000200050000000c000300003000003b7f00"
+    "00050004000c00000008000d000300000009000e00362e313900000000")
+
+
+def test_framing_that_made_pyroute2_allocate_without_bound_is_refused_by_both_decoders():
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, hard))     # a regression fails, not the machine
+    try:
+        with pytest.raises(MalformedMessage) as reference:
+            decode_reference(UNBOUNDED)
+        with pytest.raises(MalformedMessage) as fast:
+            decode(UNBOUNDED)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert str(reference.value) == "attribute at offset 48 overruns its container (268 bytes)"
+    assert str(fast.value) == "attribute at offset 0 overruns its container (268 bytes)"
