@@ -66,26 +66,22 @@ def encode(event: MemoryFailureEvent, *, port_id: int = 0) -> bytes:
     return header + body
 
 
-def _attrs(data: bytes, start: int, end: int, size: int):
-    """(type without flags, payload) for each attribute in data[start:end]."""
-    for nla_type, first, last in attribute_spans(data, start, end, size):
-        yield nla_type, data[first:last]
-
-
 def _decode_attrs(table, data: bytes, start: int, end: int, size: int) -> tuple[dict, list]:
     values: dict = {key: None for key, _name, _codec in table.values()}
     signals: list[dict] = []
-    for nla_type, payload in _attrs(data, start, end, size):
+    for nla_type, first, last in attribute_spans(data, start, end, size):
         if nla_type not in table:
             continue  # a newer publisher's attribute: ignore, as netlink readers do
         key, name, codec = table[nla_type]
         if values[key] is not None:
             continue  # repeated attribute: the first one counts (as pyroute2's get_attr)
-        if codec == "array":
-            signals = [_decode_attrs(_SIG, element, 0, len(element), size)[0]
-                       for _type, element in _attrs(payload, 0, len(payload), size)]
+        if codec == "array":       # offsets in the reasons stay those of the datagram
+            signals = [_decode_attrs(_SIG, data, element_first, element_last, size)[0]
+                       for _type, element_first, element_last in attribute_spans(data, first, last, size)]
             values[key] = True  # seen; the list itself is returned apart
-        elif codec == "asciiz":
+            continue
+        payload = data[first:last]
+        if codec == "asciiz":
             if not payload.endswith(b"\0") or not payload[:-1].isascii() or b"\0" in payload[:-1]:
                 raise MalformedMessage(f"{name} is not a NUL-terminated ASCII string", size)
             values[key] = payload[:-1].decode("ascii")
