@@ -177,6 +177,19 @@ def _prot(value: Any) -> int:
     return PROT[value] if isinstance(value, str) else int(value)
 
 
+_HEX = "{:#x}".format
+# Steps whose probe line is the kind and its fields in this order, each written as given.
+_PLAIN_LINES: dict[str, tuple[tuple[str, Any], ...]] = {
+    "munmap": (("pid", str), ("addr", _HEX), ("length", _HEX)),
+    "mprotect": (("pid", str), ("addr", _HEX), ("length", _HEX), ("prot", _prot)),
+    "madvise": (("pid", str), ("addr", _HEX), ("length", _HEX), ("advice", MADVICE_NUMBERS.__getitem__)),
+    "mremap": (("pid", str), ("addr", _HEX), ("length", _HEX), ("new_length", _HEX), ("flags", str),
+               ("new_addr", _HEX)),
+    "access": (("tid", str), ("addr", _HEX), ("write", int)),
+    "touch": (("tid", str), ("addr", _HEX), ("length", _HEX), ("stride", _HEX), ("write", int)),
+}
+
+
 def step_line(step: Step, devices: dict[str, PlannedDevice], all_devices: list[PlannedDevice],
               processes: dict[int, str]) -> str:
     f = step.fields
@@ -188,19 +201,8 @@ def step_line(step: Step, devices: dict[str, PlannedDevice], all_devices: list[P
         dev = devices[f["device"]]
         return (f"step {n} mmap {f['pid']} {dev.slot} {f['region']} {f['offset']:#x} {f['length']:#x} "
                 f"{f['addr']:#x} {int(f['shared'])} {_prot(f.get('prot', 'rw'))}")
-    if kind == "munmap":
-        return f"step {n} munmap {f['pid']} {f['addr']:#x} {f['length']:#x}"
-    if kind == "mprotect":
-        return f"step {n} mprotect {f['pid']} {f['addr']:#x} {f['length']:#x} {_prot(f['prot'])}"
-    if kind == "madvise":
-        return f"step {n} madvise {f['pid']} {f['addr']:#x} {f['length']:#x} {MADVICE_NUMBERS[f['advice']]}"
-    if kind == "mremap":
-        return (f"step {n} mremap {f['pid']} {f['addr']:#x} {f['length']:#x} {f['new_length']:#x} "
-                f"{f['flags']} {f['new_addr']:#x}")
-    if kind == "access":
-        return f"step {n} access {f['tid']} {f['addr']:#x} {int(f['write'])}"
-    if kind == "touch":
-        return f"step {n} touch {f['tid']} {f['addr']:#x} {f['length']:#x} {f['stride']:#x} {int(f['write'])}"
+    if kind in _PLAIN_LINES:
+        return " ".join([f"step {n} {kind}"] + [str(write(f[name])) for name, write in _PLAIN_LINES[kind]])
     if kind == "prctl":
         return (f"step {n} prctl {f['tid']} {resolve(f['option'], PRCTL_OPTIONS)} "
                 f"{resolve(f['arg2'], PRCTL_ARG_NAMES)} {resolve(f['arg3'], PRCTL_ARG_NAMES)} "
