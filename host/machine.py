@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
 
 from . import kernel as kernel_mod
 from .drivers.pci import PciBar, PciDevice
@@ -84,19 +84,24 @@ class Clock:
         self.now_ms += ms
 
 
-class AccessResult:
+class _AccessFields(NamedTuple):
+    ret: int
+    calls: list[tuple[int, int]]
+    leaf: Leaf | None
+    signals: list[Signal]
+    consumed: bool
+
+
+class AccessResult(_AccessFields):
     """What one access did: ``ret`` (vm_fault_t; 0 when it hit a mapping), ``calls`` ((order,
     result) of every driver call), ``leaf`` (what maps the address afterwards), ``signals``
-    sent during the access, and whether it ``consumed`` hardware poison."""
-    __slots__ = ("ret", "calls", "leaf", "signals", "consumed")
+    sent during the access, and whether it ``consumed`` hardware poison.  A tuple, so that
+    Machine.access (the fault hot path) builds one at C speed."""
+    __slots__ = ()
 
-    def __init__(self, ret: int, calls: list[tuple[int, int]], leaf: Leaf | None,
-                 signals: list[Signal] | None = None, consumed: bool = False) -> None:
-        self.ret = ret
-        self.calls = calls
-        self.leaf = leaf
-        self.signals = signals if signals is not None else []
-        self.consumed = consumed
+    def __new__(cls, ret: int, calls: list[tuple[int, int]], leaf: Leaf | None,
+                signals: list[Signal] | None = None, consumed: bool = False) -> "AccessResult":
+        return _new_tuple(cls, (ret, calls, leaf, signals if signals is not None else [], consumed))
 
     @property
     def ret_name(self) -> str:
@@ -105,6 +110,9 @@ class AccessResult:
     def __repr__(self) -> str:
         return (f"AccessResult(ret={self.ret_name}, calls={[(o, fault_name(r)) for o, r in self.calls]}, "
                 f"leaf={self.leaf}, signals={self.signals}, consumed={self.consumed})")
+
+
+_new_tuple = tuple.__new__
 
 
 @dataclass
@@ -273,7 +281,7 @@ class Machine:
                 # the result says what maps it afterwards.
                 hook.consume(thread, vma, addr, pfn, write)
                 return AccessResult(ret, calls, lookup(addr), journal[mark:], True)
-        return AccessResult(ret, calls, leaf, journal[mark:] if len(journal) != mark else None)
+        return _new_tuple(AccessResult, (ret, calls, leaf, journal[mark:] if len(journal) != mark else [], False))
 
     def _deliver_fault_result(self, thread: Thread, addr: int, ret: int) -> None:
         """What the arch fault handler does with a failed fault (x86 do_sigbus / arm64)."""

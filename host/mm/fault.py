@@ -8,7 +8,7 @@ calls are recorded only when the caller passes a ``calls`` list.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..driver_error import bad_fault_result
 from .constants import PAGE_MASK, PAGE_SHIFT, PMD_ORDER, PMD_SHIFT, PUD_ORDER, PUD_SHIFT
@@ -23,18 +23,24 @@ FAULT_FLAG_WRITE = 0x01
 FAULT_FLAG_USER = 0x40
 
 
-class VmFaultCtx:
-    """struct vm_fault: ``address`` is page aligned, ``real_address`` the exact byte,
-    ``pgoff`` the file page of ``address`` (linear_page_index)."""
-    __slots__ = ("vma", "address", "real_address", "pgoff", "flags")
+class _VmFaultFields(NamedTuple):
+    vma: "Vma"
+    address: int
+    real_address: int
+    pgoff: int
+    flags: int
 
-    def __init__(self, vma: "Vma", real_address: int, flags: int = FAULT_FLAG_USER) -> None:
-        self.vma = vma
-        self.real_address = real_address
+
+class VmFaultCtx(_VmFaultFields):
+    """struct vm_fault: ``address`` is page aligned, ``real_address`` the exact byte,
+    ``pgoff`` the file page of ``address`` (linear_page_index).  Read-only, as a handler sees
+    it; a tuple, so that the fault path builds one at C speed (``_new_tuple``)."""
+    __slots__ = ()
+
+    def __new__(cls, vma: "Vma", real_address: int, flags: int = FAULT_FLAG_USER) -> "VmFaultCtx":
         address = real_address & PAGE_MASK
-        self.address = address
-        self.pgoff = vma.vm_pgoff + ((address - vma.vm_start) >> PAGE_SHIFT)
-        self.flags = flags
+        return _new_tuple(cls, (vma, address, real_address, vma.vm_pgoff + ((address - vma.vm_start) >> PAGE_SHIFT),
+                                flags))
 
     @property
     def write(self) -> bool:
@@ -42,6 +48,9 @@ class VmFaultCtx:
 
     def __repr__(self) -> str:
         return f"<VmFaultCtx addr={self.address:#x} pgoff={self.pgoff:#x} flags={self.flags:#x}>"
+
+
+_new_tuple = tuple.__new__      # a VmFaultCtx without a Python-level __new__ call (the hot path)
 
 
 def handle_mm_fault(vma: "Vma", address: int, write: bool = False,
@@ -72,8 +81,9 @@ def _handle_mm_fault(vma: "Vma", address: int, write: bool, calls: list[tuple[in
     """__handle_mm_fault; ``vma_lock``: FAULT_FLAG_VMA_LOCK is set."""
     mm = vma.vm_mm
     machine = mm.machine
-    vmf = VmFaultCtx(vma, address, FAULT_FLAG_USER | FAULT_FLAG_WRITE if write else FAULT_FLAG_USER)
-    addr = vmf.address
+    addr = address & PAGE_MASK
+    vmf = _new_tuple(VmFaultCtx, (vma, addr, address, vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT),
+                                  FAULT_FLAG_USER | FAULT_FLAG_WRITE if write else FAULT_FLAG_USER))
     pt = mm.pgtable
     ops = vma.vm_ops
     huge_fault = ops.huge_fault if ops is not None else None

@@ -60,9 +60,11 @@ def vmf_insert_pfn(vma: "Vma", addr: int, pfn: int) -> int:
     if addr < vma.vm_start or addr >= vma.vm_end:
         return VM_FAULT_SIGBUS
     pt = vma.vm_mm.pgtable
-    table = _pmd_table(pt, addr)
-    if type(table) is int:
-        return table                    # a huge leaf stops the walk (nothing to do), or OOM
+    table = pt.pmd_tables.get(addr >> PUD_SHIFT)
+    if table is None:
+        table = _pmd_table(pt, addr)
+        if type(table) is int:
+            return table                # a huge leaf stops the walk (nothing to do), or OOM
     pmd_idx = addr >> PMD_SHIFT
     ptes = table.pte_tables.get(pmd_idx)
     if ptes is None:
@@ -82,13 +84,17 @@ def vmf_insert_pfn_pmd(vmf: "VmFaultCtx", pfn: int, write: bool = False) -> int:
     against the VMA (the caller checks the whole 2 MiB fits).  A non-empty slot: unchanged,
     NOPAGE.  ``write`` is accepted for signature fidelity; entries take the VMA's protection."""
     vma = vmf.vma
-    _check_vma(vma)
+    if vma.vm_flags & _FAST_MASK != _FAST_OK:
+        _check_vma(vma)
     addr = vmf.address & PMD_MASK
     if addr < vma.vm_start or addr >= vma.vm_end:
         return VM_FAULT_SIGBUS
-    table = _pmd_table(vma.vm_mm.pgtable, addr)
-    if type(table) is int:
-        return table
+    pt = vma.vm_mm.pgtable
+    table = pt.pmd_tables.get(addr >> PUD_SHIFT)     # the cascade allocated it on its way down
+    if table is None:
+        table = _pmd_table(pt, addr)
+        if type(table) is int:
+            return table
     pmd_idx = addr >> PMD_SHIFT
     if not table.leaves[pmd_idx & INDEX_MASK] and pmd_idx not in table.pte_tables:
         table.leaves[pmd_idx & INDEX_MASK] = pfn + 1
@@ -98,7 +104,8 @@ def vmf_insert_pfn_pmd(vmf: "VmFaultCtx", pfn: int, write: bool = False) -> int:
 def vmf_insert_pfn_pud(vmf: "VmFaultCtx", pfn: int, write: bool = False) -> int:
     """Install a 1 GiB special leaf at ``vmf.address & PUD_MASK`` (same rules as the PMD helper)."""
     vma = vmf.vma
-    _check_vma(vma)
+    if vma.vm_flags & _FAST_MASK != _FAST_OK:
+        _check_vma(vma)
     addr = vmf.address & PUD_MASK
     if addr < vma.vm_start or addr >= vma.vm_end:
         return VM_FAULT_SIGBUS
