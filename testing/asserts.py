@@ -17,10 +17,11 @@ LEVELS = ("pud", "pmd", "pte")
 
 
 def _signals_of(source) -> list[Signal]:
-    if isinstance(source, (list, tuple)):
-        return list(source)
+    # .signals first: an AccessResult is a tuple too (a NamedTuple), not a list of signals
     if hasattr(source, "signals"):            # AccessResult, TouchResult, PoisonResult, Proc, Host
         return list(source.signals or [])
+    if isinstance(source, (list, tuple)):
+        return list(source)
     if hasattr(source, "tasks"):              # Machine
         return list(source.tasks.journal)
     raise TypeError(f"cannot find signals in {type(source).__name__} (pass a list of signals, "
