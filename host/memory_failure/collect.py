@@ -90,16 +90,10 @@ def vma_address(vma: "Vma", pgoff: int) -> int | None:
     return addr if addr < vma.vm_end else None
 
 
-def _by_mapping(space: "PfnAddressSpace", order: ProcessOrder) -> list[list]:
-    """[process, vma, vma, ...] groups: the mapping's VMAs once, in tree order, bucketed by mm;
-    groups in process-list order.  Cost O(VMAs of the mapping)."""
-    by_mm: dict[int, list] = {}
-    for vma in space.mapping:                       # i_mmap tree order
-        bucket = by_mm.get(id(vma.vm_mm))
-        if bucket is None:
-            by_mm[id(vma.vm_mm)] = bucket = [vma.vm_mm.owner]
-        bucket.append(vma)
-    groups = list(by_mm.values())
+def _by_mapping(space: "PfnAddressSpace", order: ProcessOrder) -> list[tuple[Process, list]]:
+    """(process, its VMAs of the mapping in tree order) groups, in process-list order.  Cost
+    O(mms mapping it): the bucketing itself is the mapping's, kept between calls (by_mm)."""
+    groups = [(vmas[0].vm_mm.owner, vmas) for vmas in space.mapping.by_mm().values()]
     if len(groups) > 1:
         groups.sort(key=lambda g: order.position(g[0]))
     return groups
@@ -109,30 +103,23 @@ def _selected(space: "PfnAddressSpace", current: Thread | None, early_kill_sysct
               order: ProcessOrder) -> Iterator[tuple[Thread, list]]:
     """(selected thread, its process's VMAs of the mapping in tree order), in process-list order.
 
-    Few VMAs (no more than processes): bucket them by mm and ask task_early_kill only for their
-    owners.  Many VMAs: ask every process first (cheap: no VMA is looked at), then bucket the
-    mapping's VMAs once for the selected ones.  Either way O(processes + VMAs of the mapping)."""
-    mapping = space.mapping
-    if len(mapping) <= len(order.tasks.processes):
-        for group in _by_mapping(space, order):
-            t = task_early_kill(group[0], current, early_kill_sysctl)
+    Few mms mapping it (an eighth of the processes or fewer): ask task_early_kill only for their
+    owners, sorted into process-list order.  Otherwise walk the process list and ask the owners
+    as they come (a dict lookup each, no sort).  Either way O(processes) at most, once the
+    mapping has bucketed its VMAs by mm (AddressSpace.by_mm)."""
+    by_mm = space.mapping.by_mm()
+    if len(by_mm) * 8 <= len(order.tasks.processes):     # a few mms: sort those (a key call each)
+        for proc, vmas in _by_mapping(space, order):
+            t = task_early_kill(proc, current, early_kill_sysctl)
             if t is not None:
-                yield t, group[1:]
+                yield t, vmas
         return
-    threads: dict[int, Thread] = {}             # id(mm) -> selected thread, in process-list order
     for proc in order.tasks:
-        t = task_early_kill(proc, current, early_kill_sysctl)
-        if t is not None:
-            threads[id(proc.mm)] = t
-    if not threads:
-        return
-    buckets: dict[int, list] = {key: [] for key in threads}
-    for vma in mapping:                         # i_mmap tree order
-        bucket = buckets.get(id(vma.vm_mm))
-        if bucket is not None:
-            bucket.append(vma)
-    for key, t in threads.items():
-        yield t, buckets[key]
+        vmas = by_mm.get(id(proc.mm))
+        if vmas is not None:
+            t = task_early_kill(proc, current, early_kill_sysctl)
+            if t is not None:
+                yield t, vmas
 
 
 def _pgoffs_one_by_one(callback, vmas, pfn: int) -> list[int | None]:
@@ -159,10 +146,10 @@ def collect_procs_pfn(space: "PfnAddressSpace", pfn: int, current: Thread | None
         answered = [pgoff is not None for pgoff in pgoffs]
         threads, vmas = list(compress(threads, answered)), list(compress(vmas, answered))
         pgoffs = [pgoff for pgoff in pgoffs if pgoff is not None]
-    # vma_address(), inline: the address, then None where it falls outside the VMA
-    addrs = [vma.vm_start + ((pgoff - vma.vm_pgoff) << PAGE_SHIFT) for vma, pgoff in zip(vmas, pgoffs)]
-    addrs = [addr if pgoff >= vma.vm_pgoff and addr < vma.vm_end else None
-             for vma, pgoff, addr in zip(vmas, pgoffs, addrs)]
+    # vma_address(), inline: the address, None where it falls outside the VMA
+    addrs = [addr if pgoff >= (vm_pgoff := vma.vm_pgoff)
+             and (addr := vma.vm_start + ((pgoff - vm_pgoff) << PAGE_SHIFT)) < vma.vm_end else None
+             for vma, pgoff in zip(vmas, pgoffs)]
     if None in addrs:
         for t, pgoff, addr in zip(threads, pgoffs, addrs):
             if addr is None:

@@ -35,14 +35,15 @@ def signal_summaries(signals) -> tuple:
     past that are never built: 10,000 signalled VMAs make 10,000 signals)."""
     from hugepfn.host.events import MAX_SIGNAL_SUMMARIES, SignalSummary
 
-    wanted = (s for s in signals if s.signo == "SIGBUS" and s.code in (BUS_MCEERR_AR, BUS_MCEERR_AO))
-    return tuple(SignalSummary(tid=s.tid, code=s.code, addr=s.addr, lsb=s.addr_lsb)
-                 for s in islice(wanted, MAX_SIGNAL_SUMMARIES))
+    wanted = list(islice((s for s in signals if s.signo == "SIGBUS" and s.code in (BUS_MCEERR_AR, BUS_MCEERR_AO)),
+                         MAX_SIGNAL_SUMMARIES))
+    return SignalSummary.many([s.tid for s in wanted], [s.code for s in wanted], [s.addr for s in wanted],
+                              [s.addr_lsb for s in wanted])
 
 
 def consumption_count(mf: "MemoryFailure", pfn: int) -> int:
     """Accesses that consumed ``pfn`` so far, over every process."""
-    return sum(mf.guard.count(proc.pid, pfn) for proc in mf.machine.tasks)
+    return mf.guard.count_over(mf.machine.tasks.processes, pfn)
 
 
 def keep(mf: "MemoryFailure", event, publisher=None):
