@@ -21,7 +21,7 @@ import time
 
 from hugepfn.abi.vfio_user import HEADER, HEADER_SIZE
 
-from .transport import TooManyFds, recvmsg_fds
+from .transport import CMSG_CLOEXEC, CTRUNC, TooManyFds, cmsg_space, fds_of, recvmsg_fds
 
 
 class Unframeable(ValueError):
@@ -150,6 +150,7 @@ class MessageReader(Framer):
         self._message: tuple | None = None
         self._error: Exception | None = None
         self.cut_short = 0
+        self._cmsg_space = cmsg_space(max_fds)
 
     def message_received(self, msg_id, cmd, flags, error_no, payload, fds, fds_lost):
         if fds_lost:                       # the kernel closed the fds that did not fit
@@ -174,30 +175,35 @@ class MessageReader(Framer):
         more than ``max_fds`` fds (it is dropped), TimeoutError once ``deadline``
         (time.monotonic) has passed with the message incomplete (what arrived of it stays), and
         what the socket raises (BlockingIOError when its receive timeout expires)."""
-        sock, max_fds, max_msg_size = self.sock, self.max_fds, self.max_msg_size
+        sock, max_fds, max_msg_size, space = self.sock, self.max_fds, self.max_msg_size, self._cmsg_space
         while self._error is None:
             if self._buf:
                 data, fds, lost = recvmsg_fds(sock, self.next_read_size(), max_fds)
                 self.receive_data(data, fds, lost)
             else:
-                # A header alone, then exactly the rest of its message: a reply without fds
-                # (every trapped access) is taken whole, two recvmsg() and no assembly.
-                data, fds, lost = recvmsg_fds(sock, HEADER_SIZE, max_fds)
-                size = HEADER.unpack_from(data)[2] if len(data) == HEADER_SIZE else 0
-                if HEADER_SIZE < size <= max_msg_size:
-                    try:
-                        rest, more_fds, more_lost = recvmsg_fds(sock, size - HEADER_SIZE, max_fds)
-                    except OSError:
-                        self.receive_data(data, fds, lost)      # the header stays; the rest comes later
-                        raise
-                    if not (fds or lost or more_fds or more_lost) and len(rest) == size - HEADER_SIZE:
-                        self.receive_message(data, rest)
-                    else:
-                        self.receive_data(data, fds, lost)
-                        if rest or more_fds or more_lost:
-                            self.receive_data(rest, more_fds, more_lost)
+                # A header alone, then exactly the rest of its message: a message without fds
+                # (every trapped access's reply) is returned whole from two recvmsg(), as
+                # receive_message would hand it on.  Fds, a short read or an impossible size
+                # go to the framer, which assembles or refuses them.
+                header, anc, msg_flags, _ = sock.recvmsg(HEADER_SIZE, space, CMSG_CLOEXEC)
+                size = HEADER.unpack_from(header)[2] if len(header) == HEADER_SIZE else 0
+                if anc or msg_flags & CTRUNC or not HEADER_SIZE <= size <= max_msg_size:
+                    self.receive_data(header, *fds_of(anc, msg_flags))
+                elif size == HEADER_SIZE:
+                    msg_id, cmd, _, flags, error_no = HEADER.unpack(header)
+                    return msg_id, cmd, flags, error_no, b"", ()
                 else:
-                    self.receive_data(data, fds, lost)
+                    try:
+                        rest, anc, msg_flags, _ = sock.recvmsg(size - HEADER_SIZE, space, CMSG_CLOEXEC)
+                    except OSError:
+                        self.receive_data(header)      # the header stays; the rest comes later
+                        raise
+                    if not anc and not msg_flags & CTRUNC and len(rest) == size - HEADER_SIZE:
+                        msg_id, cmd, _, flags, error_no = HEADER.unpack(header)
+                        return msg_id, cmd, flags, error_no, rest, ()
+                    self.receive_data(header)
+                    if rest or anc or msg_flags & CTRUNC:
+                        self.receive_data(rest, *fds_of(anc, msg_flags))
             message = self._message
             if message is not None:
                 self._message = None

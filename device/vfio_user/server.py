@@ -31,13 +31,12 @@ from .engine import ServerEngine, State
 from .events import Disconnected, Negotiated, PeerReply
 from .limits import ConnectionLimits
 from .server_loop import ServerLoop
-from .transport import DONTWAIT, SEND_FLAGS, cmsg_space, fds_of, listen_unix, recv_flags, recvmsg_fds, send_some
+from .transport import CTRUNC, DONTWAIT, SEND_FLAGS, cmsg_space, fds_of, listen_unix, recv_flags, recvmsg_fds, send_some
 
 log = logging.getLogger("hugepfn.vfio_user")
 
 _HANGUP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 _POLLIN, _POLLOUT, _POLLRDHUP = select.POLLIN, select.POLLOUT, select.POLLRDHUP
-_CTRUNC = int(socket.MSG_CTRUNC)     # (msg_flags also echoes MSG_CMSG_CLOEXEC back)
 
 
 class _Connection:
@@ -146,7 +145,7 @@ class _Connection:
         except OSError as exc:
             self.fail(f"receive failed: {exc.strerror or exc}")
             return None
-        if anc or msg_flags & _CTRUNC or len(header) < HEADER_SIZE:
+        if anc or msg_flags & CTRUNC or len(header) < HEADER_SIZE:
             engine.receive_data(header, *fds_of(anc, msg_flags))
             return None if engine.state is State.CLOSED else not engine.assembling
         size = HEADER.unpack_from(header)[2]
@@ -160,11 +159,11 @@ class _Connection:
         except OSError as exc:
             self.fail(f"receive failed: {exc.strerror or exc}")
             return None
-        if not anc and not msg_flags & _CTRUNC and len(payload) == size - HEADER_SIZE:
+        if not anc and not msg_flags & CTRUNC and len(payload) == size - HEADER_SIZE:
             engine.receive_message(header, payload)
             return None if engine.state is State.CLOSED else True
         engine.receive_data(header)
-        if payload or anc or msg_flags & _CTRUNC:
+        if payload or anc or msg_flags & CTRUNC:
             engine.receive_data(payload, *fds_of(anc, msg_flags))
         return None if engine.state is State.CLOSED else not engine.assembling
 

@@ -154,8 +154,8 @@ class TooManyFds(OSError):
 
 
 # Plain ints: arithmetic on socket's IntFlag members costs microseconds per message.
-_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
-_CTRUNC = int(socket.MSG_CTRUNC)
+CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+CTRUNC = int(socket.MSG_CTRUNC)          # (msg_flags also echoes MSG_CMSG_CLOEXEC back)
 SEND_FLAGS = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
 DONTWAIT = int(socket.MSG_DONTWAIT)
 
@@ -164,8 +164,8 @@ def recvmsg_fds(sock: socket.socket, nbytes: int, max_fds: int, flags: int = 0) 
     """One recvmsg(): up to ``nbytes``, the fds that came with them (close-on-exec) and
     whether the peer attached more fds than ``max_fds`` (MSG_CTRUNC: the kernel closed
     the ones that did not fit; the ones that did are returned, the caller owns them)."""
-    data, ancdata, msg_flags, _ = sock.recvmsg(nbytes, cmsg_space(max_fds), _CMSG_CLOEXEC | flags)
-    if not ancdata and not msg_flags & _CTRUNC:
+    data, ancdata, msg_flags, _ = sock.recvmsg(nbytes, cmsg_space(max_fds), CMSG_CLOEXEC | flags)
+    if not ancdata and not msg_flags & CTRUNC:
         return data, [], False              # the common case: no fds
     return (data, *fds_of(ancdata, msg_flags))
 
@@ -178,12 +178,12 @@ def fds_of(ancdata, msg_flags: int) -> tuple[list[int], bool]:
             arr = array.array("i")
             arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
             fds.extend(arr)
-    return fds, bool(msg_flags & _CTRUNC)
+    return fds, bool(msg_flags & CTRUNC)
 
 
 def recv_flags(flags: int = 0) -> int:
     """The flags recvmsg_fds passes: received fds are close-on-exec."""
-    return _CMSG_CLOEXEC | flags
+    return CMSG_CLOEXEC | flags
 
 
 @functools.lru_cache(maxsize=None)

@@ -48,6 +48,9 @@ class Reply(NamedTuple):
     fds: tuple[int, ...] = ()
 
 
+_new_tuple = tuple.__new__
+
+
 @dataclass
 class Region:
     index: int
@@ -159,7 +162,7 @@ class VfioUserClient:
         if msg_id is None:
             msg_id = self._next_id
             self._next_id = (self._next_id + 1) & 0xFFFF
-        message = wire.message(msg_id, cmd, payload, flags)
+        message = wire.HEADER.pack(msg_id & 0xFFFF, cmd, wire.HEADER_SIZE + len(payload), flags, 0) + payload   # wire.message()
         try:
             if fds:
                 send_with_fds(self.sock, message, fds)
@@ -174,7 +177,7 @@ class VfioUserClient:
     def receive(self) -> Reply:
         """The next message from the server (read up to its end, so fds line up)."""
         try:
-            return Reply(*self._reader.read())
+            return _new_tuple(Reply, self._reader.read())     # Reply(*...) without its Python-level __new__
         except BlockingIOError as exc:
             raise TimeoutError(errno.ETIMEDOUT, "no reply from the server in time") from exc
         except Unframeable as exc:
