@@ -5,7 +5,9 @@
   message sizes (blocking recv() and send() in a loop, its own process), measured in the same
   run.  Rounds alternate between the servers so that the machine's load hits each alike.
   Targets (issue 14): the python engine at most 15 us of server CPU per access, its round trip
-  within 1.5x of the echo floor, libvfio-user within 1.2x of python (latency) or better;
+  within 1.5x of the echo floor, libvfio-user within 1.2x of python (latency) or better.  A
+  reference beside them, not a target: a straight-line Python vfio-user server (no engine,
+  no checks) driven like the echo floor, the least any Python server costs here;
 * bulk bytes/s written through the client's mmap of the memory BAR vs a plain
   memcpy of the same size; target: >= 80 % of memcpy.
 
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 
 from hugepfn.abi.registers import REG_SCRATCH
-from hugepfn.abi.vfio_user import REGION_ACCESS, Command
+from hugepfn.abi.vfio_user import REGION_ACCESS, Command, message
 from hugepfn.device.vfio_user import backends
 from hugepfn.host.vfio_user import VfioUserClient
 
@@ -52,6 +54,38 @@ while True:
     if not request:
         break
     sock.send(replies[len(request)])
+"""
+
+
+# A reference, not a target: the least a Python vfio-user server costs on this machine for a
+# trapped access.  It does what the python engine's loop must do (poll the client and a wake
+# eventfd, read the header and then exactly the rest of the message, answer with the access
+# and the register's bytes), straight-line, with none of the engine's checks, dispatch, limits
+# or device model.  Driven by the same plain client as the echo floor, in the same rounds, it
+# says how much of the python engine's figure is this machine's interpreter and syscalls.
+STRAIGHT_LINE_SERVER = """
+import os, select, socket, sys
+from hugepfn.abi.vfio_user import HEADER, HEADER_SIZE, REGION_ACCESS
+sock = socket.socket(fileno=int(sys.argv[1]))
+sock.setblocking(False)
+registers = bytearray(1 << 16)
+poller = select.poll()
+poller.register(sock, select.POLLIN)
+poller.register(os.eventfd(0), select.POLLIN)
+while True:
+    poller.poll()
+    header, _, _, _ = sock.recvmsg(HEADER_SIZE, 64)
+    if not header:
+        break
+    msg_id, cmd, size, _, _ = HEADER.unpack(header)
+    body, _, _, _ = sock.recvmsg(size - HEADER_SIZE, 64)
+    offset, _, count = REGION_ACCESS.unpack_from(body)
+    if len(body) > REGION_ACCESS.size:                  # REGION_WRITE: the access, no data
+        registers[offset:offset + count] = body[REGION_ACCESS.size:]
+        sock.send(HEADER.pack(msg_id, cmd, HEADER_SIZE + REGION_ACCESS.size, 1, 0) + body[:REGION_ACCESS.size])
+    else:                                               # REGION_READ: the access and the data
+        sock.send(HEADER.pack(msg_id, cmd, HEADER_SIZE + REGION_ACCESS.size + count, 1, 0) + body
+                  + registers[offset:offset + count])
 """
 
 
@@ -87,12 +121,13 @@ def _cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-class _Echo:
-    """The floor: the plain Python unix-socket echo, over a socketpair, in its own process."""
+class _Plain:
+    """A server of ``code`` (the echo floor, or the straight-line reference) over a socketpair,
+    in its own process, driven by a plain client: send the request, receive its reply."""
 
-    def __init__(self) -> None:
+    def __init__(self, code: str) -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(theirs.fileno())],
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno())],
                                      pass_fds=[theirs.fileno()])
         theirs.close()
 
@@ -100,7 +135,10 @@ class _Echo:
         self.sock.send(request)
         got = self.sock.recv(4096)
         while len(got) < reply_size:
-            got += self.sock.recv(4096)
+            more = self.sock.recv(4096)
+            if not more:
+                raise ConnectionError(f"the plain server ended after {len(got)} of {reply_size} bytes")
+            got += more
 
     def close(self) -> None:
         self.sock.close()
@@ -142,11 +180,15 @@ def _alternate(measured: dict[str, _Measured]) -> None:
             m.round(PER_ROUND)
 
 
-def _trapped(clients: dict[str, tuple[VfioUserClient, int]], echo: _Echo, what: str) -> dict[str, _Measured]:
-    """Round trips of one trapped 8-byte access per server, alternating with the echo floor."""
+def _trapped(clients: dict[str, tuple[VfioUserClient, int]], echo: _Plain, straight: _Plain,
+             what: str) -> dict[str, _Measured]:
+    """Round trips of one trapped 8-byte access per server, alternating with the echo floor and
+    the straight-line reference."""
     cmd, body, echo_request, echo_reply = (
         (Command.REGION_READ, READ, bytes(32), 40) if what == "read" else (Command.REGION_WRITE, WRITE, bytes(40), 32))
-    measured = {"echo floor": _Measured(echo.proc.pid, lambda: echo.round_trip(echo_request, echo_reply))}
+    request = message(0, cmd, body)                     # what VfioUserClient sends, byte for byte
+    measured = {"echo floor": _Measured(echo.proc.pid, lambda: echo.round_trip(echo_request, echo_reply)),
+                "straight-line": _Measured(straight.proc.pid, lambda: straight.round_trip(request, echo_reply))}
     for name, (client, pid) in clients.items():
         measured[name] = _Measured(pid, lambda c=client: c.request(cmd, body))
     _alternate(measured)
@@ -194,6 +236,12 @@ def _report(what: str, measured: dict[str, _Measured]) -> None:
         ratio = python.median / floor.median
         record(f"vfio-user python round trip ({label}) vs a plain unix-socket echo (same run)",
                f"{ratio:.2f}x ({python.median * 1e6:.1f} vs {floor.median * 1e6:.1f} us)", "<= 1.5x", ratio <= 1.5)
+    straight = measured["straight-line"]
+    print(f"  (straight-line: the least a Python vfio-user server costs here, a reference: "
+          f"{straight.cpu_per_op * 1e6:.1f} us server CPU, {straight.median / floor.median:.2f}x the echo floor)")
+    record(f"reference, not a target: a straight-line Python vfio-user server ({label}, same run)",
+           f"{straight.cpu_per_op * 1e6:.1f} us server CPU; {straight.median / floor.median:.2f}x the echo floor",
+           "(what any Python server costs here)", None)
     lvu = measured.get("libvfio-user")
     if python is not None and lvu is not None:
         ratio = lvu.median / python.median
@@ -207,7 +255,7 @@ def main() -> None:
     bulk = None
     with tempfile.TemporaryDirectory(prefix="hugepfn-bench-") as tmp:
         os.chmod(tmp, 0o700)
-        echo = _Echo()
+        echo, straight = _Plain(ECHO_SERVER), _Plain(STRAIGHT_LINE_SERVER)
         try:
             for name, choice in backends.available_backends().items():
                 if not choice.available:
@@ -218,7 +266,7 @@ def main() -> None:
                 procs.append(proc)
                 clients[name] = (VfioUserClient.attach(path), proc.pid)
             for what in ("read", "write"):
-                _report(what, _trapped(clients, echo, what))
+                _report(what, _trapped(clients, echo, straight, what))
             if clients:
                 bulk = _bulk(next(iter(clients.values()))[0])
         finally:
@@ -227,6 +275,7 @@ def main() -> None:
             for proc in procs:
                 _stop(proc)
             echo.close()
+            straight.close()
 
     if bulk is not None:
         mmap_rate, memcpy_rate = bulk
