@@ -87,6 +87,11 @@ class KernelLog:
         """A lazy line for each argument tuple of ``args``, in order (one per VMA signalled)."""
         self._entries.extend(zip(repeat(fmt), args))
 
+    def lazy_repeated(self, fmt: Callable[..., str], args: tuple, count: int) -> None:
+        """``count`` lazy lines of ``fmt(*args)`` in a row (kill_procs: one per VMA of a thread),
+        sharing one entry."""
+        self._entries.extend(repeat((fmt, args), count))
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -224,10 +224,15 @@ class TaskList:
         return sig
 
     def send_signals(self, threads: list[Thread], signo: str, codes: Iterable[int | None],
-                     addrs: Iterable[int | None], addr_lsb: int | None, forced: Iterable[bool]) -> list[Signal]:
+                     addrs: Iterable[int | None], addr_lsb: int | None, forced: Iterable[bool],
+                     runs: list[tuple[Thread, int, int]] | None = None) -> list[Signal]:
         """send_signal(threads[i], signo, codes[i], addrs[i], addr_lsb, forced[i]) for each i in
         turn, in one go (memory_failure signals every VMA of every selected process): exactly
-        the Signals, pending state, received lists and journal that the calls give."""
+        the Signals, pending state, received lists and journal that the calls give.
+
+        ``runs``: (thread, start, end) for consecutive stretches of ``threads`` that hold the
+        same thread, in order and covering it all (what collect_procs_pfn knows); the pending
+        state and the received lists are then kept per stretch instead of per signal."""
         signum = SIGNAL_NUMBERS.get(signo)
         if signum is None:
             raise ValueError(f"unknown signal {signo!r}")
@@ -237,6 +242,17 @@ class TaskList:
         # the tuples built by map() and zip(): no Python-level call per signal
         sigs = list(map(tuple.__new__, repeat(Signal), zip(map(_TID, threads), repeat(signo), codes, addrs,
                                                            repeat(addr_lsb), repeat(realtime), forced)))
+        if runs is not None:
+            for thread, start, end in runs:
+                pending = thread.pending
+                if realtime:
+                    pending[signo] = sigs[end - 1]
+                elif signo not in pending:
+                    sig = sigs[start]
+                    sigs[start] = pending[signo] = tuple.__new__(Signal, (*sig[:5], True, sig[6]))
+                thread.received += sigs[start:end]
+            self.journal += sigs
+            return sigs
         if realtime:                        # each thread's last one is the one pending
             for thread, i in dict(zip(threads, range(len(sigs)))).items():
                 thread.pending[signo] = sigs[i]

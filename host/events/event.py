@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import re
+from collections import deque
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -90,9 +91,13 @@ class SignalSummary:
             if column and not (all(type(v) is int for v in column) and min(column) >= 0 and max(column) <= limit):
                 return tuple(cls(tid=t, code=c, addr=a, lsb=b) for t, c, a, b in zip(tids, codes, addrs, lsbs))
         out = list(map(object.__new__, repeat(cls, len(tids))))
-        for summary, tid, code, addr, lsb in zip(out, tids, codes, addrs, lsbs):
-            summary.__dict__.update(tid=tid, code=code, addr=addr, lsb=lsb)    # (frozen: no setattr)
+        # each one's __dict__ filled from its row, by map() (frozen: no setattr; no Python loop)
+        deque(map(dict.update, map(vars, out), map(zip, repeat(_SUMMARY_FIELDS), zip(tids, codes, addrs, lsbs))),
+              maxlen=0)
         return tuple(out)
+
+
+_SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(SignalSummary))     # many() fills these
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +143,7 @@ class MemoryFailureEvent:
         _check_uint("signals_sent", self.signals_sent, U32)
         signals = tuple(self.signals)
         object.__setattr__(self, "signals", signals)  # accept any sequence, store a tuple
-        if not all(isinstance(s, SignalSummary) for s in signals):
+        if not all(map(isinstance, signals, repeat(SignalSummary))):
             raise EventError("signals must be SignalSummary values")
         if len(signals) > MAX_SIGNAL_SUMMARIES:
             raise EventError(f"at most {MAX_SIGNAL_SUMMARIES} signal summaries, got {len(signals)}")

@@ -10,7 +10,7 @@ mapping adds nothing, so skipping the others changes no result.
 from __future__ import annotations
 
 from functools import partial
-from itertools import compress, repeat
+from itertools import compress, groupby, repeat
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from ..mm.constants import PAGE_SHIFT
@@ -34,6 +34,68 @@ class ToKill(NamedTuple):
 
 
 _new_tuple = tuple.__new__     # builds a ToKill without NamedTuple.__new__'s Python-level call
+
+
+class ToKillList:
+    """The to_kill list memory_failure_pfn fills and kill_procs empties, kept as columns: per
+    entry its thread, address (None: -EFAULT), VMA and pgoff (size_shift is PAGE_SHIFT for every
+    entry on the pfn path), and ``runs``, (thread, start, end) for each stretch of entries that
+    share a thread, as collect_procs_pfn appends them (one per selected thread and space).
+
+    Read as a sequence (len, iteration, indexing, == with a list) it is the list of ToKill
+    entries the kernel builds, each made when first read: with 10,000 signalled VMAs nothing
+    but kill_procs needs them, and it signals from the columns."""
+    __slots__ = ("threads", "addrs", "vmas", "pgoffs", "runs", "_entries")
+    size_shift = PAGE_SHIFT
+
+    def __init__(self) -> None:
+        self.threads: list[Thread] = []
+        self.addrs: list[int | None] = []
+        self.vmas: list = []
+        self.pgoffs: list[int] = []
+        self.runs: list[tuple[Thread, int, int]] = []
+        self._entries: list[ToKill] | None = None
+
+    def extend_columns(self, threads: list, addrs: list, vmas: list, pgoffs: list,
+                       runs: list[tuple[Thread, int, int]]) -> None:
+        """Append entries; ``runs`` index the lists given (in order, covering them all).  The
+        lists become the list's own when it is empty (the usual case: one space per pfn)."""
+        if not self.threads:
+            self.threads, self.addrs, self.vmas, self.pgoffs, self.runs = threads, addrs, vmas, pgoffs, runs
+        else:
+            base = len(self.threads)
+            self.runs += [(thread, base + start, base + end) for thread, start, end in runs]
+            self.threads += threads
+            self.addrs += addrs
+            self.vmas += vmas
+            self.pgoffs += pgoffs
+        self._entries = None
+
+    @property
+    def entries(self) -> list[ToKill]:
+        if self._entries is None:
+            self._entries = list(map(_new_tuple, repeat(ToKill), zip(self.threads, self.addrs, repeat(PAGE_SHIFT),
+                                                                     self.vmas, self.pgoffs)))
+        return self._entries
+
+    def __len__(self) -> int:
+        return len(self.threads)
+
+    def __iter__(self) -> Iterator[ToKill]:
+        return iter(self.entries)
+
+    def __getitem__(self, index):
+        return self.entries[index]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, ToKillList):
+            other = other.entries
+        return isinstance(other, list) and self.entries == other
+
+    __hash__ = None         # mutable, compared by its entries
+
+    def __repr__(self) -> str:
+        return f"ToKillList({self.entries!r})"
 
 
 def _unable_line(pgoff: int, comm: str) -> str:
@@ -128,24 +190,34 @@ def _pgoffs_one_by_one(callback, vmas, pfn: int) -> list[int | None]:
 
 
 def collect_procs_pfn(space: "PfnAddressSpace", pfn: int, current: Thread | None, early_kill_sysctl: int,
-                      order: ProcessOrder, klog: "KernelLog", tokill: list[ToKill]) -> None:
+                      order: ProcessOrder, klog: "KernelLog", tokill: "list[ToKill] | ToKillList") -> None:
     """Append a ToKill for every (selected thread, VMA of the space's mapping in that thread's mm)
     for which the driver's pfn_to_vma_pgoff succeeds; no de-duplication (see _selected for
-    how the processes x VMAs product is avoided)."""
+    how the processes x VMAs product is avoided).  ``tokill`` is a plain list of ToKill, or
+    the ToKillList memory_failure_pfn keeps (the same entries, as columns)."""
     callback = space.pfn_to_vma_pgoff
     pgoffs_of = getattr(callback, "pgoffs", None) or partial(_pgoffs_one_by_one, callback)
     # One flat list of (thread, VMA) entries, then each step over all of them at once: with
     # 10,000 VMAs of 1,000 processes, per-process steps would cost as much as the VMAs.
     threads: list[Thread] = []
     vmas: list = []
+    runs: list[tuple[Thread, int, int]] = []       # (thread, start, end) of each thread's entries
     for t, group in _selected(space, current, early_kill_sysctl, order):
-        threads += repeat(t, len(group))
-        vmas += group
+        if group:
+            start = len(vmas)
+            threads += repeat(t, len(group))
+            vmas += group
+            runs.append((t, start, len(vmas)))
     pgoffs = pgoffs_of(vmas, pfn)
     if None in pgoffs:                      # the callback refused some: they are skipped
         answered = [pgoff is not None for pgoff in pgoffs]
         threads, vmas = list(compress(threads, answered)), list(compress(vmas, answered))
         pgoffs = [pgoff for pgoff in pgoffs if pgoff is not None]
+        runs, start = [], 0
+        for t, run in groupby(threads):
+            end = start + len(list(run))
+            runs.append((t, start, end))
+            start = end
     # vma_address(), inline: the address, None where it falls outside the VMA
     addrs = [addr if pgoff >= (vm_pgoff := vma.vm_pgoff)
              and (addr := vma.vm_start + ((pgoff - vm_pgoff) << PAGE_SHIFT)) < vma.vm_end else None
@@ -154,5 +226,7 @@ def collect_procs_pfn(space: "PfnAddressSpace", pfn: int, current: Thread | None
         for t, pgoff, addr in zip(threads, pgoffs, addrs):
             if addr is None:
                 klog.lazy(_unable_line, pgoff, t.comm)
-    # the ToKill tuples built by map() and zip(): no Python-level call per entry
-    tokill.extend(map(_new_tuple, repeat(ToKill), zip(threads, addrs, repeat(PAGE_SHIFT), vmas, pgoffs)))
+    if type(tokill) is ToKillList:
+        tokill.extend_columns(threads, addrs, vmas, pgoffs, runs)
+    else:                                   # the ToKill tuples built by map() and zip()
+        tokill.extend(map(_new_tuple, repeat(ToKill), zip(threads, addrs, repeat(PAGE_SHIFT), vmas, pgoffs)))

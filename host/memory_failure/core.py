@@ -16,7 +16,7 @@ from ..driver_error import DriverError
 from ..gc_pause import collector_paused
 from ..mm.pfn_space import PfnAddressSpace
 from ..tasks import Signal, Thread
-from .collect import ProcessOrder, ToKill, collect_procs_pfn
+from .collect import ProcessOrder, ToKillList, collect_procs_pfn
 from .flags import (ACTION_NAME, MF_ACTION_REQUIRED, MF_MSG_PFN_MAP, MF_MUST_KILL, MF_SW_SIMULATED, PR_PREFIX,
                     KernelPanic, MfResult)
 from .guard import ConsumptionGuard
@@ -40,7 +40,7 @@ class MfOutcome:
     ret: int
     result: MfResult | None = None
     spaces: list[PfnAddressSpace] = field(default_factory=list)
-    tokill: list[ToKill] = field(default_factory=list)
+    tokill: ToKillList = field(default_factory=ToKillList)     # read as the list of ToKill entries
     signals: list[Signal] = field(default_factory=list)
     zapped: list["VmaZap"] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from ..tasks import BUS_MCEERR_AO, BUS_MCEERR_AR, Signal, TaskList, Thread
 from .flags import MF_ACTION_REQUIRED, PR_PREFIX
 
+from .collect import ToKillList
+
 if TYPE_CHECKING:
     from ..klog import KernelLog
     from .collect import ToKill
@@ -39,15 +41,20 @@ def kill_proc(tasks: TaskList, klog: "KernelLog", tk: "ToKill", pfn: int, flags:
 _THREAD, _ADDR, _SIZE_SHIFT = attrgetter("tsk"), attrgetter("addr"), attrgetter("size_shift")
 
 
-def kill_procs(tasks: TaskList, klog: "KernelLog", tokill: list["ToKill"], pfn: int, flags: int,
+def kill_procs(tasks: TaskList, klog: "KernelLog", tokill: "list[ToKill] | ToKillList", pfn: int, flags: int,
                current: Thread | None) -> list[Signal]:
     """kill_proc (or the forced SIGKILL) for every entry, in order.  When every entry has an
     address and all share one size_shift (the common case: nobody is forcibly killed), all are
-    sent in one go: the same log lines and Signals as one call each, without the per-entry calls."""
+    sent in one go: the same log lines and Signals as one call each, without the per-entry calls
+    (from a ToKillList's columns and runs, as collect_procs_pfn left them)."""
     if not tokill:
         return []
-    addrs = list(map(_ADDR, tokill))
-    if None in addrs or len(set(map(_SIZE_SHIFT, tokill))) > 1:
+    if type(tokill) is ToKillList:
+        addrs, threads, runs, size_shifts = tokill.addrs, tokill.threads, tokill.runs, {tokill.size_shift}
+    else:
+        addrs, threads, runs = list(map(_ADDR, tokill)), None, None
+        size_shifts = set(map(_SIZE_SHIFT, tokill))
+    if None in addrs or len(size_shifts) > 1:
         sent: list[Signal] = []
         for tk in tokill:
             if tk.addr is None:
@@ -57,12 +64,21 @@ def kill_procs(tasks: TaskList, klog: "KernelLog", tokill: list["ToKill"], pfn: 
             else:
                 sent.append(kill_proc(tasks, klog, tk, pfn, flags, current))
         return sent
-    threads = list(map(_THREAD, tokill))
-    line_args = {t: (pfn, t.comm, t.tid) for t in dict.fromkeys(threads)}
-    klog.lazy_each(_sending_line, map(line_args.__getitem__, threads))
+    if runs is None:
+        threads = list(map(_THREAD, tokill))
+        line_args = {t: (pfn, t.comm, t.tid) for t in dict.fromkeys(threads)}
+        klog.lazy_each(_sending_line, map(line_args.__getitem__, threads))
+    else:                           # a thread's lines in a row share one entry
+        line_args = {}
+        for t, start, end in runs:
+            args = line_args.get(t)
+            if args is None:
+                args = line_args[t] = (pfn, t.comm, t.tid)
+            klog.lazy_repeated(_sending_line, args, end - start)
     if flags & MF_ACTION_REQUIRED and current in line_args:     # force_sig_mceerr for current's
         codes = [BUS_MCEERR_AR if t is current else BUS_MCEERR_AO for t in threads]
         forced = [t is current for t in threads]
     else:                                                       # send_sig_mceerr for all
         codes, forced = repeat(BUS_MCEERR_AO), repeat(False)
-    return tasks.send_signals(threads, "SIGBUS", codes, addrs, tokill[0].size_shift, forced)
+    [size_shift] = size_shifts
+    return tasks.send_signals(threads, "SIGBUS", codes, addrs, size_shift, forced, runs)

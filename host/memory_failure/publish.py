@@ -11,6 +11,7 @@ device: a pfn nobody registered (Ignored) and, before 6.19, "memory outside kern
 from __future__ import annotations
 
 from itertools import islice
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from ..mm.constants import PAGE_SHIFT, PAGE_SIZE
@@ -20,6 +21,10 @@ from .flags import ACTION_NAME
 if TYPE_CHECKING:
     from .core import MemoryFailure, MfOutcome
     from .guard import ConsumptionLoop
+
+
+_MCEERR = (BUS_MCEERR_AR, BUS_MCEERR_AO)
+_TID, _CODE, _ADDR, _LSB = (attrgetter(name) for name in ("tid", "code", "addr", "addr_lsb"))
 
 
 def _space_fields(space, pfn: int) -> dict | None:
@@ -35,10 +40,11 @@ def signal_summaries(signals) -> tuple:
     past that are never built: 10,000 signalled VMAs make 10,000 signals)."""
     from hugepfn.host.events import MAX_SIGNAL_SUMMARIES, SignalSummary
 
-    wanted = list(islice((s for s in signals if s.signo == "SIGBUS" and s.code in (BUS_MCEERR_AR, BUS_MCEERR_AO)),
-                         MAX_SIGNAL_SUMMARIES))
-    return SignalSummary.many([s.tid for s in wanted], [s.code for s in wanted], [s.addr for s in wanted],
-                              [s.addr_lsb for s in wanted])
+    wanted = signals[:MAX_SIGNAL_SUMMARIES]
+    if not all(s.signo == "SIGBUS" and s.code in _MCEERR for s in wanted):   # (all of them, as a rule)
+        wanted = list(islice((s for s in signals if s.signo == "SIGBUS" and s.code in _MCEERR), MAX_SIGNAL_SUMMARIES))
+    return SignalSummary.many(list(map(_TID, wanted)), list(map(_CODE, wanted)), list(map(_ADDR, wanted)),
+                              list(map(_LSB, wanted)))
 
 
 def consumption_count(mf: "MemoryFailure", pfn: int) -> int:

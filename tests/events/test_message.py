@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
 
 import pytest
@@ -217,3 +218,19 @@ def test_framing_that_made_pyroute2_allocate_without_bound_is_refused_by_both_de
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     assert str(reference.value) == str(fast.value) == "attribute at offset 48 overruns its container (268 bytes)"
+
+
+@given(st.lists(st.tuples(st.one_of(st.integers(-2, 2**64 + 1), st.booleans(), st.none()),
+                          st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.integers(0, 255)),
+                max_size=6))
+def test_many_summaries_are_the_constructors_summaries_or_its_error(rows):
+    """SignalSummary.many checks columns as a whole and skips __init__: the same values, or
+    the same EventError for the first bad field, as one SignalSummary(...) per row."""
+    try:
+        want = tuple(SignalSummary(tid=t, code=c, addr=a, lsb=b) for t, c, a, b in rows)
+    except EventError as exc:
+        with pytest.raises(EventError, match=f"^{re.escape(str(exc))}$"):
+            SignalSummary.many(*map(list, zip(*rows)))
+        return
+    got = SignalSummary.many(*(map(list, zip(*rows))) if rows else ([], [], [], []))
+    assert got == want and all(type(s) is SignalSummary and vars(s) == vars(w) for s, w in zip(got, want))
