@@ -87,10 +87,12 @@ class KernelLog:
         """A lazy line for each argument tuple of ``args``, in order (one per VMA signalled)."""
         self._entries.extend(zip(repeat(fmt), args))
 
-    def lazy_repeated(self, fmt: Callable[..., str], args: tuple, count: int) -> None:
-        """``count`` lazy lines of ``fmt(*args)`` in a row (kill_procs: one per VMA of a thread),
-        sharing one entry."""
-        self._entries.extend(repeat((fmt, args), count))
+    def lazy_runs(self, fmt: Callable[..., str], runs: Iterable[tuple[tuple, int]]) -> None:
+        """For each (args, count) of ``runs``, ``count`` lazy lines of ``fmt(*args)`` in a row that
+        share one entry (kill_procs: a line per VMA, the same line for all of a thread's VMAs)."""
+        extend = self._entries.extend
+        for args, count in runs:
+            extend(repeat((fmt, args), count))
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -88,7 +88,7 @@ class SignalSummary:
         tenth of the call)."""
         for name, column, limit in (("tid", tids, U32), ("code", codes, U32), ("addr", addrs, U64),
                                     ("lsb", lsbs, U8)):
-            if column and not (all(type(v) is int for v in column) and min(column) >= 0 and max(column) <= limit):
+            if column and not (set(map(type, column)) == _INT_ONLY and min(column) >= 0 and max(column) <= limit):
                 return tuple(cls(tid=t, code=c, addr=a, lsb=b) for t, c, a, b in zip(tids, codes, addrs, lsbs))
         out = list(map(object.__new__, repeat(cls, len(tids))))
         # each one's __dict__ filled from its row, by map() (frozen: no setattr; no Python loop)
@@ -97,6 +97,7 @@ class SignalSummary:
         return tuple(out)
 
 
+_INT_ONLY = {int}
 _SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(SignalSummary))     # many() fills these
 
 

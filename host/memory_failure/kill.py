@@ -69,12 +69,8 @@ def kill_procs(tasks: TaskList, klog: "KernelLog", tokill: "list[ToKill] | ToKil
         line_args = {t: (pfn, t.comm, t.tid) for t in dict.fromkeys(threads)}
         klog.lazy_each(_sending_line, map(line_args.__getitem__, threads))
     else:                           # a thread's lines in a row share one entry
-        line_args = {}
-        for t, start, end in runs:
-            args = line_args.get(t)
-            if args is None:
-                args = line_args[t] = (pfn, t.comm, t.tid)
-            klog.lazy_repeated(_sending_line, args, end - start)
+        line_args = {t: (pfn, t.comm, t.tid) for t, _, _ in runs}
+        klog.lazy_runs(_sending_line, [(line_args[t], end - start) for t, start, end in runs])
     if flags & MF_ACTION_REQUIRED and current in line_args:     # force_sig_mceerr for current's
         codes = [BUS_MCEERR_AR if t is current else BUS_MCEERR_AO for t in threads]
         forced = [t is current for t in threads]

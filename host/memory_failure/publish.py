@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from .guard import ConsumptionLoop
 
 
-_MCEERR = (BUS_MCEERR_AR, BUS_MCEERR_AO)
-_TID, _CODE, _ADDR, _LSB = (attrgetter(name) for name in ("tid", "code", "addr", "addr_lsb"))
+_SIGBUS, _MCEERR = {"SIGBUS"}, {BUS_MCEERR_AR, BUS_MCEERR_AO}
+_SIGNO, _TID, _CODE, _ADDR, _LSB = (attrgetter(name) for name in ("signo", "tid", "code", "addr", "addr_lsb"))
 
 
 def _space_fields(space, pfn: int) -> dict | None:
@@ -41,7 +41,7 @@ def signal_summaries(signals) -> tuple:
     from hugepfn.host.events import MAX_SIGNAL_SUMMARIES, SignalSummary
 
     wanted = signals[:MAX_SIGNAL_SUMMARIES]
-    if not all(s.signo == "SIGBUS" and s.code in _MCEERR for s in wanted):   # (all of them, as a rule)
+    if not (set(map(_SIGNO, wanted)) <= _SIGBUS and set(map(_CODE, wanted)) <= _MCEERR):   # (all are, as a rule)
         wanted = list(islice((s for s in signals if s.signo == "SIGBUS" and s.code in _MCEERR), MAX_SIGNAL_SUMMARIES))
     return SignalSummary.many(list(map(_TID, wanted)), list(map(_CODE, wanted)), list(map(_ADDR, wanted)),
                               list(map(_LSB, wanted)))
