@@ -60,7 +60,7 @@ def _check_token(name: str, value: object) -> None:
         raise EventError(f"{name} must be a short token of [A-Za-z0-9._+-], got {value!r}")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SignalSummary:
     """One SIGBUS that kill_procs() sent: to which thread, with which si_code and si_addr."""
 
@@ -91,9 +91,10 @@ class SignalSummary:
             if column and not (set(map(type, column)) == _INT_ONLY and min(column) >= 0 and max(column) <= limit):
                 return tuple(cls(tid=t, code=c, addr=a, lsb=b) for t, c, a, b in zip(tids, codes, addrs, lsbs))
         out = list(map(object.__new__, repeat(cls, len(tids))))
-        # each one's __dict__ filled from its row, by map() (frozen: no setattr; no Python loop)
-        deque(map(dict.update, map(vars, out), map(zip, repeat(_SUMMARY_FIELDS), zip(tids, codes, addrs, lsbs))),
-              maxlen=0)
+        # each field's slot filled for all of them by map() through its member descriptor (what
+        # the frozen class's __init__ does with object.__setattr__), no Python-level loop
+        for name, column in zip(_SUMMARY_FIELDS, (tids, codes, addrs, lsbs)):
+            deque(map(getattr(cls, name).__set__, out, column), maxlen=0)
         return tuple(out)
 
 

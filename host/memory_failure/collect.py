@@ -176,10 +176,14 @@ def _selected(space: "PfnAddressSpace", current: Thread | None, early_kill_sysct
             if t is not None:
                 yield t, vmas
         return
-    for proc in order.tasks:
-        vmas = by_mm.get(id(proc.mm))
+    # task_early_kill(proc, current, early_kill_sysctl), inline for a process with VMAs of the
+    # mapping (so with an mm): with 1,000 processes, a call less each is a tenth of the walk
+    current_mm = current.process.mm if current is not None else None
+    for proc in order.tasks.processes.values():
+        mm = proc.mm
+        vmas = by_mm.get(id(mm))
         if vmas is not None:
-            t = task_early_kill(proc, current, early_kill_sysctl)
+            t = current if mm is current_mm else find_early_kill_thread(proc, early_kill_sysctl)
             if t is not None:
                 yield t, vmas
 

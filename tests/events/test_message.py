@@ -233,4 +233,5 @@ def test_many_summaries_are_the_constructors_summaries_or_its_error(rows):
             SignalSummary.many(*map(list, zip(*rows)))
         return
     got = SignalSummary.many(*(map(list, zip(*rows))) if rows else ([], [], [], []))
-    assert got == want and all(type(s) is SignalSummary and vars(s) == vars(w) for s, w in zip(got, want))
+    assert got == want and all(type(s) is SignalSummary and dataclasses.astuple(s) == dataclasses.astuple(w)
+                               for s, w in zip(got, want))
