@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .collect import ToKill, collect_procs_pfn, task_early_kill
+from .collect import ToKill, ToKillList, collect_procs_pfn, task_early_kill
 from .core import MemoryFailure, MfOutcome
 from .flags import (MF_ACTION_REQUIRED, MF_COUNT_INCREASED, MF_FLAG_NAMES, MF_MEM_PRE_REMOVE, MF_MSG_PFN_MAP,
                     MF_MUST_KILL, MF_NO_RETRY, MF_SOFT_OFFLINE, MF_SW_SIMULATED, MF_UNPOISON, KernelPanic,
@@ -42,7 +42,7 @@ __all__ = [
     "ConsumptionGuard", "ConsumptionLoop", "KernelPanic", "MF_ACTION_REQUIRED", "MF_COUNT_INCREASED",
     "MF_FLAG_NAMES", "MF_MEM_PRE_REMOVE", "MF_MSG_PFN_MAP", "MF_MUST_KILL", "MF_NO_RETRY", "MF_SOFT_OFFLINE",
     "MF_SW_SIMULATED", "MF_UNPOISON", "MemoryFailure", "MfOutcome", "MfResult", "POLICY_CLASSES", "PfnSpaceRegistry",
-    "PoisonSet", "RegistryCorruption", "ToKill", "collapse", "collect_procs_pfn", "corrupt_pfn", "hard_offline",
+    "PoisonSet", "RegistryCorruption", "ToKill", "ToKillList", "collapse", "collect_procs_pfn", "corrupt_pfn", "hard_offline",
     "hard_offline_page", "madvise_hwpoison", "make_policy", "memory_failure_of", "parse_mf_flags", "repair_pfn",
     "soft_offline_page", "split_in_place", "task_early_kill", "unpoison_pfn",
 ]
