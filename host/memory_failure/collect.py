@@ -38,10 +38,10 @@ _new_tuple = tuple.__new__     # builds a ToKill without NamedTuple.__new__'s Py
 
 class ToKillList:
     """The to_kill list of memory_failure_pfn (collect_procs_pfn fills it, kill_procs signals
-    every entry; the kernel then frees them), kept as columns: per
-    entry its thread, address (None: -EFAULT), VMA and pgoff (size_shift is PAGE_SHIFT for every
-    entry on the pfn path), and ``runs``, (thread, start, end) for each stretch of entries that
-    share a thread, as collect_procs_pfn appends them (one per selected thread and space).
+    every entry; the kernel then frees them), kept as columns: per entry its thread, address
+    (None: -EFAULT), VMA and pgoff (size_shift is PAGE_SHIFT for every entry on the pfn path),
+    and ``runs``, (thread, start, end) for each stretch of entries that share a thread, as
+    collect_procs_pfn appends them (one per selected thread and space).
 
     Read as a sequence (len, iteration, indexing, == with a list) it is the list of ToKill
     entries the kernel builds, each made when first read: with 10,000 signalled VMAs nothing
