@@ -93,31 +93,33 @@ def pgoff_callback(device: "VfioPciCoreDevice", ops: "VmOperations | None", fixe
     def pgoffs(vmas, pfn: int) -> list[int | None]:
         """[pgoff, or None where it fails] of pfn_to_vma_pgoff(vma, pfn) for each of ``vmas``: the
         same answers without a call per VMA (memory_failure_pfn asks about every VMA of the
-        mapping; tests/memory_failure check both agree).  The region is looked up again only
-        when a VMA's region index differs from the previous VMA's (all of them are one BAR's,
-        usually)."""
+        mapping; tests/memory_failure check both agree).  The answer is worked out again only
+        when a VMA's vm_pgoff differs from the previous VMA's; per VMA then, only the fixed
+        variant's bound on its length."""
         out = []
         append = out.append
-        last_index = -1
-        pages = pfn_off = n = None
+        last_pgoff = -1
+        pgoff = first = None    # the answer for a VMA with vm_pgoff last_pgoff; its offset in the VMA
         for vma in vmas:
-            pgoff = None
-            if vma.vm_ops is ops:
-                vm_pgoff = vma.vm_pgoff
+            if vma.vm_ops is not ops:
+                append(None)
+                continue
+            vm_pgoff = vma.vm_pgoff
+            if vm_pgoff != last_pgoff:      # (VMAs of one BAR share their vm_pgoff, usually)
+                last_pgoff = vm_pgoff
+                pgoff = None
                 index = vm_pgoff >> VFIO_PCI_PGOFF_SHIFT
-                if index != last_index:
-                    last_index = index
-                    pages = regions.get(index, _UNSEEN)
-                    if pages is _UNSEEN:
-                        pages = regions[index] = region_pages(device, index)
-                    if pages is not None:
-                        pfn_off, n = pfn - pages[0], pages[1]
+                pages = regions.get(index, _UNSEEN)
+                if pages is _UNSEEN:
+                    pages = regions[index] = region_pages(device, index)
                 if pages is not None:
-                    vma_off = vm_pgoff & VFIO_PCI_PGOFF_MASK
-                    if vma_off <= pfn_off < n and not (
-                            fixed and pfn_off - vma_off >= (vma.vm_end - vma.vm_start) >> PAGE_SHIFT):   # nr_pages
-                        pgoff = vm_pgoff + (pfn_off - vma_off)
-            append(pgoff)
+                    pfn_off, vma_off = pfn - pages[0], vm_pgoff & VFIO_PCI_PGOFF_MASK
+                    if vma_off <= pfn_off < pages[1]:
+                        pgoff, first = vm_pgoff + (pfn_off - vma_off), pfn_off - vma_off
+            if pgoff is not None and fixed and first >= (vma.vm_end - vma.vm_start) >> PAGE_SHIFT:   # nr_pages
+                append(None)
+            else:
+                append(pgoff)
         return out
 
     pfn_to_vma_pgoff.__name__ = f"pfn_to_vma_pgoff_{'fixed' if fixed else 'literal'}"
