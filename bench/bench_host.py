@@ -179,13 +179,19 @@ FAULT_RUNS = 7
 def main() -> None:
     # The best of FAULT_RUNS runs, per CPU-second of this process: the model's own cost.  This
     # VM's speed swings by up to 2x for seconds at a time (the same code measured minutes apart:
-    # 99k..204k PMD faults/s), so fewer runs often all land in a slow spell; the median is
+    # 99k..204k PMD faults/s), so runs back to back often all land in one slow spell: the levels
+    # take turns, spreading each level's runs over the whole measurement, and the median is
     # printed beside the best (timeit's rule: the lowest time is the model, the rest is noise).
     import os
     import statistics
     print(f"(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
-    for level in ("pte", "pmd", "pud"):
-        runs = [faults_per_second(level) for _ in range(FAULT_RUNS)]
+    levels = ("pte", "pmd", "pud")
+    by_level: dict[str, list] = {level: [] for level in levels}
+    for _ in range(FAULT_RUNS):         # the levels take turns, so that a slow spell hits all alike
+        for level in levels:
+            by_level[level].append(faults_per_second(level))
+    for level in levels:
+        runs = by_level[level]
         rate, n, wall = max(r[0] for r in runs), runs[0][1], max(r[2] for r in runs)
         median = statistics.median(r[0] for r in runs)
         rate_dbg = max(faults_per_second(level, dyndbg=True)[0] for _ in range(3))
