@@ -35,7 +35,7 @@ def _space_fields(space, pfn: int) -> dict | None:
     return {"pfn": pfn, "device": bdf, "bar": space.region, "bar_offset": (pfn - space.start) << PAGE_SHIFT}
 
 
-def signal_summaries(signals) -> tuple:
+def signal_summaries(signals: list) -> tuple:
     """The memory-error SIGBUSes of ``signals`` as an event lists them (at most 1024; the ones
     past that are never built: 10,000 signalled VMAs make 10,000 signals)."""
     from hugepfn.host.events import MAX_SIGNAL_SUMMARIES, SignalSummary
