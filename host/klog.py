@@ -83,10 +83,6 @@ class KernelLog:
     def lazy(self, fmt: Callable[..., str], *args) -> None:
         self._entries.append((fmt, args))
 
-    def lazy_each(self, fmt: Callable[..., str], args: Iterable[tuple]) -> None:
-        """A lazy line for each argument tuple of ``args``, in order (one per VMA signalled)."""
-        self._entries.extend(zip(repeat(fmt), args))
-
     def lazy_runs(self, fmt: Callable[..., str], runs: Iterable[tuple[tuple, int]]) -> None:
         """For each (args, count) of ``runs``, ``count`` lazy lines of ``fmt(*args)`` in a row that
         share one entry (kill_procs: a line per VMA, the same line for all of a thread's VMAs)."""

@@ -51,7 +51,6 @@ HSTATE_SHIFTS = (21, 30)
 _SIGNALLING = VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV | VM_FAULT_HWPOISON | VM_FAULT_HWPOISON_LARGE
 
 
-
 class MemoryFailureModel(Protocol):
     """What the machine itself asks of its memory-failure model (hugepfn.host.memory_failure's
     MemoryFailure implements it, and much more)."""

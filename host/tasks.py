@@ -10,7 +10,7 @@ runs in user space.
 from __future__ import annotations
 
 from itertools import groupby, repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple
 
 from .mm.mm import MM
@@ -26,7 +26,6 @@ SIGRTMIN = 32
 SIGNAL_NAMES = {SIGBUS: "SIGBUS", SIGKILL: "SIGKILL", SIGSEGV: "SIGSEGV"}
 SIGNAL_NUMBERS = {v: k for k, v in SIGNAL_NAMES.items()}
 _TID = attrgetter("tid")
-_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 # si_code values.
 SI_KERNEL = 0x80
@@ -104,6 +103,17 @@ class Thread:
 
     def __repr__(self) -> str:
         return f"<Thread {self.process.comm}:{self.tid}>"
+
+
+def thread_runs(threads: list[Thread]) -> list[tuple[Thread, int, int]]:
+    """(thread, start, end) for each stretch of consecutive entries of ``threads`` that hold the
+    same thread, in order and covering the list."""
+    runs, start = [], 0
+    for thread, run in groupby(threads):
+        end = start + sum(1 for _ in run)
+        runs.append((thread, start, end))
+        start = end
+    return runs
 
 
 class Process:
@@ -230,9 +240,9 @@ class TaskList:
         turn, in one go (memory_failure signals every VMA of every selected process): exactly
         the Signals, pending state, received lists and journal that the calls give.
 
-        ``runs``: (thread, start, end) for consecutive stretches of ``threads`` that hold the
-        same thread, in order and covering it all (what collect_procs_pfn knows); the pending
-        state and the received lists are then kept per stretch instead of per signal."""
+        The pending state and the received lists are kept per stretch of consecutive signals to
+        one thread: ``runs`` gives them as thread_runs(threads) would (collect_procs_pfn knows
+        them already), else they are worked out here."""
         signum = SIGNAL_NUMBERS.get(signo)
         if signum is None:
             raise ValueError(f"unknown signal {signo!r}")
@@ -242,28 +252,15 @@ class TaskList:
         # the tuples built by map() and zip(): no Python-level call per signal
         sigs = list(map(tuple.__new__, repeat(Signal), zip(map(_TID, threads), repeat(signo), codes, addrs,
                                                            repeat(addr_lsb), repeat(realtime), forced)))
-        if runs is not None:
-            for thread, start, end in runs:
-                pending = thread.pending
-                if realtime:
-                    pending[signo] = sigs[end - 1]
-                elif signo not in pending:
-                    sig = sigs[start]
-                    sigs[start] = pending[signo] = tuple.__new__(Signal, (*sig[:5], True, sig[6]))
-                thread.received += sigs[start:end]
-            self.journal += sigs
-            return sigs
-        if realtime:                        # each thread's last one is the one pending
-            for thread, i in dict(zip(threads, range(len(sigs)))).items():
-                thread.pending[signo] = sigs[i]
-        else:                               # each thread's first one is queued unless one is pending
-            for thread, i in dict(zip(reversed(threads), range(len(sigs) - 1, -1, -1))).items():
-                if signo not in thread.pending:
-                    sig = sigs[i]
-                    sigs[i] = thread.pending[signo] = tuple.__new__(Signal, (*sig[:5], True, sig[6]))
-        for thread, run in groupby(zip(threads, sigs), key=_FIRST):
-            thread.received.extend(map(_SECOND, run))
-        self.journal.extend(sigs)
+        for thread, start, end in (runs if runs is not None else thread_runs(threads)):
+            pending = thread.pending
+            if realtime:                    # each thread's last one is the one pending
+                pending[signo] = sigs[end - 1]
+            elif signo not in pending:      # each thread's first one is queued unless one is pending
+                sig = sigs[start]
+                sigs[start] = pending[signo] = tuple.__new__(Signal, (*sig[:5], True, sig[6]))
+            thread.received += sigs[start:end]
+        self.journal += sigs
         return sigs
 
     def force_sig_fault(self, thread: Thread, signo: str, code: int, addr: int) -> Signal:

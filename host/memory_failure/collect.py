@@ -10,11 +10,11 @@ mapping adds nothing, so skipping the others changes no result.
 from __future__ import annotations
 
 from functools import partial
-from itertools import compress, groupby, repeat
+from itertools import compress, repeat
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from ..mm.constants import PAGE_SHIFT
-from ..tasks import PF_MCE_EARLY, PF_MCE_PROCESS, Process, TaskList, Thread
+from ..tasks import PF_MCE_EARLY, PF_MCE_PROCESS, Process, TaskList, Thread, thread_runs
 
 if TYPE_CHECKING:
     from ..klog import KernelLog
@@ -218,11 +218,7 @@ def collect_procs_pfn(space: "PfnAddressSpace", pfn: int, current: Thread | None
         answered = [pgoff is not None for pgoff in pgoffs]
         threads, vmas = list(compress(threads, answered)), list(compress(vmas, answered))
         pgoffs = [pgoff for pgoff in pgoffs if pgoff is not None]
-        runs, start = [], 0
-        for t, run in groupby(threads):
-            end = start + len(list(run))
-            runs.append((t, start, end))
-            start = end
+        runs = thread_runs(threads)
     # vma_address(), inline: the address, None where it falls outside the VMA
     addrs = [addr if pgoff >= (vm_pgoff := vma.vm_pgoff)
              and (addr := vma.vm_start + ((pgoff - vm_pgoff) << PAGE_SHIFT)) < vma.vm_end else None

@@ -11,7 +11,7 @@ from itertools import repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
-from ..tasks import BUS_MCEERR_AO, BUS_MCEERR_AR, Signal, TaskList, Thread
+from ..tasks import BUS_MCEERR_AO, BUS_MCEERR_AR, Signal, TaskList, Thread, thread_runs
 from .flags import MF_ACTION_REQUIRED, PR_PREFIX
 
 from .collect import ToKillList
@@ -66,11 +66,10 @@ def kill_procs(tasks: TaskList, klog: "KernelLog", tokill: "list[ToKill] | ToKil
         return sent
     if runs is None:
         threads = list(map(_THREAD, tokill))
-        line_args = {t: (pfn, t.comm, t.tid) for t in dict.fromkeys(threads)}
-        klog.lazy_each(_sending_line, map(line_args.__getitem__, threads))
-    else:                           # a thread's lines in a row share one entry
-        line_args = {t: (pfn, t.comm, t.tid) for t, _, _ in runs}
-        klog.lazy_runs(_sending_line, [(line_args[t], end - start) for t, start, end in runs])
+        runs = thread_runs(threads)
+    # a thread's lines in a row share one entry
+    line_args = {t: (pfn, t.comm, t.tid) for t, _, _ in runs}
+    klog.lazy_runs(_sending_line, [(line_args[t], end - start) for t, start, end in runs])
     if flags & MF_ACTION_REQUIRED and current in line_args:     # force_sig_mceerr for current's
         codes = [BUS_MCEERR_AR if t is current else BUS_MCEERR_AO for t in threads]
         forced = [t is current for t in threads]
