@@ -162,7 +162,7 @@ class VfioUserClient:
         if msg_id is None:
             msg_id = self._next_id
             self._next_id = (self._next_id + 1) & 0xFFFF
-        message = wire.HEADER.pack(msg_id & 0xFFFF, cmd, wire.HEADER_SIZE + len(payload), flags, 0) + payload   # wire.message()
+        message = wire.message(msg_id, cmd, payload, flags)
         try:
             if fds:
                 send_with_fds(self.sock, message, fds)
