@@ -7,8 +7,10 @@ The engine never touches a socket.  Feed it what arrived::
     for event in engine.events(): ...
 
 File descriptors belong to the message whose bytes start the chunk they arrived
-with; a transport that reads each header on its own (``next_read_size``) gets this
-exactly as the kernel delivers SCM_RIGHTS.  Fds the engine does not keep are
+with; a transport that reads no further than the end of the message being assembled
+(``next_read_size``) gets this exactly as the kernel delivers SCM_RIGHTS, and one whose
+read may run past it feeds the read to ``receive_read``, which gives them to the message
+the read ended in.  Fds the engine does not keep are
 closed; fds in ``data_to_send`` stay owned by the device (the kernel duplicates
 them into the peer).
 

@@ -7,8 +7,8 @@ below the header or above ``max_msg_size`` leaves the start of the next message 
 stream cannot be framed any further.
 
 ``Framer`` is sans-IO: bytes and fds in (``receive_data``; ``receive_message`` for a message the
-transport read whole, header then exactly its rest), one ``message_received`` call per whole
-message out.  The
+transport read whole; ``receive_read`` for a read that may run past a message's end), one
+``message_received`` call per whole message out.  The
 engine is a Framer (so a message costs no call more than its handler); a ``MessageReader`` is the
 Framer that reads messages off a blocking socket.
 """
@@ -102,6 +102,21 @@ class Framer:
                 self._fds = []
             fds_lost, self._fds_lost = self._fds_lost, False
             self.message_received(msg_id, cmd, flags, error_no, payload, fds, fds_lost)
+
+    def receive_read(self, data: bytes, fds: list[int] | tuple[int, ...] = (), fds_lost: bool = False) -> None:
+        """Feed what one recvmsg() returned when it may have read past the end of the message
+        being assembled: its fds (and ``fds_lost``) go with the message its last byte belongs
+        to.  Linux's unix_stream_read_generic (net/unix/af_unix.c) glues the bytes of several
+        sendmsg() calls into one read, but stops as soon as it has taken bytes of one that
+        carried fds and returns them with it; a peer sends a message's fds with bytes of that
+        message (QEMU, libvfio-user and our client: on the sendmsg() that starts it), so the
+        read that brings them ends in that message.  Whole messages before it are fed without
+        fds, one ``next_read_size`` at a time."""
+        while len(data) > self.next_read_size() and not self.stream_ended:
+            need = self.next_read_size()
+            self.receive_data(data[:need])
+            data = data[need:]
+        self.receive_data(data, fds, fds_lost)
 
     def receive_message(self, header: bytes, payload: bytes) -> None:
         """One whole message that came without fds, framed by the transport (its header, then

@@ -335,6 +335,47 @@ def test_fds_belong_to_the_message_whose_bytes_they_came_with(engine):
     os.close(memfd)
 
 
+
+# -- receive_read: one recvmsg() that may run past a message's end ------------------------------
+
+def _dma_map_msg(msg_id, address):
+    return wire.message(msg_id, Command.DMA_MAP, wire.DmaMap.build(
+        {"argsz": 32, "flags": 3, "offset": 0, "address": address, "size": 0x10000}))
+
+
+@pytest.mark.parametrize("ends", [48, 80, 96, 112, 130, 144], ids=lambda n: f"read-ends-at-{n}")
+def test_a_read_s_fds_go_to_the_message_it_ended_in(engine, ends):
+    """Three DMA_MAPs of 48 bytes back to back, one read of their first ``ends`` bytes with an
+    fd, then the rest: only the map whose bytes hold the read's last one gets the fd."""
+    memfd = os.memfd_create("guest")
+    os.ftruncate(memfd, 0x10000)
+    stream = b"".join(_dma_map_msg(n, (n + 1) << 20) for n in range(3))
+    engine.receive_read(stream[:ends], [os.dup(memfd)])
+    if ends < len(stream):
+        engine.receive_read(stream[ends:])
+    assert [(h[0], h[3]) for h, _, _ in replies(engine)] == [(n, wire.MSG_TYPE_REPLY) for n in range(3)]
+    assert [r.mapping is not None for r in engine.dma.regions()] == [n == (ends - 1) // 48 for n in range(3)]
+    os.close(memfd)
+
+
+def test_fds_lost_on_a_read_refuse_the_message_it_ended_in_only(engine):
+    stream = read_msg(1, 7, 0, 4) + read_msg(2, 7, 0, 4) + read_msg(3, 7, 0, 4)
+    fd = os.eventfd(0)
+    engine.receive_read(stream[:40], [fd], fds_lost=True)     # ends 8 bytes into the second
+    engine.receive_read(stream[40:])
+    assert [h for h, _, _ in replies(engine)] == [
+        (1, 9, 36, wire.MSG_TYPE_REPLY, 0), (2, 9, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL),
+        (3, 9, 36, wire.MSG_TYPE_REPLY, 0)]
+    assert not fd_is_open(fd)
+
+
+def test_a_read_that_runs_into_an_unframeable_header_closes_its_fds(engine):
+    fd = os.eventfd(0)
+    engine.receive_read(read_msg(1, 7, 0, 4) + wire.HEADER.pack(2, 9, 8, 0, 0) + bytes(8), [fd])
+    assert [h for h, _, _ in replies(engine)] == [
+        (1, 9, 36, wire.MSG_TYPE_REPLY, 0), (2, 9, 16, wire.MSG_TYPE_REPLY | wire.FLAG_ERROR, errno.EINVAL)]
+    assert engine.state is State.CLOSED and not fd_is_open(fd)
+
 def _error(engine, msg) -> tuple[int, str]:
     """Feed one message that must fail: (its reply's errno, the reason the engine gives)."""
     engine.receive_data(msg)
