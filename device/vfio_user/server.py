@@ -24,7 +24,7 @@ from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
 
-from hugepfn.abi.vfio_user import DMA_ACCESS, HEADER, HEADER_SIZE
+from hugepfn.abi.vfio_user import DMA_ACCESS, HEADER, HEADER_SIZE, REGION_ACCESS
 
 from ..interface import ServedDevice
 from .engine import ServerEngine, State
@@ -37,6 +37,23 @@ log = logging.getLogger("hugepfn.vfio_user")
 
 _HANGUP = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 _POLLIN, _POLLOUT, _POLLRDHUP = select.POLLIN, select.POLLOUT, select.POLLRDHUP
+
+# The first read of a message asks for _FIRST_READ bytes, so that a trapped access costs one
+# recvmsg(), not a header and then its rest (in a VM every system call is a world switch).  A
+# client that waits for each answer (a vCPU) has one message queued and the read returns it,
+# whatever its size up to _FIRST_READ.  A client that sends before its answers came (posted
+# writes, several vCPUs) may have more queued: the read then brings the start of the next
+# message too, or a whole one and more, and every whole one is answered.  (Asking for as many
+# bytes as the previous message had avoids that glue but reads each message longer than its
+# predecessor in two, as an 8-byte REGION_WRITE after a REGION_READ: more system calls for
+# a vCPU's mix of reads and writes.)  Fds stay exact because unix_stream_read_generic ends a
+# read with the bytes of the sendmsg() that carried them: they belong to the message the read
+# ended in (Framer.receive_read).  _FIRST_READ is less than two REGION_READ requests, so a
+# read holds at most one request whose reply may be max_data_xfer_size long and the reply
+# queue goes over max_output by at most one such reply, as when each message was read alone.
+# Every REGION_READ, a REGION_WRITE of up to 31 bytes, DMA_MAP, DMA_UNMAP and DEVICE_SET_IRQS
+# with eventfds fit; a longer message is read in two (what arrived, then the rest).
+_FIRST_READ = 2 * (HEADER_SIZE + REGION_ACCESS.size) - 1
 
 
 class _Connection:
@@ -118,54 +135,47 @@ class _Connection:
 
     # -- requests ------------------------------------------------------------------
     def receive(self) -> None:
-        """Read and handle the message that has arrived, or what has of it; never waits.
-        One message per wake-up: the poll loop comes back at once for a next one that is
-        there (a poll() costs less than a read that finds nothing), and the listener and
-        the wake pipe are looked at between any two messages."""
+        """Read and handle what has arrived; never waits.  One read from a message's start
+        (it holds that message, or a few small ones the client sent together), then as much
+        as is there of a message it left incomplete.  The poll loop comes back at once for
+        more (a poll() costs less than a read that finds nothing), and the listener and the
+        wake pipe are looked at between any two wake-ups."""
         engine = self.engine
         if not engine.assembling:
-            whole = self._receive_whole()
-            if whole is None:
+            got = self._receive_whole()
+            if not got or engine.state is State.CLOSED:
                 return
-            if whole:
+            if got > engine.assembled_bytes:          # one or more whole messages: answer them
                 self._received()
-                return
+                if not engine.assembling:
+                    return
+                self.partial_since = time.monotonic()     # the next message began in this read
+                if not self.reading:
+                    return        # over max_output: its rest waits, its clock stopped (see flush)
         self._receive_rest()
 
-    def _receive_whole(self) -> bool | None:
-        """A message from its start: the header, then exactly the rest of it, two recvmsg()
-        calls.  Without fds and with all of it there (a trapped access always), the engine
-        takes it whole (True).  Otherwise what arrived is fed the general way and the rest
-        is read by _receive_rest (False).  None: nothing arrived, or the connection is gone."""
-        engine, sock = self.engine, self.sock
+    def _receive_whole(self) -> int:
+        """A message from its start, with one recvmsg() of up to _FIRST_READ bytes: exactly
+        one message without fds (a trapped access, nearly always) goes to the engine whole;
+        anything else the general way, and a message left incomplete is read on by
+        _receive_rest.  The bytes read (0: nothing arrived, or the connection is gone)."""
+        engine = self.engine
         try:
-            header, anc, msg_flags, _ = sock.recvmsg(HEADER_SIZE, self._cmsg_space, self._recv_flags)
+            data, anc, msg_flags, _ = self.sock.recvmsg(_FIRST_READ, self._cmsg_space, self._recv_flags)
         except BlockingIOError:
-            return None
+            return 0
         except OSError as exc:
             self.fail(f"receive failed: {exc.strerror or exc}")
-            return None
-        if anc or msg_flags & CTRUNC or len(header) < HEADER_SIZE:
-            engine.receive_data(header, *fds_of(anc, msg_flags))
-            return None if engine.state is State.CLOSED else not engine.assembling
-        size = HEADER.unpack_from(header)[2]
-        if size == HEADER_SIZE or not HEADER_SIZE < size <= engine.max_msg_size:
-            engine.receive_data(header)       # complete, or refused as unframeable
-            return None if engine.state is State.CLOSED else True
-        try:
-            payload, anc, msg_flags, _ = sock.recvmsg(size - HEADER_SIZE, self._cmsg_space, self._recv_flags)
-        except BlockingIOError:
-            payload, anc, msg_flags = b"", None, 0
-        except OSError as exc:
-            self.fail(f"receive failed: {exc.strerror or exc}")
-            return None
-        if not anc and not msg_flags & CTRUNC and len(payload) == size - HEADER_SIZE:
-            engine.receive_message(header, payload)
-            return None if engine.state is State.CLOSED else True
-        engine.receive_data(header)
-        if payload or anc or msg_flags & CTRUNC:
-            engine.receive_data(payload, *fds_of(anc, msg_flags))
-        return None if engine.state is State.CLOSED else not engine.assembling
+            return 0
+        got = len(data)
+        if anc or msg_flags & CTRUNC:
+            # The read may have run into a next message: its fds are the one's it ended in.
+            engine.receive_read(data, *fds_of(anc, msg_flags))
+        elif got >= HEADER_SIZE and HEADER.unpack_from(data)[2] == got:
+            engine.receive_message(data[:HEADER_SIZE], data[HEADER_SIZE:])
+        else:
+            engine.receive_data(data)     # part of a message, more than one, unframeable or end of stream
+        return got
 
     def _receive_rest(self) -> None:
         """The rest of the message being assembled, as far as it has arrived."""

@@ -4,7 +4,9 @@
 * a receiver reads up to the end of the message it assembles and no further
   (``framing.Framer.next_read_size``, ``recvmsg_fds``), so the fds it gets are
   exactly those of that message, as libvfio-user and QEMU do, also when a peer sent
-  a message in two parts and attached fds to the second;
+  a message in two parts and attached fds to the second.  The one exception, the
+  server's first read of a message, may run into the next one: the fds it gets are
+  then the message's in which it ended (``framing.Framer.receive_read`` says why);
 * the listening socket is created with mode 0600 in a directory the user owns.
 """
 from __future__ import annotations

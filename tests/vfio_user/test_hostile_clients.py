@@ -3,9 +3,12 @@ never negotiates or (with an idle limit) goes quiet is closed with its reason lo
 the next client is served within 2 s.  Every backend, real sockets, real timings."""
 from __future__ import annotations
 
+import fcntl
 import logging
 import select
 import socket
+import struct
+import termios
 import time
 
 import pytest
@@ -153,3 +156,43 @@ def test_limits_are_checked(limits, message):
     with pytest.raises(ValueError) as exc:
         ConnectionLimits(**limits)
     assert str(exc.value) == message
+
+
+def _unread(sock: socket.socket) -> int:
+    """What this end has sent that the peer has not read yet (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def test_a_message_begun_as_the_reply_queue_went_over_its_limit_keeps_its_clock(serve, socket_path, facts,
+                                                                               backend, warnings):
+    """The request whose reply puts the queue over max_output is answered, and the start of
+    the next one, sent with it, waits (the python server's first read of a message, up to 63
+    bytes, takes it too): its clock stands while the server does not read.  Once the client
+    has read its replies, that message's rest has 0.5 s, as any half-sent message's."""
+    if backend != "python":
+        pytest.skip("max_output is the python server's reply queue (libvfio-user sends each reply blocking)")
+    serve(max_output=2 << 20, send_timeout=10.0, recv_timeout=0.5)
+    c = VfioUserClient.connect(socket_path)
+    c.negotiate(QEMU_CAPS)
+    big = wire.message(1, Command.REGION_READ, read_request(facts.mem, 0, 1 << 20))
+
+    def sent_and_read(data: bytes) -> None:
+        c.sock.sendall(data)
+        deadline = time.monotonic() + 2.0
+        while _unread(c.sock):
+            assert time.monotonic() < deadline, "the server stopped reading too early"
+            time.sleep(0.005)
+
+    # Two 1 MiB replies, not read: about 2 MiB less what the socket buffer holds, under 2 MiB.
+    sent_and_read(big)
+    sent_and_read(big)
+    # The third goes over, and the first 20 bytes of a next request come in the same send().
+    c.sock.sendall(big + big[:20])
+    assert not hung_up(c.sock, 0.8), "its clock ran while the server did not read"
+    for _ in range(3):
+        assert len(c.receive().payload) == 16 + (1 << 20)
+    assert hung_up(c.sock, 1.5), "a message begun while the queue was full held the server"
+    [message] = [m for m in warnings() if "closed the client" in m]
+    assert message.endswith("message left incomplete for 0.5 s (20 bytes of it arrived)")
+    c.close()
+    assert next_client_served(socket_path, 2.0) < 2.0
