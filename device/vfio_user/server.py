@@ -169,7 +169,7 @@ class _Connection:
             return 0
         got = len(data)
         if anc or msg_flags & CTRUNC:
-            # The read may have run into a next message: its fds are the one's it ended in.
+            # The read may have run into a next message: its fds are those of the one it ended in.
             engine.receive_read(data, *fds_of(anc, msg_flags))
         elif got >= HEADER_SIZE and HEADER.unpack_from(data)[2] == got:
             engine.receive_message(data[:HEADER_SIZE], data[HEADER_SIZE:])
