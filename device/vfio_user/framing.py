@@ -18,6 +18,7 @@ import errno
 import os
 import socket
 import time
+from collections import deque
 
 from hugepfn.abi.vfio_user import HEADER, HEADER_SIZE
 
@@ -154,15 +155,24 @@ class Framer:
 
 
 class MessageReader(Framer):
-    """Reads whole messages off one blocking socket, each up to its end and no further (the host's
-    client, the libvfio-user backend's large writes).  One reader per socket, kept for its life:
-    a message costs no object but its tuple."""
+    """Reads whole messages off one blocking socket (the host's client, the libvfio-user backend's
+    large writes).  One reader per socket, kept for its life: a message costs no object but its
+    tuple.
 
-    def __init__(self, sock: socket.socket, max_msg_size: int, max_fds: int = 16):
+    ``first_read`` 0 (the default): each message is read up to its end and no further, the
+    header and then exactly its rest, for a socket that another reader shares (libvfio-user
+    reads the next message of the guard's socket itself).  ``first_read`` n: a message is read
+    from its start with one recvmsg() of up to n bytes, so that a reply that fits costs one
+    system call, not two.  A read may then bring more than one message (a DMA request of the
+    server and the reply after it): the messages wait in order for the next reads, and fds go
+    with the message the read ended in (``Framer.receive_read``)."""
+
+    def __init__(self, sock: socket.socket, max_msg_size: int, max_fds: int = 16, first_read: int = 0):
         super().__init__(max_msg_size)
         self.sock = sock
         self.max_fds = max_fds
-        self._message: tuple | None = None
+        self.first_read = min(first_read, max_msg_size)
+        self._messages: deque = deque()     # whole messages (or TooManyFds) not returned yet
         self._error: Exception | None = None
         self.cut_short = 0
         self._cmsg_space = cmsg_space(max_fds)
@@ -170,9 +180,9 @@ class MessageReader(Framer):
     def message_received(self, msg_id, cmd, flags, error_no, payload, fds, fds_lost):
         if fds_lost:                       # the kernel closed the fds that did not fit
             close_fds(fds)
-            self._message = TooManyFds(errno.EMSGSIZE, f"peer sent more than {self.max_fds} fds with a message")
+            self._messages.append(TooManyFds(errno.EMSGSIZE, f"peer sent more than {self.max_fds} fds with a message"))
             return
-        self._message = (msg_id, cmd, flags, error_no, payload, tuple(fds))
+        self._messages.append((msg_id, cmd, flags, error_no, payload, tuple(fds)))
 
     def unframeable(self, error: Unframeable) -> None:
         self._error = error
@@ -186,20 +196,39 @@ class MessageReader(Framer):
     def read(self, deadline: float | None = None) -> tuple[int, int, int, int, bytes, tuple[int, ...]]:
         """The next message: (msg_id, cmd, flags, error_no, payload, fds).  Raises Unframeable (a
         ValueError) for an impossible msg_size and ConnectionResetError at end of stream (both end
-        the stream: every later read raises the same), TooManyFds for a message that brought
-        more than ``max_fds`` fds (it is dropped), TimeoutError once ``deadline``
-        (time.monotonic) has passed with the message incomplete (what arrived of it stays), and
-        what the socket raises (BlockingIOError when its receive timeout expires)."""
+        the stream: every later read raises the same, once the messages before it are read),
+        TooManyFds for a message that brought more than ``max_fds`` fds (it is dropped),
+        TimeoutError once ``deadline`` (time.monotonic) has passed with the message incomplete
+        (what arrived of it stays), and what the socket raises (BlockingIOError when its receive
+        timeout expires)."""
         sock, max_fds, max_msg_size, space = self.sock, self.max_fds, self.max_msg_size, self._cmsg_space
-        while self._error is None:
+        messages = self._messages
+        while True:
+            if messages:
+                message = messages.popleft()
+                if type(message) is TooManyFds:
+                    raise message
+                return message
+            if self._error is not None:
+                raise self._error
             if self._buf:
                 data, fds, lost = recvmsg_fds(sock, self.next_read_size(), max_fds)
                 self.receive_data(data, fds, lost)
+            elif self.first_read:
+                # One read from the message's start: a reply without fds that fits (every
+                # trapped access's) is returned whole, as receive_message would hand it on;
+                # anything else goes to the framer.
+                data, anc, msg_flags, _ = sock.recvmsg(self.first_read, space, CMSG_CLOEXEC)
+                if (not anc and not msg_flags & CTRUNC and len(data) >= HEADER_SIZE
+                        and HEADER.unpack_from(data)[2] == len(data)):
+                    msg_id, cmd, _, flags, error_no = HEADER.unpack_from(data)
+                    return msg_id, cmd, flags, error_no, data[HEADER_SIZE:], ()
+                self.receive_read(data, *fds_of(anc, msg_flags))
             else:
                 # A header alone, then exactly the rest of its message: a message without fds
-                # (every trapped access's reply) is returned whole from two recvmsg(), as
-                # receive_message would hand it on.  Fds, a short read or an impossible size
-                # go to the framer, which assembles or refuses them.
+                # is returned whole from two recvmsg(), as receive_message would hand it on.
+                # Fds, a short read or an impossible size go to the framer, which assembles or
+                # refuses them.
                 header, anc, msg_flags, _ = sock.recvmsg(HEADER_SIZE, space, CMSG_CLOEXEC)
                 size = HEADER.unpack_from(header)[2] if len(header) == HEADER_SIZE else 0
                 if anc or msg_flags & CTRUNC or not HEADER_SIZE <= size <= max_msg_size:
@@ -219,15 +248,9 @@ class MessageReader(Framer):
                     self.receive_data(header)
                     if rest or anc or msg_flags & CTRUNC:
                         self.receive_data(rest, *fds_of(anc, msg_flags))
-            message = self._message
-            if message is not None:
-                self._message = None
-                if type(message) is TooManyFds:
-                    raise message
-                return message
-            if deadline is not None and time.monotonic() >= deadline and self._error is None:
+            if (not messages and deadline is not None and time.monotonic() >= deadline
+                    and self._error is None):
                 raise TimeoutError(f"message left incomplete ({self.assembled_bytes} bytes of it arrived)")
-        raise self._error
 
 
 def close_fds(fds) -> None:

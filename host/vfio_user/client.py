@@ -22,6 +22,7 @@ from hugepfn.device.vfio_user.framing import MessageReader, Unframeable
 from hugepfn.device.vfio_user.transport import connect_unix, send_with_fds
 
 MAX_MESSAGE = (64 << 20) + 4096       # the largest server message the client frames
+_FIRST_READ = 4096                     # what one recvmsg() of a reply asks for (MessageReader)
 CLIENT_CAPABILITIES = {
     "max_msg_fds": 16,
     "max_data_xfer_size": 1 << 20,
@@ -99,7 +100,7 @@ class IrqInfo:
 class VfioUserClient:
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self._reader = MessageReader(sock, MAX_MESSAGE, max_fds=16)
+        self._reader = MessageReader(sock, MAX_MESSAGE, max_fds=16, first_read=_FIRST_READ)
         self._next_id = 0
         self.server_capabilities: dict = {}
         self.server_version: tuple[int, int] | None = None
@@ -175,7 +176,8 @@ class VfioUserClient:
         return msg_id
 
     def receive(self) -> Reply:
-        """The next message from the server (read up to its end, so fds line up)."""
+        """The next message from the server (one recvmsg() of up to _FIRST_READ bytes brings a
+        reply that fits; MessageReader keeps fds with their message)."""
         try:
             return _new_tuple(Reply, self._reader.read())     # Reply(*...) without its Python-level __new__
         except BlockingIOError as exc:
