@@ -18,13 +18,14 @@ def main(argv: list[str]) -> int:
     for info in sorted(pkgutil.iter_modules([str(here)]), key=lambda m: m.name):
         if not info.name.startswith("bench_") or (wanted and info.name not in wanted):
             continue
-        print(f"== {info.name} ==", flush=True)
+        print(f"== {info.name} == (speed probe: {load.probe(info.name.removeprefix('bench_')):.2f} ms)", flush=True)
         try:
             importlib.import_module(f"bench.{info.name}").main()
         except Exception as exc:        # one line, and the other benchmarks still run
             failed.append(info.name)
             print(f"bench: {info.name} stopped: {type(exc).__name__}: {exc}", flush=True)
         print(flush=True)
+    load.probe("end")
     print("== targets ==")
     print(results.table(load), flush=True)
     if failed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+import timeit
 from dataclasses import dataclass
 
 
@@ -40,15 +41,38 @@ def _own_cpu_seconds() -> float:
     return self_.ru_utime + self_.ru_stime + children.ru_utime + children.ru_stime
 
 
+def _probe_work() -> int:
+    d = {}
+    for i in range(20_000):
+        d[i & 1023] = (i, i + 1)
+    return len(d)
+
+
+def speed_probe() -> float:
+    """Milliseconds a fixed pure-Python loop (dict stores of new tuples) takes, the best of 5.
+    The same code's time moves with this VM's speed (up to 2x for minutes, see
+    docs/performance.md); the probe taken before each benchmark says how fast the machine was
+    while it ran."""
+    return min(timeit.repeat(_probe_work, number=5, repeat=5)) / 5 * 1e3
+
+
 class LoadMeter:
-    """The machine's load over the run: load averages at both ends, and how busy all CPUs were,
-    split into this benchmark (itself and its children) and everything else."""
+    """The machine's load over the run: load averages at both ends, how busy all CPUs were,
+    split into this benchmark (itself and its children) and everything else, and the speed
+    probe's range."""
 
     def __init__(self) -> None:
         self.load_start = os.getloadavg()
         self.ticks_start = _cpu_ticks()
         self.own_start = _own_cpu_seconds()
         self.wall_start = time.monotonic()
+        self.probes: list[tuple[str, float]] = []
+
+    def probe(self, when: str) -> float:
+        """Take the speed probe and keep it (``when``: the benchmark about to run, or "end")."""
+        ms = speed_probe()
+        self.probes.append((when, ms))
+        return ms
 
     def summary(self) -> str:
         busy0, total0 = self.ticks_start
@@ -60,10 +84,14 @@ class LoadMeter:
         own = _own_cpu_seconds() - self.own_start
         others = max(busy - own, 0.0)
         load_end = os.getloadavg()
-        return (f"machine load during the run ({wall:.0f} s, {cpus} CPUs): load average "
+        line = (f"machine load during the run ({wall:.0f} s, {cpus} CPUs): load average "
                 f"{self.load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end; CPUs busy "
                 f"{busy / (wall * cpus) * 100:.0f} % ({own / (wall * cpus) * 100:.0f} % this benchmark, "
                 f"{others / (wall * cpus) * 100:.0f} % other processes)")
+        if self.probes:
+            line += ("\nspeed probe (a fixed Python loop, best of 5; lower is faster): "
+                     + ", ".join(f"{when} {ms:.2f} ms" for when, ms in self.probes))
+        return line
 
 
 def table(load: LoadMeter | None = None) -> str:
