@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import stat
+import time
 
 import pytest
 
@@ -226,3 +227,31 @@ def test_a_socket_path_longer_than_sun_path_works(tmp_path):
     assert len(path) > 108
     with GpuDevice.from_profile("tiny") as device, ControlServer(device, path), ControlClient(path) as c:
         assert c.inject(bar=2, offset=0)["sequence"] == 1
+
+
+def _switches(tid: int) -> int:
+    """Times the thread went off the CPU (it slept, or was preempted) since it started."""
+    with open(f"/proc/self/task/{tid}/status") as f:
+        return sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+
+
+def test_an_idle_control_server_sleeps_until_a_client_or_close(tmp_path):
+    from hugepfn.device.gpu import GpuDevice
+
+    path = control_path(tmp_path / "gpu.sock")
+    with GpuDevice.from_profile("tiny") as device:
+        server = ControlServer(device, path).start()
+        thread = server._thread
+        with ControlClient(path) as c:                  # it serves, then goes back to sleep
+            assert c.status()["ok"] is True
+        assert server.requests == 1
+        time.sleep(0.1)
+        before = _switches(thread.native_id)
+        time.sleep(0.5)
+        assert _switches(thread.native_id) == before, "the control thread woke with nothing to do"
+        with ControlClient(path) as c:
+            assert c.inject(bar=2, offset=0)["sequence"] == 1
+        start = time.monotonic()
+        server.close()
+        assert not thread.is_alive() and time.monotonic() - start < 1.0
+        server.close()                                  # a second close does nothing
