@@ -75,6 +75,11 @@ NOT_FROM_USER_SPACE = {
 }
 
 
+# The guest probe moves the pid counter here between steps (the step file's "park" line, probe.c
+# park_pid_counter), so that the kernel's own tasks take pids above every pid a scenario names.
+PARKED_PID = 20000
+
+
 class NotCrosscheckable(ValueError):
     """Why a scenario cannot be replayed on a real kernel (one line)."""
 
@@ -247,6 +252,11 @@ def plan(scenario: Scenario, name: str, first_slot: int = FIRST_SLOT, vfio: bool
     device file can be replayed (the devices are still there, with their BARs)."""
     if scenario.policy != "upstream":
         raise NotCrosscheckable(f"policy {scenario.policy!r} is a proposal no kernel carries")
+    named = [tid for proc in scenario.processes for tid in proc.threads]
+    named += [step.fields["child"] for step in scenario.steps if step.kind == "fork"]
+    if named and max(named) >= PARKED_PID:
+        raise NotCrosscheckable(f"pid {max(named)}: the probe keeps pids from {PARKED_PID} up for the guest's "
+                                "own tasks (probe.c park_pid_counter)")
     devices = [_device(spec, first_slot + i, scenario.arch) for i, spec in enumerate(scenario.devices)]
     if not vfio:
         needing = sorted({s.kind for s in scenario.steps} & NEEDS_VFIO)
@@ -278,7 +288,7 @@ def _lines(p: Plan) -> list[str]:
     for step in scenario.steps:
         if step.kind == "fork":
             comms[step.fields["child"]] = comms[step.fields["pid"]]
-    lines = [f"scenario {name}"]
+    lines = [f"scenario {name}", f"park {PARKED_PID}"]
     # the scenario's machine settings first: THP mode and the sysctls, then the devices open
     lines.append(f"step 0 write 0 {THP_PATH} {scenario.thp}")
     for sysctl, path in SYSCTL_PATHS.items():

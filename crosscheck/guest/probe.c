@@ -133,6 +133,8 @@ struct sigrec {
 	int lsb;
 };
 
+static int parked_pid;      /* "park N": above every pid and tid the scenario names (0: no parking) */
+
 struct task {
 	int pid, tid;
 	int cmd_fd;          /* controller side: write end of the thread's FIFO */
@@ -529,8 +531,10 @@ static int start_process(int pid, const char *comm, int *tids, int n)
 	close(fd);
 	pidfd = (int)syscall(SYS_pidfd_open, got, 0);
 	add_task(pid, pid, pidfd);
-	if (got != pid)
+	if (got != pid) {
 		emit("X pid %d wanted, got %d", pid, (int)got);
+		return -EADDRINUSE;
+	}
 	for (i = 1; i < n; i++) {
 		struct task *main_thread = task_of(pid);
 		if (main_thread->dead)
@@ -548,10 +552,60 @@ static int start_process(int pid, const char *comm, int *tids, int n)
 		send_cmd(t, "hello");
 		wait_reply(t, first, sizeof(first));
 		said = strstr(first, "tid=");
-		if (!said || atoi(said + 4) != tids[i])
+		if (!said || atoi(said + 4) != tids[i]) {
 			emit("X tid %d wanted, got %s", tids[i], first);
+			return -EADDRINUSE;
+		}
 	}
 	return 0;
+}
+
+/* Kill the process start_process made from tasks[mark] on, wait for it, and forget its tasks. */
+static void drop_process(int mark)
+{
+	int i;
+	if (mark < ntasks && tasks[mark].pidfd >= 0) {
+		siginfo_t si;
+		syscall(SYS_pidfd_send_signal, tasks[mark].pidfd, SIGKILL, NULL, 0);
+		waitid(P_PIDFD, tasks[mark].pidfd, &si, WEXITED);
+		close(tasks[mark].pidfd);
+	}
+	for (i = mark; i < ntasks; i++)
+		if (tasks[i].cmd_fd >= 0)
+			close(tasks[i].cmd_fd);
+	ntasks = mark;
+}
+
+/* start_process until every pid and tid is the one the scenario names.  The probe gets them by
+ * writing ns_last_pid just before fork() or pthread_create(); a kernel thread created in
+ * between (a kworker, in the same pid space) takes that pid first and ours gets the next one.
+ * The model prints and signals the scenario's tids, so such a process is killed and started
+ * again (a few times: the kworker that raced it has its pid now). */
+static int start_process_exactly(int pid, const char *comm, int *tids, int n)
+{
+	int attempt, r = -EADDRINUSE;
+	for (attempt = 0; attempt < 5 && r == -EADDRINUSE; attempt++) {
+		int mark = ntasks;
+		if (attempt) {
+			struct timespec pause = { 0, 50 * 1000 * 1000 };
+			nanosleep(&pause, NULL);        /* a short-lived task (a usermode helper) is gone by then */
+		}
+		r = start_process(pid, comm, tids, n);
+		if (r == -EADDRINUSE)
+			drop_process(mark);
+	}
+	return r;
+}
+
+/* Move the guest's pid counter past every pid a scenario names (they are below parked_pid, the
+ * step file's "park" line), after each setup line and step: the kworkers and helpers the kernel
+ * starts meanwhile then take pids above it, not the next scenario's (a kworker that took 4243
+ * between two scenarios keeps it for minutes, and a later scenario's thread 4243 comes out as
+ * 4244). */
+static void park_pid_counter(void)
+{
+	if (parked_pid)
+		set_last_pid(parked_pid + 1);
 }
 
 static void copy_file(const char *path, const char *prefix, int truncate_after)
@@ -771,6 +825,9 @@ int main(int argc, char **argv)
 			tok[n++] = p;
 		if (!strcmp(tok[0], "scenario")) {
 			emit("S %s", n > 1 ? tok[1] : "?");
+		} else if (!strcmp(tok[0], "park")) {
+			/* park PID: where the pid counter waits between steps (park_pid_counter) */
+			parked_pid = atoi(tok[1]);
 		} else if (!strcmp(tok[0], "bdf")) {
 			/* bdf SLOT BDF: where a BAR-relative address of the device is resolved */
 			int slot = atoi(tok[1]);
@@ -803,7 +860,7 @@ int main(int argc, char **argv)
 			int tids[MAX_TASKS], i, m = 0;
 			for (i = 3; i < n && m < MAX_TASKS; i++)
 				tids[m++] = atoi(tok[i]);
-			int r = start_process(atoi(tok[1]), tok[2], tids, m);
+			int r = start_process_exactly(atoi(tok[1]), tok[2], tids, m);
 			if (r)
 				emit("X process %s: %d", tok[1], r);
 		} else if (!strcmp(tok[0], "forked")) {
@@ -820,6 +877,7 @@ int main(int argc, char **argv)
 		} else if (!strcmp(tok[0], "end")) {
 			break;
 		}
+		park_pid_counter();
 		drain_kmsg();   /* lines between steps (device open, process start) are not any step's */
 	}
 	/* the scenario processes exit; then the device files close */

@@ -92,3 +92,16 @@ def test_a_difference_names_the_step_the_field_and_both_sides():
     [bad] = [v for v in compare(model, kernel, {4242: 4242}) if not v.agrees]
     assert (bad.index, bad.do, [(d.field, d.model, d.kernel) for d in bad.differences]) == (
         2, "access", [("calls", [{"order": 18, "ret": "VM_FAULT_FALLBACK"}], [{"order": 18, "ret": "VM_FAULT_NOPAGE"}])])
+
+
+def test_a_scenario_naming_a_pid_the_probe_keeps_for_the_guest_is_not_crosschecked():
+    import pytest
+
+    from hugepfn.crosscheck.plan import NotCrosscheckable, plan
+
+    assert plan(parse_scenario(SCENARIO), "ok").lines[-1] == "end"
+    high = dict(SCENARIO, process=[{"comm": "qemu", "pid": 4242, "threads": [4242, 20000]}])
+    with pytest.raises(NotCrosscheckable) as exc:
+        plan(parse_scenario(high), "high")
+    assert str(exc.value) == ("pid 20000: the probe keeps pids from 20000 up for the guest's own tasks "
+                              "(probe.c park_pid_counter)")

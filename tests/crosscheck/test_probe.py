@@ -82,3 +82,46 @@ end
     steps = split_steps(lines)
     assert steps[1].result == ["-38", "unknown=nosuch"]      # -ENOSYS, the step is not lost
     assert steps[2].result == ["0"]
+
+
+def run_with_pid_taken(probe: Path, tmp_path: Path, taken: int, steps: str) -> list[str]:
+    """run(), with a process of the namespace holding pid ``taken`` before the probe starts, as a
+    kworker that took the pid between the probe's ns_last_pid write and its clone would."""
+    stepfile = tmp_path / "s.steps"
+    stepfile.write_text(steps)
+    out = tmp_path / "out.txt"
+    env = dict(os.environ, XC_FIFO_DIR=str(tmp_path / "fifo"), PROBE=str(probe), STEPS=str(stepfile), OUT=str(out))
+    script = f'echo {taken - 1} > /proc/sys/kernel/ns_last_pid; sleep 60 & "$PROBE" "$STEPS" "$OUT"; kill $!'
+    subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script], check=True, timeout=60, env=env)
+    return out.read_text().splitlines()
+
+
+def test_a_thread_that_cannot_get_its_tid_fails_its_process_after_retries(probe, tmp_path):
+    # 4243 is taken for good (and 4244 is the probe itself): each attempt's thread comes out as
+    # 4245, the process is killed and started again, and after the last attempt the probe says so
+    # and goes on (no step runs in a process whose tids the model would not print).
+    lines = run_with_pid_taken(probe, tmp_path, 4243, """scenario r
+proc 4242 qemu 4242 4243
+proc 4300 other 4300
+step 1 nosuch 4300 1
+end
+""")
+    assert [line for line in lines if line.startswith("X ")] == (
+        ["X tid 4243 wanted, got R 0 tid=4245"] * 5 + ["X process 4242: -98"])
+    steps = split_steps(lines)
+    assert steps[1].result == ["-38", "unknown=nosuch"]       # the next process started as asked
+    assert lines[-1] == "Q"
+
+
+def test_between_steps_the_pid_counter_waits_above_the_scenario_s_pids(probe, tmp_path):
+    stepfile = tmp_path / "s.steps"
+    stepfile.write_text("scenario p\npark 20000\nproc 4242 qemu 4242 4243\nstep 1 nosuch 4243 1\nend\n")
+    out, after = tmp_path / "out.txt", tmp_path / "next-pid"
+    env = dict(os.environ, XC_FIFO_DIR=str(tmp_path / "fifo"), PROBE=str(probe), STEPS=str(stepfile), OUT=str(out),
+               AFTER=str(after))
+    script = '"$PROBE" "$STEPS" "$OUT"; sh -c \'echo $$\' > "$AFTER"'
+    subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script], check=True, timeout=60, env=env)
+    lines = out.read_text().splitlines()
+    assert not [line for line in lines if line.startswith("X ")]
+    assert split_steps(lines)[1].result == ["-38", "unknown=nosuch"]
+    assert after.read_text() == "20001\n"       # the next task the namespace made: above the park
