@@ -599,9 +599,9 @@ static int start_process_exactly(int pid, const char *comm, int *tids, int n)
 
 /* Move the guest's pid counter past every pid a scenario names (they are below parked_pid, the
  * step file's "park" line), after each setup line and step: the kworkers and helpers the kernel
- * starts meanwhile then take pids above it, not the next scenario's (a kworker that took 4243
- * between two scenarios keeps it for minutes, and a later scenario's thread 4243 comes out as
- * 4244). */
+ * starts meanwhile then take pids above it, not the next scenario's (a kworker that got 4243
+ * between two scenarios would keep it for minutes, and a later scenario's thread 4243 would come
+ * out as 4244). */
 static void park_pid_counter(void)
 {
 	if (parked_pid)
