@@ -112,7 +112,10 @@ class Framer:
         carried fds and returns them with it; a peer sends a message's fds with bytes of that
         message (QEMU, libvfio-user and our client: on the sendmsg() that starts it), so the
         read that brings them ends in that message.  Whole messages before it are fed without
-        fds, one ``next_read_size`` at a time."""
+        fds, one ``next_read_size`` at a time; a read without fds is fed as it is."""
+        if not fds and not fds_lost:
+            self.receive_data(data)
+            return
         while len(data) > self.next_read_size() and not self.stream_ended:
             need = self.next_read_size()
             self.receive_data(data[:need])

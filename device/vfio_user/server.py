@@ -168,13 +168,10 @@ class _Connection:
             self.fail(f"receive failed: {exc.strerror or exc}")
             return 0
         got = len(data)
-        if anc or msg_flags & CTRUNC:
-            # The read may have run into a next message: its fds are those of the one it ended in.
-            engine.receive_read(data, *fds_of(anc, msg_flags))
-        elif got >= HEADER_SIZE and HEADER.unpack_from(data)[2] == got:
+        if not anc and not msg_flags & CTRUNC and got >= HEADER_SIZE and HEADER.unpack_from(data)[2] == got:
             engine.receive_message(data[:HEADER_SIZE], data[HEADER_SIZE:])
-        else:
-            engine.receive_data(data)     # part of a message, more than one, unframeable or end of stream
+        else:   # part of a message, more than one, fds (the message the read ended in has them), end of stream
+            engine.receive_read(data, *fds_of(anc, msg_flags))
         return got
 
     def _receive_rest(self) -> None:
