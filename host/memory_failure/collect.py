@@ -36,6 +36,11 @@ class ToKill(NamedTuple):
 _new_tuple = tuple.__new__     # builds a ToKill without NamedTuple.__new__'s Python-level call
 
 
+def _tokill_entries(threads: list, addrs: list, vmas: list, pgoffs: list) -> Iterator[ToKill]:
+    """The ToKill tuples of the columns, built by map() and zip(): no Python-level call each."""
+    return map(_new_tuple, repeat(ToKill), zip(threads, addrs, repeat(PAGE_SHIFT), vmas, pgoffs))
+
+
 class ToKillList:
     """The to_kill list of memory_failure_pfn (collect_procs_pfn fills it, kill_procs signals
     every entry; the kernel then frees them), kept as columns: per entry its thread, address
@@ -75,8 +80,7 @@ class ToKillList:
     @property
     def entries(self) -> list[ToKill]:
         if self._entries is None:
-            self._entries = list(map(_new_tuple, repeat(ToKill), zip(self.threads, self.addrs, repeat(PAGE_SHIFT),
-                                                                     self.vmas, self.pgoffs)))
+            self._entries = list(_tokill_entries(self.threads, self.addrs, self.vmas, self.pgoffs))
         return self._entries
 
     def __len__(self) -> int:
@@ -207,12 +211,11 @@ def collect_procs_pfn(space: "PfnAddressSpace", pfn: int, current: Thread | None
     threads: list[Thread] = []
     vmas: list = []
     runs: list[tuple[Thread, int, int]] = []       # (thread, start, end) of each thread's entries
-    for t, group in _selected(space, current, early_kill_sysctl, order):
-        if group:
-            start = len(vmas)
-            threads += repeat(t, len(group))
-            vmas += group
-            runs.append((t, start, len(vmas)))
+    for t, group in _selected(space, current, early_kill_sysctl, order):     # (by_mm has no empty group)
+        start = len(vmas)
+        threads += repeat(t, len(group))
+        vmas += group
+        runs.append((t, start, len(vmas)))
     pgoffs = pgoffs_of(vmas, pfn)
     if None in pgoffs:                      # the callback refused some: they are skipped
         answered = [pgoff is not None for pgoff in pgoffs]
@@ -229,5 +232,5 @@ def collect_procs_pfn(space: "PfnAddressSpace", pfn: int, current: Thread | None
                 klog.lazy(_unable_line, pgoff, t.comm)
     if type(tokill) is ToKillList:
         tokill.extend_columns(threads, addrs, vmas, pgoffs, runs)
-    else:                                   # the ToKill tuples built by map() and zip()
-        tokill.extend(map(_new_tuple, repeat(ToKill), zip(threads, addrs, repeat(PAGE_SHIFT), vmas, pgoffs)))
+    else:
+        tokill.extend(_tokill_entries(threads, addrs, vmas, pgoffs))

@@ -12,9 +12,8 @@ from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from ..tasks import BUS_MCEERR_AO, BUS_MCEERR_AR, Signal, TaskList, Thread, thread_runs
-from .flags import MF_ACTION_REQUIRED, PR_PREFIX
-
 from .collect import ToKillList
+from .flags import MF_ACTION_REQUIRED, PR_PREFIX
 
 if TYPE_CHECKING:
     from ..klog import KernelLog
